@@ -1,0 +1,36 @@
+/* Byte slices that point into someone else's buffer. Never owning, never NUL-terminated. */
+#ifndef SB_CORE_STR_H
+#define SB_CORE_STR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <string.h>
+
+typedef struct sb_str {
+    const char *base;
+    size_t len;
+} sb_str;
+
+#define SB_STR_LIT(s) ((sb_str){(s), sizeof(s) - 1})
+#define SB_STR_NULL   ((sb_str){NULL, 0})
+
+static inline sb_str sb_str_from(const char *s)
+{
+    return (sb_str){s, s ? strlen(s) : 0};
+}
+
+static inline bool sb_str_eq(sb_str a, sb_str b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.base, b.base, a.len) == 0);
+}
+
+static inline bool sb_str_eq_lit(sb_str a, const char *lit)
+{
+    size_t n = strlen(lit);
+    return a.len == n && memcmp(a.base, lit, n) == 0;
+}
+
+/* ASCII case-insensitive comparison, as HTTP field names and tokens need. */
+bool sb_str_case_eq(sb_str a, const char *lit);
+
+#endif
