@@ -1,0 +1,113 @@
+#include "net/request.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+
+#include "switchboard/error.h"
+
+const sb_http_header *sb_req_header(const sb_req *req, const char *name)
+{
+    for (size_t i = 0; i < req->num_headers; i++)
+        if (sb_str_case_eq(req->headers[i].name, name))
+            return &req->headers[i];
+    return NULL;
+}
+
+int sb_resp_header(sb_req *req, const char *name, sb_str value)
+{
+    if (req->num_resp_headers >= SB_REQ_MAX_RESP_HEADERS)
+        return SB_EMSGSIZE;
+    size_t nlen = strlen(name);
+    char *n = sb_arena_strndup(&req->arena, name, nlen);
+    char *v = sb_arena_strndup(&req->arena, value.base ? value.base : "", value.len);
+    if (!n || !v)
+        return SB_ENOMEM;
+    req->resp_headers[req->num_resp_headers++] =
+        (sb_http_header){{n, nlen}, {v, value.len}};
+    return 0;
+}
+
+void sb_resp_send(sb_req *req, int status, const char *content_type, const void *body,
+                  size_t len)
+{
+    req->status = status;
+    req->resp_body_len = len;
+    req->ops->send(req, status, sb_str_from(content_type), body, len);
+}
+
+void sb_resp_json(sb_req *req, int status, const sb_buf *body)
+{
+    sb_resp_send(req, status, "application/json", body->base, body->len);
+}
+
+void sb_resp_problem(sb_req *req, int status, const char *slug, const char *detail)
+{
+    char stack[1024];
+    sb_buf b = {stack, 0, sizeof stack, sizeof stack};
+    const char *title = sb_http_reason(status);
+    int rc = sb_buf_appendf(&b, "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\","
+                                "\"status\":%d,\"detail\":\"",
+                            slug, title, status);
+    rc = rc ? rc : sb_buf_append_json_str(&b, detail, strlen(detail));
+    rc = rc ? rc : sb_buf_append_str(&b, "\",\"request_id\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(&b, req->request_id, req->request_id_len);
+    rc = rc ? rc : sb_buf_append_str(&b, "\"}");
+    if (rc) {
+        /* detail too long for the stack buffer: say less rather than fail. */
+        b.len = 0;
+        sb_buf_appendf(&b, "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\",\"status\":%d}",
+                       slug, title, status);
+    }
+    sb_resp_send(req, status, "application/problem+json", b.base, b.len);
+}
+
+const char *sb_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+void sb_req_peer_str(const struct sockaddr_in6 *peer, char *out, size_t outlen)
+{
+    if (peer->sin6_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)peer;
+        inet_ntop(AF_INET, &v4->sin_addr, out, (socklen_t)outlen);
+    } else if (peer->sin6_family == AF_INET6) {
+        inet_ntop(AF_INET6, &peer->sin6_addr, out, (socklen_t)outlen);
+    } else if (outlen) {
+        snprintf(out, outlen, "-");
+    }
+}
