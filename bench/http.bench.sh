@@ -81,24 +81,28 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-bench-http.XXXXXX")
 pids=()
 
-stop_pid() { # PID [seconds]: SIGTERM, wait, SIGKILL if still there; prints the exit status
-    local pid=$1 limit=${2:-10} i=0 rc=0
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || rc=$?; echo "$rc"; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt $((limit * 10)) ]; do
-        sleep 0.1
-        i=$((i + 1))
-        # a reaped-but-unwaited child still answers kill -0 as a zombie: check its state
-        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && break
-    done
-    if kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; then
-        kill -KILL "$pid" 2>/dev/null || true
-        echo "killed"
-        wait "$pid" 2>/dev/null || true
-        return 0
+stop_rc=""
+stop_pid() { # PID [seconds]: SIGTERM, wait, SIGKILL if still there; sets stop_rc to the exit
+    # status, or "killed". Not to be called in $(...): only this shell can wait for its children.
+    local pid=$1 limit=${2:-10} i=0
+    stop_rc=0
+    if kill -TERM "$pid" 2>/dev/null; then
+        while [ "$i" -lt $((limit * 10)) ]; do
+            # exited and not yet reaped shows as a zombie (state Z), which still answers kill -0
+            case "$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)" in
+            "" | Z) break ;;
+            esac
+            sleep 0.1
+            i=$((i + 1))
+        done
+        if [ "$i" -ge $((limit * 10)) ]; then
+            kill -KILL "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+            stop_rc=killed
+            return 0
+        fi
     fi
-    wait "$pid" 2>/dev/null || rc=$?
-    echo "$rc"
+    wait "$pid" 2>/dev/null || stop_rc=$?
 }
 
 forget_pid() {
@@ -109,7 +113,7 @@ forget_pid() {
 
 cleanup() {
     local p
-    for p in "${pids[@]+"${pids[@]}"}"; do stop_pid "$p" 5 >/dev/null; done
+    for p in "${pids[@]+"${pids[@]}"}"; do stop_pid "$p" 5; done
     pids=()
     rm -rf "$tmp"
 }
@@ -340,15 +344,14 @@ start_nginx() {
 
 stop_sb() {
     [ -n "$sb_pid" ] || return 0
-    local rc
-    rc=$(stop_pid "$sb_pid" 15)
+    stop_pid "$sb_pid" 15
     forget_pid "$sb_pid"
     sb_pid=""
-    [ "$rc" = 0 ] || say "http.bench: warning: switchboard exited with status $rc on SIGTERM (expected 0)"
+    [ "$stop_rc" = 0 ] || say "http.bench: warning: switchboard exited with status $stop_rc on SIGTERM (expected 0)"
 }
 stop_nginx() {
     [ -n "$ng_pid" ] || return 0
-    stop_pid "$ng_pid" 15 >/dev/null
+    stop_pid "$ng_pid" 15
     forget_pid "$ng_pid"
     ng_pid=""
     ng_worker=""
@@ -493,6 +496,10 @@ for mode in $MODES; do
         printf '  %-11s %s, %s B headers + %s B body, %s%s\n' "$([ "$s" = sb ] && echo switchboard || echo nginx)" \
             "$code" "$hb" "$bb" "$ct" "${neg:+, $neg}"
     done
+
+    if [ "$mode" = tls ] && [ "$have_sb" = 1 ] && [ "${R[tls.sb.neg]}" != "${R[tls.nginx.neg]}" ]; then
+        say "  warning: the two servers negotiated different TLS parameters with openssl s_client"
+    fi
 
     for n in $(seq 1 "$RUNS"); do
         for s in "${servers[@]}"; do
