@@ -18,6 +18,7 @@
 #   BENCH_NGINX_ONLY=1    development aid: measure nginx alone when BIN is not built yet
 #   BENCH_RESULTS_DIR=bench/results   where the JSON result goes
 #   BENCH_SUMMARY=FILE    set by bench/run.sh: summary rows are appended there
+# shellcheck disable=SC2317 # trap handlers are reached through trap
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,7 +41,7 @@ die() { printf 'http.bench: %s\n' "$*" >&2; exit 2; }
 for v in DURATION WARMUP CONNS RUNS SERVER_CPU CLIENT_CPU; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "BENCH_${v} must be a non-negative integer (got '${!v}')"
 done
-[ "$RUNS" -ge 1 ] && [ "$DURATION" -ge 1 ] && [ "$CONNS" -ge 1 ] || die "runs, duration and connections must be >= 1"
+{ [ "$RUNS" -ge 1 ] && [ "$DURATION" -ge 1 ] && [ "$CONNS" -ge 1 ]; } || die "runs, duration and connections must be >= 1"
 for m in $MODES; do
     case "$m" in tls | plain) ;; *) die "unknown mode '$m' in BENCH_MODES (tls, plain)" ;; esac
 done
@@ -464,7 +465,6 @@ say ""
 ts=$(date -u +%Y%m%dT%H%M%SZ)
 declare -A R # R[mode.key] = value, for the JSON
 summary_rows=()
-any_goal_missed=0
 
 for mode in $MODES; do
     label=$([ "$mode" = tls ] && echo "TLS" || echo "plain")
@@ -506,7 +506,7 @@ for mode in $MODES; do
             pid=$([ "$s" = sb ] && echo "$sb_pid" || echo "$ng_worker")
             run_once "$s" "$mode" "$n" "$pid" || exit 1
             R[$mode.$s.runs]+="$run_result"$'\n'
-            read -r rps p50 p99 reqs non2xx serr scpu sbusy cbusy steal <<<"$run_result"
+            read -r rps p50 p99 _ non2xx serr scpu sbusy cbusy steal <<<"$run_result"
             printf '  run %d %-11s %10.2f req/s  p50 %8s  p99 %8s  server %3s%% CPU; cores busy: server %3s%%, wrk %3s%%; steal %s%%%s\n' \
                 "$n" "$([ "$s" = sb ] && echo switchboard || echo nginx)" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
                 "$scpu" "$sbusy" "$cbusy" "$steal" "$([ "$non2xx" != 0 ] || [ "$serr" != 0 ] && echo "  ERRORS: $non2xx non-2xx, $serr socket")"
@@ -551,7 +551,7 @@ for mode in $MODES; do
         awk -v r="$ratio" 'BEGIN { exit !(r >= 1.0) }' || why+=("ratio $ratio < 1.0")
         awk -v a="$sb_p99" -v b="$ng_p99" 'BEGIN { exit !(a <= b) }' || why+=("sb p99 $(fmt_ms "$sb_p99") > nginx p99 $(fmt_ms "$ng_p99")")
         [ "$sb_non2xx" = 0 ] && [ "$sb_serr" = 0 ] || why+=("switchboard had errors")
-        if [ ${#why[@]} -eq 0 ]; then goal="goal met"; else any_goal_missed=1; fi
+        [ ${#why[@]} -ne 0 ] || goal="goal met"
         R[$mode.ratio]=$ratio
         R[$mode.goal]=$goal
         R[$mode.why]=$(IFS=';'; echo "${why[*]-}")

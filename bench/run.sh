@@ -4,6 +4,7 @@
 #
 # Exit status: non-zero only when a benchmark could not run. A missed goal is reported in the
 # table ("goal missed"), not through the exit status.
+# shellcheck disable=SC2317 # trap handlers are reached through trap
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
