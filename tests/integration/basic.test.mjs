@@ -1,6 +1,7 @@
 // The system endpoints, request ids, problem documents and the access log, through real
 // clients: curl, node:https, fetch, and raw sockets.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 
 import { assertProblem, connect, exchange, GENERATED_ID, request } from './lib/client.mjs';
@@ -226,6 +227,38 @@ describe('system endpoints', () => {
     assert.equal(srv.logs().filter((l) => l.request_id === 'log-check-1').length, 1, 'exactly one line per request');
   });
 
+  it('access log bytes = the bytes of the response on the wire', async () => {
+    const c = await connect(srv, { plain: true });
+    try {
+      await c.write('GET /healthz HTTP/1.1\r\nHost: t\r\nX-Request-Id: bytes-check\r\nConnection: close\r\n\r\n');
+      await c.readResponse();
+      assert.ok(await c.waitClose(2000));
+      const line = await srv.waitForLog((l) => l.request_id === 'bytes-check', { timeoutMs: 3000 });
+      assert.equal(line.bytes, c.received);
+      assert.ok(line.duration_ms < 1000, `duration_ms ${line.duration_ms} is in milliseconds`);
+    } finally {
+      c.destroy();
+    }
+  });
+
+  it('switchboard_connections_active follows open connections', async () => {
+    const active = async () => parseMetrics((await request(srv, '/metrics')).text).get('switchboard_connections_active');
+    const base = await active();
+    const conns = await Promise.all(Array.from({ length: 5 }, () => connect(srv)));
+    assert.ok(await active() >= base + 5, 'five more while open');
+    for (const c of conns) c.destroy();
+    await waitFor(async () => (await active()) <= base, { timeoutMs: 3000, what: 'the gauge to drop back' });
+  });
+
+  it('concurrent clients on several loops', async () => {
+    const results = await Promise.all(Array.from({ length: 64 }, (_, i) =>
+      request(srv, '/healthz', { headers: { 'X-Request-Id': `conc-${i}` } })));
+    results.forEach((r, i) => {
+      assert.equal(r.status, 200);
+      assert.equal(r.headers['x-request-id'], `conc-${i}`);
+    });
+  });
+
   it('log lines are valid JSON with level/msg, even for odd paths', async () => {
     for (const target of ['/x%22y%5C', "/a'b", '/%00', '/\u00e9t\u00e9'.normalize(), '/a\\b']) {
       await exchange(srv, Buffer.from(`GET ${target} HTTP/1.1\r\nHost: t\r\nX-Request-Id: odd-path\r\nConnection: close\r\n\r\n`, 'utf8'));
@@ -236,5 +269,32 @@ describe('system endpoints', () => {
       assert.doesNotThrow(() => JSON.parse(l), `stderr line is JSON: ${l}`);
     }
     assert.ok(srv.logs().every((l) => typeof l.msg === 'string'), 'every line has msg');
+  });
+});
+
+describe('startup', () => {
+  it('the port accepts connections as soon as the "listening" line is logged', async () => {
+    // Supervisors and scripts wait for that line (or the URL on stdout) and connect at once.
+    let refused = 0;
+    const rounds = 15;
+    for (let i = 0; i < rounds; i++) {
+      const srv = await startServer({ workers: 2, waitAccept: false });
+      try {
+        for (const port of [srv.port]) {
+          const ok = await new Promise((res) => {
+            const s = net.connect({ host: '127.0.0.1', port });
+            s.once('connect', () => {
+              s.destroy();
+              res(true);
+            });
+            s.once('error', () => res(false));
+          });
+          if (!ok) refused++;
+        }
+      } finally {
+        await srv.cleanup();
+      }
+    }
+    assert.equal(refused, 0, `${refused} of ${rounds} connections made right after "listening" were refused`);
   });
 });

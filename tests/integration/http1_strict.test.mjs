@@ -326,6 +326,71 @@ for (const transport of ['tls', 'plain']) {
       }
     });
 
+    it('a 1 MB body arriving in 64 KiB pieces (the input buffer grows under the parsed request)', async () => {
+      const c = await connect(srv, { plain });
+      try {
+        const n = 1000000;
+        await c.write(`POST /healthz HTTP/1.1\r\nHost: t\r\nX-Request-Id: big-body\r\nContent-Length: ${n}\r\n\r\n`);
+        const piece = Buffer.alloc(65536, 0x62);
+        for (let sent = 0; sent < n; sent += piece.length) {
+          await c.write(piece.subarray(0, Math.min(piece.length, n - sent)));
+          await sleep(1);
+        }
+        await c.write('GET /healthz HTTP/1.1\r\nHost: t\r\nX-Request-Id: after-big\r\n\r\n');
+        const a = await c.readResponse();
+        const b = await c.readResponse();
+        assert.equal(a.status, 405);
+        assert.equal(a.headers['x-request-id'], 'big-body', 'header fields still valid after the buffer moved');
+        assert.equal(b.status, 200);
+        assert.equal(b.headers['x-request-id'], 'after-big');
+        // The same with a chunked body of 200 × 4 KiB.
+        let body = '';
+        for (let i = 0; i < 200; i++) body += `1000\r\n${'c'.repeat(4096)}\r\n`;
+        const bb = Buffer.from(`POST /healthz HTTP/1.1\r\nHost: t\r\nX-Request-Id: big-chunked\r\nTransfer-Encoding: chunked\r\n\r\n${body}0\r\n\r\n`);
+        for (let i = 0; i < bb.length; i += 10000) {
+          await c.write(bb.subarray(i, i + 10000));
+          await sleep(1);
+        }
+        await c.write('GET /readyz HTTP/1.1\r\nHost: t\r\nX-Request-Id: after-chunked\r\n\r\n');
+        const d = await c.readResponse();
+        const e = await c.readResponse();
+        assert.deepEqual([d.status, d.headers['x-request-id'], e.status, e.headers['x-request-id']],
+          [405, 'big-chunked', 200, 'after-chunked']);
+      } finally {
+        c.destroy();
+      }
+    });
+
+    it('a keep-alive connection idle for over a second (buffers released) serves again', async () => {
+      const c = await connect(srv, { plain });
+      try {
+        assert.equal((await (async () => {
+          await c.write('GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n');
+          return c.readResponse();
+        })()).status, 200);
+        await sleep(1700);
+        await c.write('GET /healthz HTTP/1.1\r\nHost: t\r\nX-Request-Id: after-idle\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n');
+        const a = await c.readResponse();
+        const b = await c.readResponse();
+        assert.deepEqual([a.status, a.headers['x-request-id'], b.status], [200, 'after-idle', 200]);
+      } finally {
+        c.destroy();
+      }
+    });
+
+    it('no 100 Continue for HTTP/1.0', async () => {
+      const c = await connect(srv, { plain });
+      try {
+        await c.write('POST /healthz HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n');
+        await sleep(250);
+        assert.equal(c.pending().length, 0, `nothing before the body: ${c.pending().toString('latin1')}`);
+        await c.write('hello');
+        assert.equal((await c.readResponse()).status, 405);
+      } finally {
+        c.destroy();
+      }
+    });
+
     it('a client that closes mid-request does not disturb the server', async () => {
       for (const partial of ['GET /healthz HTT', 'POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc',
         'POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab']) {

@@ -149,6 +149,37 @@ describe('SIGHUP reloads the certificate', () => {
     }
   });
 
+  it('a burst of SIGHUPs under traffic: every request succeeds', async () => {
+    let stop = false;
+    let ok = 0;
+    const failures = [];
+    const client = async () => {
+      while (!stop) {
+        try {
+          const c = await connect(srv, { ca: fs.readFileSync(a.ca) });
+          try {
+            if ((await get(c)).status === 200) ok++;
+            else failures.push('status');
+          } finally {
+            c.destroy();
+          }
+        } catch (e) {
+          failures.push(e.code ?? e.message);
+        }
+      }
+    };
+    const clients = Array.from({ length: 8 }, client);
+    for (let i = 0; i < 15; i++) {
+      srv.signal('SIGHUP');
+      await sleep(40);
+    }
+    stop = true;
+    await Promise.all(clients);
+    assert.deepEqual(failures, []);
+    assert.ok(ok > 20, `${ok} requests served`);
+    assert.equal(srv.running, true);
+  });
+
   it('the server exits 0 on SIGTERM after all of that', async () => {
     keep.destroy();
     const r = await srv.stop();

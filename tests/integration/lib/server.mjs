@@ -125,9 +125,14 @@ export class Server {
     proc.stdout.on('data', (d) => {
       this._stdout += d;
     });
+    this._stderrWatchers = new Set();
     proc.stderr.on('data', (d) => {
       this._stderr += d;
       if (process.env.SB_ITEST_VERBOSE) process.stderr.write(d);
+      for (const w of this._stderrWatchers) w();
+    });
+    this.closed.then(() => {
+      for (const w of this._stderrWatchers) w();
     });
   }
 
@@ -241,7 +246,8 @@ export async function tempDir(prefix = 'itest-switchboard-') {
  * Starts a node. Options:
  *   dev (true): --dev; tls (true): --listen 127.0.0.1:0; plain (false): --plain-listen 127.0.0.1:0;
  *   workers (1; null = server default); args: more flags; env: extra environment;
- *   dataDir: reuse a directory (default: a fresh mkdtemp, removed on stop).
+ *   dataDir: reuse a directory (default: a fresh mkdtemp, removed on stop);
+ *   waitAccept (true): after the "listening" lines, also wait until the ports accept.
  * Resolves once every listener accepts TCP connections. Returns a Server with
  *   url, plainUrl, port, plainPort, caPath, dataDir, proc, stderrLines(), logs(), stop().
  */
@@ -265,7 +271,8 @@ const PORT_ZERO_REFUSED = /port must be a number from 1|port.*(0|zero).*(invalid
  * Starts a node. Options:
  *   dev (true): --dev; tls (true): --listen 127.0.0.1:0; plain (false): --plain-listen 127.0.0.1:0;
  *   workers (1; null = server default); args: more flags; env: extra environment;
- *   dataDir: reuse a directory (default: a fresh mkdtemp, removed on stop).
+ *   dataDir: reuse a directory (default: a fresh mkdtemp, removed on stop);
+ *   waitAccept (true): after the "listening" lines, also wait until the ports accept.
  * Resolves once every listener accepts TCP connections. Returns a Server with
  *   url, plainUrl, port, plainPort, caPath, dataDir, proc, stderrLines(), logs(), stop().
  */
@@ -294,6 +301,7 @@ async function startOnce({
   env = {},
   dataDir,
   readyTimeoutMs = 20000,
+  waitAccept = true,
 } = {}, pickPorts = false) {
   const own = !dataDir;
   dataDir ??= await tempDir();
@@ -314,17 +322,31 @@ async function startOnce({
 
   let urls;
   try {
-    urls = await waitFor(
-      () => {
-        if (!srv.running) {
-          throw Object.assign(new Error(`server exited (${JSON.stringify(srv.exit)}) before listening`), { fatal: true });
-        }
+    // Event-driven, not polled: the caller sees the server as soon as it says it listens.
+    urls = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        srv._stderrWatchers.delete(check);
+        reject(new Error(`timed out after ${readyTimeoutMs} ms waiting for the "listening" log lines`));
+      }, readyTimeoutMs);
+      const check = () => {
         const fromLogs = srv.logs().filter((l) => l.msg === 'listening' && l.url).map((l) => l.url);
-        if (fromLogs.length >= want) return fromLogs;
-        return null;
-      },
-      { timeoutMs: readyTimeoutMs, what: 'the "listening" log lines' },
-    );
+        let err = null;
+        if (fromLogs.length >= want) {
+          clearTimeout(timer);
+          srv._stderrWatchers.delete(check);
+          resolve(fromLogs);
+          return;
+        }
+        if (!srv.running) err = new Error(`server exited (${JSON.stringify(srv.exit)}) before listening`);
+        if (err) {
+          clearTimeout(timer);
+          srv._stderrWatchers.delete(check);
+          reject(err);
+        }
+      };
+      srv._stderrWatchers.add(check);
+      check();
+    });
   } catch (e) {
     if (srv.running) proc.kill('SIGKILL');
     await srv.closed;
@@ -342,7 +364,7 @@ async function startOnce({
   // The "listening" line may come before every loop thread has called listen(); wait until
   // the ports accept.
   for (const p of [srv.port, srv.plainPort]) {
-    if (p === null) continue;
+    if (p === null || !waitAccept) continue;
     await waitFor(() => canConnect(p), { timeoutMs: 5000, what: `port ${p} to accept` });
   }
   return srv;
