@@ -9,6 +9,8 @@ secs=${2:-20}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$build/fuzz-artifacts"
 status=0
+passed=0
+failed=0
 for bin in "$build"/fuzz_*; do
     [ -x "$bin" ] || continue
     name=$(basename "$bin")
@@ -23,8 +25,11 @@ for bin in "$build"/fuzz_*; do
         echo "fuzz: $name FAILED; see $build/fuzz-$name.log"
         tail -40 "$build/fuzz-$name.log"
         status=1
+        failed=$((failed + 1))
     else
+        passed=$((passed + 1))
         grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' "$build/fuzz-$name.log" | sed 's/^/  /'
     fi
 done
+echo "fuzz: $passed passed, $failed failed"
 exit $status
