@@ -28,7 +28,7 @@ test-build: test-deps
 	@cmake --build $(TEST_BUILD) -j $(JOBS)
 
 fuzz-build: test-deps
-	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSB_FUZZ=ON >/dev/null
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSB_FUZZ=ON -DSB_SANITIZE=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
 
 # Every tier: cmocka unit tests and node integration tests under ctest (ASan+UBSan build),

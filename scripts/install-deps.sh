@@ -52,6 +52,7 @@ for g in "$@"; do
                 stamp="$d/node_modules/.sb-lock-stamp"
                 if [ ! -f "$stamp" ] || ! cmp -s "$d/package-lock.json" "$stamp"; then
                     (cd "$d" && npm ci --no-audit --no-fund --loglevel=error)
+                    mkdir -p "$d/node_modules"
                     cp "$d/package-lock.json" "$stamp"
                 fi
             fi

@@ -76,7 +76,8 @@ int main(int argc, char **argv)
 
     rc = sb_log_open(cfg.log_file, cfg.log_level);
     if (rc != 0) {
-        fprintf(stderr, "switchboard: cannot open log.file %s: %s\n", cfg.log_file, sb_strerror(rc));
+        fprintf(stderr, "switchboard: cannot open log.file %s: %s\n", cfg.log_file,
+                sb_strerror(rc));
         sb_config_free(&cfg);
         return 1;
     }

@@ -38,50 +38,50 @@ typedef enum sb_log_level {
 
 typedef struct sb_config {
     /* process */
-    bool dev;            /* dev: development node (generated CA/cert, relaxed defaults) */
-    char *data_dir;      /* data_dir: state directory (created if missing) */
-    char *config_file;   /* --config path, NULL if none (not a key itself) */
-    int workers;         /* workers: event loops; 0 = one per core */
+    bool dev;          /* dev: development node (generated CA/cert, relaxed defaults) */
+    char *data_dir;    /* data_dir: state directory (created if missing) */
+    char *config_file; /* --config path, NULL if none (not a key itself) */
+    int workers;       /* workers: event loops; 0 = one per core */
 
     /* listeners: comma-separated HOST:PORT lists */
-    char *listen;        /* listen: TLS listeners */
-    char *plain_listen;  /* plain_listen: cleartext HTTP listeners, empty = none */
+    char *listen;       /* listen: TLS listeners */
+    char *plain_listen; /* plain_listen: cleartext HTTP listeners, empty = none */
 
     /* tls */
-    char *tls_cert;              /* tls.cert: PEM chain path; empty with --dev = generated */
-    char *tls_key;               /* tls.key: PEM private key path */
-    bool tls_session_tickets;    /* tls.session_tickets */
+    char *tls_cert;                   /* tls.cert: PEM chain path; empty with --dev = generated */
+    char *tls_key;                    /* tls.key: PEM private key path */
+    bool tls_session_tickets;         /* tls.session_tickets */
     int64_t tls_handshake_timeout_ms; /* tls.handshake_timeout */
 
     /* http */
-    size_t http_max_request_line;    /* http.max_request_line */
-    size_t http_max_header_bytes;    /* http.max_header_bytes */
-    size_t http_max_headers;         /* http.max_headers */
-    size_t http_max_body_bytes;      /* http.max_body_bytes */
-    int64_t http_header_timeout_ms;  /* http.header_timeout */
-    int64_t http_body_timeout_ms;    /* http.body_timeout */
-    int64_t http_idle_timeout_ms;    /* http.idle_timeout */
-    int64_t http_write_timeout_ms;   /* http.write_timeout: slow readers */
-    int http_max_connections;        /* http.max_connections: per loop */
-    int http_max_pipelined;          /* http.max_pipelined: queued responses per connection */
+    size_t http_max_request_line;   /* http.max_request_line */
+    size_t http_max_header_bytes;   /* http.max_header_bytes */
+    size_t http_max_headers;        /* http.max_headers */
+    size_t http_max_body_bytes;     /* http.max_body_bytes */
+    int64_t http_header_timeout_ms; /* http.header_timeout */
+    int64_t http_body_timeout_ms;   /* http.body_timeout */
+    int64_t http_idle_timeout_ms;   /* http.idle_timeout */
+    int64_t http_write_timeout_ms;  /* http.write_timeout: slow readers */
+    int http_max_connections;       /* http.max_connections: per loop */
+    int http_max_pipelined;         /* http.max_pipelined: queued responses per connection */
 
     /* shutdown */
     int64_t shutdown_drain_timeout_ms; /* shutdown.drain_timeout */
 
     /* logging and observability */
-    sb_log_level log_level;  /* log.level: debug|info|warn|error */
-    bool log_access;         /* log.access: one JSON line per request */
-    char *log_file;          /* log.file: path, empty = stderr */
-    bool metrics_enabled;    /* metrics.enabled: serve /metrics */
+    sb_log_level log_level; /* log.level: debug|info|warn|error */
+    bool log_access;        /* log.access: one JSON line per request */
+    char *log_file;         /* log.file: path, empty = stderr */
+    bool metrics_enabled;   /* metrics.enabled: serve /metrics */
 } sb_config;
 
 /* What the command line asked for besides running. */
 typedef enum sb_config_action {
     SB_CONFIG_RUN = 0,
-    SB_CONFIG_HELP,         /* --help / -h: usage printed to stdout */
-    SB_CONFIG_VERSION,      /* --version / -V */
-    SB_CONFIG_CHECK,        /* --check-config: config loaded and validated */
-    SB_CONFIG_PRINT_DOCS,   /* --print-config-docs: Markdown table of keys to stdout */
+    SB_CONFIG_HELP,       /* --help / -h: usage printed to stdout */
+    SB_CONFIG_VERSION,    /* --version / -V */
+    SB_CONFIG_CHECK,      /* --check-config: config loaded and validated */
+    SB_CONFIG_PRINT_DOCS, /* --print-config-docs: Markdown table of keys to stdout */
 } sb_config_action;
 
 /*
@@ -93,8 +93,8 @@ typedef enum sb_config_action {
  * Validation (ranges, addresses parse, cert and key given together, at least one listener)
  * happens here too.
  */
-SB_EXPORT int sb_config_load(sb_config *cfg, int argc, char **argv, char **envp, sb_config_action *action,
-                   char *err, size_t errlen);
+SB_EXPORT int sb_config_load(sb_config *cfg, int argc, char **argv, char **envp,
+                             sb_config_action *action, char *err, size_t errlen);
 
 SB_EXPORT void sb_config_free(sb_config *cfg);
 
@@ -110,14 +110,14 @@ SB_EXPORT void sb_config_print_docs(FILE *f);
  * restart). Returns the number of such keys.
  */
 SB_EXPORT int sb_config_diff_static(const sb_config *running, const sb_config *fresh,
-                          void (*cb)(const char *key, void *ud), void *ud);
+                                    void (*cb)(const char *key, void *ud), void *ud);
 
 /* Splits a comma-separated listener list into at most `max` HOST:PORT entries and resolves
  * each into a sockaddr_storage (numeric hosts only, plus "localhost" → 127.0.0.1). Returns
  * the count or SB_ECONFIG with err filled. */
 struct sockaddr_storage;
-SB_EXPORT int sb_config_parse_listen(const char *list, struct sockaddr_storage *out, int max, char *err,
-                           size_t errlen);
+SB_EXPORT int sb_config_parse_listen(const char *list, struct sockaddr_storage *out, int max,
+                                     char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -1232,7 +1232,8 @@ static int listen_one(const char *s, size_t len, struct sockaddr_storage *out, c
     uint64_t pn = 0;
     const char *p = port;
     if (parse_digits(&p, &pn) != PARSE_OK || *p || pn > 65535)
-        return errf(err, errlen, "%s: port must be a number from 0 to 65535 (0: the kernel picks one)", q);
+        return errf(err, errlen,
+                    "%s: port must be a number from 0 to 65535 (0: the kernel picks one)", q);
 
     memset(out, 0, sizeof *out);
     if (entry[0] == '[') {

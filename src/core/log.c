@@ -66,8 +66,9 @@ int sb_log_line_begin(sb_buf *b, sb_log_level level, const char *msg)
     }
     int rc = sb_buf_append_str(b, "{\"ts\":\"");
     rc = rc ? rc : sb_buf_append(b, when, n);
-    rc = rc ? rc : sb_buf_appendf(b, ".%03ldZ\",\"level\":\"%s\",\"msg\":\"", ts.tv_nsec / 1000000,
-                                  level_names[level]);
+    rc = rc ? rc
+            : sb_buf_appendf(b, ".%03ldZ\",\"level\":\"%s\",\"msg\":\"", ts.tv_nsec / 1000000,
+                             level_names[level]);
     rc = rc ? rc : sb_buf_append_json_str(b, msg, strlen(msg));
     return rc ? rc : sb_buf_append(b, "\"", 1);
 }

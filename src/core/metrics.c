@@ -4,8 +4,8 @@
 
 /* Upper bounds in nanoseconds of the latency histogram, from 50 µs to 10 s. */
 static const uint64_t bucket_ns[SB_LATENCY_BUCKETS] = {
-    50000,     100000,    250000,     500000,     1000000,    2500000,     5000000,   10000000,
-    25000000,  50000000,  100000000,  250000000,  500000000,  1000000000, 2500000000, 10000000000,
+    50000,    100000,   250000,    500000,    1000000,   2500000,    5000000,    10000000,
+    25000000, 50000000, 100000000, 250000000, 500000000, 1000000000, 2500000000, 10000000000,
 };
 static const char *bucket_le[SB_LATENCY_BUCKETS] = {
     "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
@@ -37,8 +37,8 @@ static uint64_t sum(sb_loop_stats *const *loops, int n, size_t offset)
 
 static int metric(sb_buf *o, const char *name, const char *type, const char *help, uint64_t v)
 {
-    return sb_buf_appendf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type,
-                          name, (unsigned long long)v);
+    return sb_buf_appendf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+                          (unsigned long long)v);
 }
 
 int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t start_time_s)
@@ -48,8 +48,8 @@ int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t st
             : metric(o, "switchboard_connections_active", "gauge",
                      "Client connections currently open.", SUM(connections_active));
     rc = rc ? rc
-            : metric(o, "switchboard_connections_total", "counter",
-                     "Client connections accepted.", SUM(connections_total));
+            : metric(o, "switchboard_connections_total", "counter", "Client connections accepted.",
+                     SUM(connections_total));
     rc = rc ? rc
             : metric(o, "switchboard_connections_rejected_total", "counter",
                      "Connections closed at accept because a loop was at http.max_connections.",

@@ -21,8 +21,8 @@ typedef _Atomic uint64_t sb_counter;
 typedef struct sb_loop_stats {
     sb_counter connections_active;
     sb_counter connections_total;
-    sb_counter connections_rejected; /* over http.max_connections */
-    sb_counter requests_by_class[6]; /* index 1..5 = 1xx..5xx */
+    sb_counter connections_rejected;                    /* over http.max_connections */
+    sb_counter requests_by_class[6];                    /* index 1..5 = 1xx..5xx */
     sb_counter latency_buckets[SB_LATENCY_BUCKETS + 1]; /* cumulative on output; +Inf last */
     sb_counter latency_sum_ns;
     sb_counter tls_handshakes_ok;

@@ -393,7 +393,8 @@ void sb_conn_sweep(sb_loop *loop)
     sb_conn *c = loop->conns;
     while (c) {
         sb_conn *next = c->next;
-        if (c->writing && now - c->last_write_progress_ms >= (uint64_t)loop->live.write_timeout_ms) {
+        if (c->writing &&
+            now - c->last_write_progress_ms >= (uint64_t)loop->live.write_timeout_ms) {
             sb_stat_add(&loop->stats.timeouts, 1);
             close_now(c);
         } else if (c->deadline_ms && now >= c->deadline_ms && !c->writing) {

@@ -45,23 +45,23 @@ typedef enum sb_deadline_kind {
 /* A protocol adapter on a connection. */
 typedef struct sb_proto {
     const char *name;
-    void (*on_data)(sb_conn *c);        /* new bytes in c->in (or EOF: c->eof) */
+    void (*on_data)(sb_conn *c); /* new bytes in c->in (or EOF: c->eof) */
     void (*on_timeout)(sb_conn *c, sb_deadline_kind kind);
-    void (*on_writable)(sb_conn *c);    /* output drained below the high mark */
-    void (*on_drain)(sb_conn *c);       /* server shutting down: finish and close */
-    void (*on_close)(sb_conn *c);       /* release adapter state; no I/O */
+    void (*on_writable)(sb_conn *c); /* output drained below the high mark */
+    void (*on_drain)(sb_conn *c);    /* server shutting down: finish and close */
+    void (*on_close)(sb_conn *c);    /* release adapter state; no I/O */
 } sb_proto;
 
 /* HTTP/1.1 adapter state, kept inline: it is what nearly every connection uses. */
 typedef struct sb_h1_state {
     int state;
-    size_t prev_len;        /* parser resume hint for the current request */
-    size_t head_len;        /* header section length once parsed */
-    size_t body_have;       /* chunked: decoded payload bytes so far */
+    size_t prev_len;  /* parser resume hint for the current request */
+    size_t head_len;  /* header section length once parsed */
+    size_t body_have; /* chunked: decoded payload bytes so far */
     sb_http1_chunked chunked;
-    struct sb_h1_req *req;  /* current request, from the loop's pool */
+    struct sb_h1_req *req; /* current request, from the loop's pool */
     bool sent_continue;
-    bool close_after;       /* no more requests on this connection */
+    bool close_after; /* no more requests on this connection */
 } sb_h1_state;
 
 struct sb_conn {
@@ -90,8 +90,8 @@ struct sb_conn {
     bool handshaking;
     bool reading;
     bool writing;
-    bool eof;         /* peer finished sending */
-    bool closing;     /* close requested: no more input processed */
+    bool eof;     /* peer finished sending */
+    bool closing; /* close requested: no more input processed */
     bool close_after_write;
     bool in_callback; /* inside on_data: flush happens on the way out */
 };

@@ -18,9 +18,9 @@ enum { H1_IDLE, H1_HEAD, H1_BODY_CL, H1_BODY_CHUNKED, H1_WAIT };
 typedef struct sb_h1_req {
     sb_req req; /* first: the adapter casts back */
     sb_http1_request parsed;
-    sb_conn *conn;          /* NULL once the connection is gone */
-    const char *parsed_at;  /* where the header section was when parsed */
-    size_t req_len;         /* bytes of c->in this request occupies */
+    sb_conn *conn;         /* NULL once the connection is gone */
+    const char *parsed_at; /* where the header section was when parsed */
+    size_t req_len;        /* bytes of c->in this request occupies */
     struct sb_h1_req *next_free;
     _Alignas(16) char arena_first[REQ_ARENA_INLINE];
 } sb_h1_req;
@@ -116,8 +116,9 @@ static bool valid_request_id(sb_str v)
         return false;
     for (size_t i = 0; i < v.len; i++) {
         unsigned char ch = (unsigned char)v.base[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '-' || ch == '_' || ch == '.' || ch == ':' || ch == '~';
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' || ch == ':' ||
+                  ch == '~';
         if (!ok)
             return false;
     }
@@ -278,8 +279,8 @@ static bool h1_process(sb_conn *c)
         if (h->state == H1_HEAD) {
             sb_http1_limits lim = limits_of(cfg);
             int status = 400;
-            int rc = sb_http1_parse_request(c->in.base + pos, avail, h->prev_len, &lim,
-                                            &r->parsed, &status);
+            int rc = sb_http1_parse_request(c->in.base + pos, avail, h->prev_len, &lim, &r->parsed,
+                                            &status);
             if (rc == SB_EAGAIN) {
                 h->prev_len = avail;
                 break;
@@ -292,7 +293,8 @@ static bool h1_process(sb_conn *c)
             h->head_len = (size_t)rc;
             r->parsed_at = c->in.base + pos;
             if (r->parsed.content_length > (int64_t)cfg->http_max_body_bytes) {
-                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes", true);
+                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes",
+                       true);
                 break;
             }
             if (r->parsed.chunked) {
@@ -336,7 +338,8 @@ static bool h1_process(sb_conn *c)
                 break;
             }
             if (rc == SB_EMSGSIZE) {
-                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes", true);
+                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes",
+                       true);
                 break;
             }
             if (rc < 0) {

@@ -86,12 +86,12 @@ int sb_http1_parse_request(const char *buf, size_t len, size_t prev_len,
  */
 typedef struct sb_http1_chunked {
     int state;
-    uint64_t chunk_left;   /* payload bytes left in the current chunk */
-    uint64_t total;        /* payload bytes decoded so far */
-    uint64_t max_body;     /* limit on total payload */
-    size_t line_len;       /* bytes in the current size/ext/trailer line so far */
-    size_t trailer_bytes;  /* bytes of trailer section so far */
-    int hex_digits;        /* digits in the current chunk-size */
+    uint64_t chunk_left;  /* payload bytes left in the current chunk */
+    uint64_t total;       /* payload bytes decoded so far */
+    uint64_t max_body;    /* limit on total payload */
+    size_t line_len;      /* bytes in the current size/ext/trailer line so far */
+    size_t trailer_bytes; /* bytes of trailer section so far */
+    int hex_digits;       /* digits in the current chunk-size */
 } sb_http1_chunked;
 
 void sb_http1_chunked_init(sb_http1_chunked *d, uint64_t max_body);

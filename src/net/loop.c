@@ -89,8 +89,8 @@ static void on_listener_connection(uv_stream_t *s, int status)
     sb_conn_accept(l);
 }
 
-int sb__loop_init(sb_loop *loop, sb_server *s, int index, const int *fds, const bool *tls,
-                  int nfds, SSL_CTX *ctx, const sb_live *live, const sb_router *router)
+int sb__loop_init(sb_loop *loop, sb_server *s, int index, const int *fds, const bool *tls, int nfds,
+                  SSL_CTX *ctx, const sb_live *live, const sb_router *router)
 {
     const sb_config *cfg = sb__server_config(s);
     loop->index = index;
@@ -232,8 +232,7 @@ void sb__loop_begin_drain(sb_loop *loop, void *arg)
     loop->draining = true;
     for (int i = 0; i < loop->num_listeners; i++)
         uv_close((uv_handle_t *)&loop->listeners[i].tcp, NULL);
-    uv_timer_start(&loop->drain_timer, on_drain_deadline, (uint64_t)loop->live.drain_timeout_ms,
-                   0);
+    uv_timer_start(&loop->drain_timer, on_drain_deadline, (uint64_t)loop->live.drain_timeout_ms, 0);
     sb_conn_drain_all(loop);
     finish_if_drained(loop);
 }

@@ -22,13 +22,11 @@ int sb_resp_header(sb_req *req, const char *name, sb_str value)
     char *v = sb_arena_strndup(&req->arena, value.base ? value.base : "", value.len);
     if (!n || !v)
         return SB_ENOMEM;
-    req->resp_headers[req->num_resp_headers++] =
-        (sb_http_header){{n, nlen}, {v, value.len}};
+    req->resp_headers[req->num_resp_headers++] = (sb_http_header){{n, nlen}, {v, value.len}};
     return 0;
 }
 
-void sb_resp_send(sb_req *req, int status, const char *content_type, const void *body,
-                  size_t len)
+void sb_resp_send(sb_req *req, int status, const char *content_type, const void *body, size_t len)
 {
     req->status = status;
     req->resp_body_len = len;
@@ -45,8 +43,9 @@ void sb_resp_problem(sb_req *req, int status, const char *slug, const char *deta
     char stack[1024];
     sb_buf b = {stack, 0, sizeof stack, sizeof stack};
     const char *title = sb_http_reason(status);
-    int rc = sb_buf_appendf(&b, "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\","
-                                "\"status\":%d,\"detail\":\"",
+    int rc = sb_buf_appendf(&b,
+                            "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\","
+                            "\"status\":%d,\"detail\":\"",
                             slug, title, status);
     rc = rc ? rc : sb_buf_append_json_str(&b, detail, strlen(detail));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"request_id\":\"");
@@ -55,7 +54,8 @@ void sb_resp_problem(sb_req *req, int status, const char *slug, const char *deta
     if (rc) {
         /* detail too long for the stack buffer: say less rather than fail. */
         b.len = 0;
-        sb_buf_appendf(&b, "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\",\"status\":%d}",
+        sb_buf_appendf(&b,
+                       "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\",\"status\":%d}",
                        slug, title, status);
     }
     sb_resp_send(req, status, "application/problem+json", b.base, b.len);
@@ -64,39 +64,72 @@ void sb_resp_problem(sb_req *req, int status, const char *slug, const char *deta
 const char *sb_http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 426: return "Upgrade Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Content";
+    case 426:
+        return "Upgrade Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 

@@ -19,9 +19,9 @@
 #include "core/str.h"
 #include "net/http1_parser.h"
 
-#define SB_REQ_MAX_PARAMS        8
-#define SB_REQ_MAX_RESP_HEADERS  16
-#define SB_REQUEST_ID_MAX        64
+#define SB_REQ_MAX_PARAMS       8
+#define SB_REQ_MAX_RESP_HEADERS 16
+#define SB_REQUEST_ID_MAX       64
 
 typedef struct sb_req sb_req;
 typedef struct sb_loop sb_loop;
@@ -73,8 +73,7 @@ const sb_http_header *sb_req_header(const sb_req *req, const char *name);
 int sb_resp_header(sb_req *req, const char *name, sb_str value);
 
 /* Sends the response. Must be called exactly once per request. */
-void sb_resp_send(sb_req *req, int status, const char *content_type, const void *body,
-                  size_t len);
+void sb_resp_send(sb_req *req, int status, const char *content_type, const void *body, size_t len);
 
 /* application/json body from a buffer. */
 void sb_resp_json(sb_req *req, int status, const sb_buf *body);

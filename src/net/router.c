@@ -48,8 +48,7 @@ static int split(const char *p, size_t len, sb_str *seg, int max)
     return n;
 }
 
-int sb_router_add(sb_router *r, const char *method, const char *pattern, sb_handler_fn fn,
-                  void *ud)
+int sb_router_add(sb_router *r, const char *method, const char *pattern, sb_handler_fn fn, void *ud)
 {
     if (!pattern || pattern[0] != '/')
         return SB_EINVAL;
@@ -140,8 +139,8 @@ void sb_router_dispatch(const sb_router *r, sb_req *req)
         if (!match(rt, seg, nseg))
             continue;
         path_found = true;
-        bool head_as_get = sb_str_eq_lit(req->method, "HEAD") && rt->method &&
-                           strcmp(rt->method, "GET") == 0;
+        bool head_as_get =
+            sb_str_eq_lit(req->method, "HEAD") && rt->method && strcmp(rt->method, "GET") == 0;
         if (rt->method && !sb_str_eq_lit(req->method, rt->method) && !head_as_get) {
             size_t ml = strlen(rt->method);
             if (allow_len + ml + 2 < sizeof allow) {

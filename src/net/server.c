@@ -139,8 +139,8 @@ static int bind_one(listen_spec *l, char *err, size_t errlen)
         goto fail;
     if (l->addr.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    socklen_t alen = l->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                   : sizeof(struct sockaddr_in);
+    socklen_t alen =
+        l->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     /* Listen now: the port accepts (into this socket's backlog) from the moment the start is
      * announced, before the loop threads run. */
     if (bind(fd, (struct sockaddr *)&l->addr, alen) != 0 || listen(fd, SB_LISTEN_BACKLOG) != 0)
@@ -253,16 +253,15 @@ int sb_server_new(sb_server **out, const sb_config *cfg, char *err, size_t errle
             rc = SB_ENOMEM;
             goto fail;
         }
-        s->ssl_ctx = sb_tls_ctx_new(s->cert_path, s->key_path, cfg->tls_session_tickets, NULL,
-                                    err, errlen);
+        s->ssl_ctx =
+            sb_tls_ctx_new(s->cert_path, s->key_path, cfg->tls_session_tickets, NULL, err, errlen);
         if (!s->ssl_ctx) {
             rc = SB_ETLS;
             goto fail;
         }
     }
 
-    if ((rc = sb_router_new(&s->router)) != 0 ||
-        (rc = sb_api_system_register(s->router, s)) != 0)
+    if ((rc = sb_router_new(&s->router)) != 0 || (rc = sb_api_system_register(s->router, s)) != 0)
         goto fail;
 
     /* Bind every loop's sockets now, so that a port in use fails the start, not a thread. */

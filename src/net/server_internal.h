@@ -11,8 +11,8 @@ const sb_config *sb__server_config(const sb_server *s);
 
 /* Loop lifecycle, in loop.c. sb__loop_init runs on the creating thread before the loop's
  * thread starts; the listening sockets are already bound (fds). */
-int sb__loop_init(sb_loop *loop, sb_server *s, int index, const int *fds, const bool *tls,
-                  int nfds, SSL_CTX *ctx, const sb_live *live, const sb_router *router);
+int sb__loop_init(sb_loop *loop, sb_server *s, int index, const int *fds, const bool *tls, int nfds,
+                  SSL_CTX *ctx, const sb_live *live, const sb_router *router);
 int sb__loop_start(sb_loop *loop);
 void sb__loop_join(sb_loop *loop);
 void sb__loop_destroy(sb_loop *loop);

@@ -112,10 +112,14 @@ static void test_json_escape(void **state)
     json_is("nul\0x", 5, "nul\\u0000x");
     /* Valid UTF-8 passes through; invalid bytes become U+FFFD. */
     json_is("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
-    json_is("a\xff" "b", 3, "a\xef\xbf\xbd" "b");
-    json_is("\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd");         /* overlong */
+    json_is("a\xff"
+            "b",
+            3,
+            "a\xef\xbf\xbd"
+            "b");
+    json_is("\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd");                 /* overlong */
     json_is("\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"); /* surrogate */
-    json_is("\xe2\x82", 2, "\xef\xbf\xbd\xef\xbf\xbd");         /* truncated */
+    json_is("\xe2\x82", 2, "\xef\xbf\xbd\xef\xbf\xbd");                 /* truncated */
 }
 
 static void test_alloc_failure(void **state)
@@ -175,9 +179,12 @@ static void test_arena(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_append_and_max), cmocka_unit_test(test_appendf_long),
-        cmocka_unit_test(test_u64),            cmocka_unit_test(test_json_escape),
-        cmocka_unit_test(test_alloc_failure),  cmocka_unit_test(test_arena),
+        cmocka_unit_test(test_append_and_max),
+        cmocka_unit_test(test_appendf_long),
+        cmocka_unit_test(test_u64),
+        cmocka_unit_test(test_json_escape),
+        cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_arena),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

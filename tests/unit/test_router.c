@@ -145,8 +145,10 @@ static void test_bad_escape(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_params),     cmocka_unit_test(test_not_found),
-        cmocka_unit_test(test_method_not_allowed), cmocka_unit_test(test_head_as_get),
+        cmocka_unit_test(test_params),
+        cmocka_unit_test(test_not_found),
+        cmocka_unit_test(test_method_not_allowed),
+        cmocka_unit_test(test_head_as_get),
         cmocka_unit_test(test_bad_escape),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
