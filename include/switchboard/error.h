@@ -27,6 +27,7 @@
 #define SB_ECANCELED (-ECANCELED) /* operation cancelled (shutdown) */
 #define SB_ETLS      (-4001)      /* TLS library error; details are logged */
 #define SB_ECONFIG   (-4002)      /* invalid configuration */
+#define SB_EAUTH     (-4003)      /* credential refused (bad, expired or forged token) */
 
 #ifdef __cplusplus
 extern "C" {
