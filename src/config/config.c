@@ -1231,8 +1231,8 @@ static int listen_one(const char *s, size_t len, struct sockaddr_storage *out, c
 
     uint64_t pn = 0;
     const char *p = port;
-    if (parse_digits(&p, &pn) != PARSE_OK || *p || pn < 1 || pn > 65535)
-        return errf(err, errlen, "%s: port must be a number from 1 to 65535", q);
+    if (parse_digits(&p, &pn) != PARSE_OK || *p || pn > 65535)
+        return errf(err, errlen, "%s: port must be a number from 0 to 65535 (0: the kernel picks one)", q);
 
     memset(out, 0, sizeof *out);
     if (entry[0] == '[') {
@@ -1319,6 +1319,12 @@ static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_st
     return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
 }
 
+static int port_of(const struct sockaddr_storage *a)
+{
+    return a->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)a)->sin6_port)
+                                    : ntohs(((const struct sockaddr_in *)a)->sin_port);
+}
+
 /* Rules that span keys; each key's own syntax and range were checked as it was set. */
 static int validate(const sb_config *cfg, char *err, size_t errlen)
 {
@@ -1335,7 +1341,7 @@ static int validate(const sb_config *cfg, char *err, size_t errlen)
         return errf(err, errlen, "no listeners: set listen or plain_listen");
     for (int i = 1; i < ntls + nplain; i++)
         for (int j = 0; j < i; j++)
-            if (same_addr(&addrs[i], &addrs[j]))
+            if (same_addr(&addrs[i], &addrs[j]) && port_of(&addrs[i]) != 0)
                 return errf(err, errlen, "%s: %s is listed twice%s",
                             i < ntls ? "listen" : "plain_listen",
                             format_addr(&addrs[i], shown, sizeof shown),

@@ -297,7 +297,7 @@ static void on_write(uv_write_t *req, int status)
         linger_close(c);
         return;
     }
-    if (!c->closing && !c->reading && !c->eof && c->proto && c->proto->on_writable)
+    if (!c->closing && c->proto && c->proto->on_writable)
         c->proto->on_writable(c);
 }
 
@@ -396,7 +396,9 @@ void sb_conn_sweep(sb_loop *loop)
         if (c->writing && now - c->last_write_progress_ms >= (uint64_t)loop->live.write_timeout_ms) {
             sb_stat_add(&loop->stats.timeouts, 1);
             close_now(c);
-        } else if (c->deadline_ms && now >= c->deadline_ms) {
+        } else if (c->deadline_ms && now >= c->deadline_ms && !c->writing) {
+            /* While our output waits on the peer, the write timeout governs; the adapter
+             * re-arms its own deadline when the output drains. */
             sb_deadline_kind kind = c->deadline_kind;
             c->deadline_ms = 0;
             c->deadline_kind = SB_DL_NONE;

@@ -136,8 +136,11 @@ static void set_request_id(sb_h1_req *r)
     sb_loop_new_request_id(r->req.loop, r->req.request_id, &r->req.request_id_len);
 }
 
-/* Answers a request the parser or framing refused, then closes the connection. */
-static void refuse(sb_conn *c, int status, const char *slug, const char *detail)
+static void set_request_id(sb_h1_req *r);
+
+/* Answers a request the parser or framing refused, then closes the connection. `parsed`: the
+ * header section was valid (413, 408 on the body), so the request's fields are usable. */
+static void refuse(sb_conn *c, int status, const char *slug, const char *detail, bool parsed)
 {
     sb_h1_req *r = c->h1.req;
     if (!r) {
@@ -148,11 +151,17 @@ static void refuse(sb_conn *c, int status, const char *slug, const char *detail)
         }
         c->h1.req = r;
     }
-    r->parsed.minor_version = 1;
     r->req.start_ns = r->req.start_ns ? r->req.start_ns : sb_now_ns();
-    r->req.method = r->parsed.num_headers ? r->parsed.method : SB_STR_NULL;
-    r->req.path = SB_STR_NULL;
-    sb_loop_new_request_id(c->loop, r->req.request_id, &r->req.request_id_len);
+    if (parsed) {
+        r->req.method = r->parsed.method;
+        r->req.path = r->parsed.path;
+        set_request_id(r);
+    } else {
+        r->parsed.minor_version = 1;
+        r->req.method = SB_STR_NULL;
+        r->req.path = SB_STR_NULL;
+        sb_loop_new_request_id(c->loop, r->req.request_id, &r->req.request_id_len);
+    }
     c->h1.close_after = true;
     c->h1.state = H1_WAIT;
     sb_stat_add(&c->loop->stats.protocol_errors, 1);
@@ -230,23 +239,32 @@ static void send_continue(sb_conn *c)
         sb_conn_abort(c);
 }
 
-/* Parses and serves every complete request in c->in, in order. */
-static void h1_process(sb_conn *c)
+/* Parses and serves the complete requests in c->in, in order, up to http.max_pipelined of
+ * them or until the queued output passes the high mark. Returns true if it stopped for that
+ * reason with input left, so the caller writes first and then calls again. */
+static bool h1_process(sb_conn *c)
 {
     sb_h1_state *h = &c->h1;
     sb_loop *loop = c->loop;
     const sb_config *cfg = sb__server_config(loop->server);
     size_t pos = 0;
+    int served = 0;
+    bool more = false;
 
     while (!c->closing && h->state != H1_WAIT) {
         size_t avail = c->in.len - pos;
+        if (h->state == H1_IDLE && avail > 0 &&
+            (served >= cfg->http_max_pipelined || c->out.len + c->wout.len > SB_CONN_OUT_HIGH)) {
+            more = true;
+            break;
+        }
         if (h->state == H1_IDLE) {
             if (avail == 0)
                 break;
             h->req = req_acquire(c);
             if (!h->req) {
                 sb_conn_abort(c);
-                return;
+                return false;
             }
             h->req->req.start_ns = 0;
             h->state = H1_HEAD;
@@ -268,13 +286,13 @@ static void h1_process(sb_conn *c)
             }
             r->req.start_ns = sb_now_ns();
             if (rc < 0) {
-                refuse(c, status, slug_for(status), detail_for(status));
+                refuse(c, status, slug_for(status), detail_for(status), false);
                 break;
             }
             h->head_len = (size_t)rc;
             r->parsed_at = c->in.base + pos;
             if (r->parsed.content_length > (int64_t)cfg->http_max_body_bytes) {
-                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes");
+                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes", true);
                 break;
             }
             if (r->parsed.chunked) {
@@ -318,11 +336,11 @@ static void h1_process(sb_conn *c)
                 break;
             }
             if (rc == SB_EMSGSIZE) {
-                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes");
+                refuse(c, 413, "body-too-large", "the body is larger than http.max_body_bytes", true);
                 break;
             }
             if (rc < 0) {
-                refuse(c, 400, "malformed-chunked-body", "the chunked body is malformed");
+                refuse(c, 400, "malformed-chunked-body", "the chunked body is malformed", true);
                 break;
             }
             h->body_have += len;
@@ -333,18 +351,39 @@ static void h1_process(sb_conn *c)
         if (h->state == H1_WAIT)
             break;
         pos += req_len;
+        served++;
     }
 
     if (c->closing)
-        return;
+        return false;
     if (h->state == H1_WAIT) {
         /* A handler answers later: keep the request's bytes where they are. */
         h->prev_len = pos; /* reused as the request's offset while waiting */
         sb_conn_pause_reading(c, true);
-        return;
+        return false;
     }
     if (pos)
         sb_buf_consume(&c->in, pos);
+    return more;
+}
+
+/* Serves what c->in holds, writing between batches; called with c->in_callback set. */
+static void h1_run(sb_conn *c)
+{
+    while (h1_process(c)) {
+        c->in_callback = false;
+        sb_conn_flush(c);
+        c->in_callback = true;
+        if (c->closing)
+            return;
+        if (c->writing) {
+            /* The peer is not reading: stop reading too; h1_on_writable resumes. */
+            sb_conn_pause_reading(c, true);
+            return;
+        }
+    }
+    if (c->closing || c->h1.state == H1_WAIT)
+        return;
     if (c->eof) {
         sb_conn_close_after_write(c);
         return;
@@ -357,12 +396,28 @@ static void h1_on_data(sb_conn *c)
 {
     if (c->h1.state == H1_WAIT)
         return;
-    h1_process(c);
+    h1_run(c);
 }
 
 static void h1_on_writable(sb_conn *c)
 {
-    if (c->h1.state != H1_WAIT)
+    sb_h1_state *h = &c->h1;
+    if (h->state == H1_WAIT)
+        return;
+    c->in_callback = true;
+    h1_run(c);
+    c->in_callback = false;
+    if (c->closing) {
+        sb_conn_flush(c);
+        return;
+    }
+    /* Deadlines paused while our output waited; a partial request gets a fresh one. */
+    if (h->state == H1_HEAD)
+        sb_conn_set_deadline(c, SB_DL_HEADER, c->loop->live.header_timeout_ms);
+    else if (h->state == H1_BODY_CL || h->state == H1_BODY_CHUNKED)
+        sb_conn_set_deadline(c, SB_DL_BODY, c->loop->live.body_timeout_ms);
+    sb_conn_flush(c);
+    if (!c->writing && !c->closing)
         sb_conn_pause_reading(c, false);
 }
 
@@ -375,9 +430,11 @@ static void h1_on_timeout(sb_conn *c, sb_deadline_kind kind)
     }
     if (h->state == H1_HEAD || h->state == H1_BODY_CL || h->state == H1_BODY_CHUNKED) {
         h->req->req.start_ns = h->req->req.start_ns ? h->req->req.start_ns : sb_now_ns();
+        bool body = h->state != H1_HEAD;
         refuse(c, 408, "request-timeout",
-               kind == SB_DL_BODY ? "the body did not arrive within http.body_timeout"
-                                  : "the header section did not arrive within http.header_timeout");
+               body ? "the body did not arrive within http.body_timeout"
+                    : "the header section did not arrive within http.header_timeout",
+               body);
         sb_conn_flush(c);
     }
 }
@@ -516,9 +573,10 @@ static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, siz
     if (async) {
         sb_buf_consume(&c->in, offset + req_len);
         c->in_callback = true;
-        h1_process(c);
+        h1_run(c);
         c->in_callback = false;
-        sb_conn_pause_reading(c, false);
+        if (!c->closing && h->state != H1_WAIT && !c->writing)
+            sb_conn_pause_reading(c, false);
         sb_conn_flush(c);
     }
 }

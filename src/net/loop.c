@@ -139,7 +139,8 @@ static void *loop_thread(void *arg)
     snprintf(name, sizeof name, "sb-loop-%d", loop->index);
     pthread_setname_np(pthread_self(), name);
     for (int i = 0; i < loop->num_listeners; i++) {
-        int rc = uv_listen((uv_stream_t *)&loop->listeners[i].tcp, 4096, on_listener_connection);
+        int rc = uv_listen((uv_stream_t *)&loop->listeners[i].tcp, SB_LISTEN_BACKLOG,
+                           on_listener_connection);
         if (rc)
             sb_log(SB_LOG_ERROR, "listen failed", "reason", uv_strerror(rc), NULL);
     }

@@ -20,6 +20,7 @@
 
 #define SB_LOOP_RBUF_SIZE   65536
 #define SB_MAX_LISTENERS    16
+#define SB_LISTEN_BACKLOG   4096
 
 typedef struct sb_server sb_server;
 typedef struct sb_conn sb_conn;

@@ -141,7 +141,9 @@ static int bind_one(listen_spec *l, char *err, size_t errlen)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     socklen_t alen = l->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                                    : sizeof(struct sockaddr_in);
-    if (bind(fd, (struct sockaddr *)&l->addr, alen) != 0)
+    /* Listen now: the port accepts (into this socket's backlog) from the moment the start is
+     * announced, before the loop threads run. */
+    if (bind(fd, (struct sockaddr *)&l->addr, alen) != 0 || listen(fd, SB_LISTEN_BACKLOG) != 0)
         goto fail;
     /* Port 0: every loop must share the port the kernel picked for the first socket. */
     struct sockaddr_storage got;

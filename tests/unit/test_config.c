@@ -887,12 +887,11 @@ static void test_parse_listen_bad(void **state)
         const char *msg;
     } bad[] = {
         {"127.0.0.1", "\"127.0.0.1\": expected HOST:PORT (the port is required)"},
-        {"127.0.0.1:0", "\"127.0.0.1:0\": port must be a number from 1 to 65535"},
-        {"127.0.0.1:65536", "\"127.0.0.1:65536\": port must be a number from 1 to 65535"},
-        {"127.0.0.1:", "\"127.0.0.1:\": port must be a number from 1 to 65535"},
-        {"127.0.0.1:http", "\"127.0.0.1:http\": port must be a number from 1 to 65535"},
-        {"127.0.0.1:+80", "port must be a number from 1 to 65535"},
-        {"127.0.0.1:99999999999999999999999", "port must be a number from 1 to 65535"},
+        {"127.0.0.1:65536", "\"127.0.0.1:65536\": port must be a number from 0 to 65535"},
+        {"127.0.0.1:", "\"127.0.0.1:\": port must be a number from 0 to 65535"},
+        {"127.0.0.1:http", "\"127.0.0.1:http\": port must be a number from 0 to 65535"},
+        {"127.0.0.1:+80", "port must be a number from 0 to 65535"},
+        {"127.0.0.1:99999999999999999999999", "port must be a number from 0 to 65535"},
         {"::1:80", "\"::1:80\": IPv6 addresses must be in brackets: [ADDR]:PORT"},
         {"[::1]80", "\"[::1]80\": expected [IPv6]:PORT"},
         {"[::1", "\"[::1\": expected [IPv6]:PORT"},
