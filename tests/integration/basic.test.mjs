@@ -1,11 +1,13 @@
 // The system endpoints, request ids, problem documents and the access log, through real
 // clients: curl, node:https, fetch, and raw sockets.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 
 import { assertProblem, connect, exchange, GENERATED_ID, request } from './lib/client.mjs';
-import { parseMetrics, run, startServer, waitFor } from './lib/server.mjs';
+import { makeCaAndServerCert } from './lib/certs.mjs';
+import { parseMetrics, run, startServer, tempDir, waitFor } from './lib/server.mjs';
 
 describe('system endpoints', () => {
   let srv;
@@ -19,7 +21,6 @@ describe('system endpoints', () => {
   it('prints its URLs on stdout and creates the dev CA files', async () => {
     assert.match(srv.stdoutText(), new RegExp(`URL:\\s+${srv.url.replace(/[.]/g, '\\.')}\\b`));
     assert.match(srv.stdoutText(), new RegExp(`URL:\\s+${srv.plainUrl.replace(/[.]/g, '\\.')}\\b`));
-    const fs = await import('node:fs');
     for (const f of ['ca.pem', 'ca.key', 'server.pem', 'server.key']) {
       assert.ok(fs.existsSync(`${srv.dataDir}/tls/${f}`), `${f} exists`);
     }
@@ -37,9 +38,15 @@ describe('system endpoints', () => {
     assert.equal(body, '{"status":"ok"}');
   });
 
-  it('curl refuses the server without the dev CA (the certificate is really checked)', async () => {
-    const r = await run('curl', ['-sS', '-o', '/dev/null', `${srv.url}/healthz`]); // system trust store only
-    assert.equal(r.code, 60, `curl exit ${r.code}: ${r.stderr}`); // peer certificate cannot be authenticated
+  it('curl refuses the server when trusting another CA (the certificate is really checked)', async () => {
+    const dir = await tempDir('itest-switchboard-otherca-');
+    try {
+      const other = await makeCaAndServerCert(dir, 'other');
+      const r = await run('curl', ['-sS', '-o', '/dev/null', '--cacert', other.ca, `${srv.url}/healthz`]);
+      assert.equal(r.code, 60, `curl exit ${r.code}: ${r.stderr}`); // peer certificate cannot be authenticated
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('curl sends and gets back X-Request-Id', async () => {

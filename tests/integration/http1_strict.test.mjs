@@ -416,3 +416,34 @@ for (const transport of ['tls', 'plain']) {
     });
   });
 }
+
+describe('http.max_pipelined bounds the queue, not the answers', () => {
+  let srv;
+  before(async () => {
+    srv = await startServer({ plain: true, workers: 1, args: ['--http.max-pipelined', '2'] });
+  });
+  after(async () => {
+    await srv?.cleanup();
+  });
+
+  for (const plain of [false, true]) {
+    it(`${plain ? 'plain' : 'TLS'}: 25 requests in one write, no more input afterwards, all answered in order`, async () => {
+      const c = await connect(srv, { plain });
+      try {
+        let all = '';
+        for (let i = 0; i < 25; i++) all += `GET /${i % 3 ? 'healthz' : 'metrics'} HTTP/1.1\r\nHost: t\r\nX-Request-Id: q${i}\r\n\r\n`;
+        await c.write(all);
+        for (let i = 0; i < 25; i++) {
+          const r = await c.readResponse({ timeoutMs: 3000 });
+          assert.equal(r.status, 200);
+          assert.equal(r.headers['x-request-id'], `q${i}`);
+        }
+        await c.write('GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n');
+        assert.equal((await c.readResponse()).status, 200);
+        assert.ok(await c.waitClose(2000));
+      } finally {
+        c.destroy();
+      }
+    });
+  }
+});

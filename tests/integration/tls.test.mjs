@@ -167,6 +167,29 @@ describe('TLS', () => {
     assert.match(r.stdout, /^HTTP\/1\.1 200/);
   });
 
+  // s_client reads "R" (renegotiate) and "K" (key update) on a line of its own as commands
+  // when it is not given -ign_eof; the sleeps keep its stdin open meanwhile.
+  const scriptedSClient = (flag, command) => run('bash', ['-c',
+    `(printf 'GET /healthz HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n'; sleep 0.3; printf '${command}\\n'; sleep 0.3; ` +
+    `printf 'GET /readyz HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n'; sleep 0.5) | ` +
+    `openssl s_client -connect 127.0.0.1:${srv.port} -CAfile ${srv.caPath} ${flag} 2>&1`]);
+
+  it('TLS 1.2 renegotiation requested by the client is refused', async () => {
+    const r = await scriptedSClient('-tls1_2', 'R');
+    assert.match(r.stdout, /RENEGOTIATING/, 'the client tried');
+    assert.match(r.stdout, /no renegotiation/, r.stdout);
+    assert.match(r.stdout, /\{"status":"ok"\}/, 'the request before it was served');
+    assert.doesNotMatch(r.stdout, /\{"status":"ready"\}/);
+    assert.equal((await exchange(srv, REQ)).responses[0].status, 200, 'server fine afterwards');
+  });
+
+  it('TLS 1.3 key update keeps the connection working', async () => {
+    const r = await scriptedSClient('-tls1_3', 'K');
+    assert.match(r.stdout, /KEYUPDATE/);
+    assert.match(r.stdout, /\{"status":"ok"\}/);
+    assert.match(r.stdout, /\{"status":"ready"\}/, `the request after the key update was served:\n${r.stdout}`);
+  });
+
   it('garbage instead of a ClientHello is dropped without disturbing the server', async () => {
     const net = await import('node:net');
     const s = net.connect({ host: '127.0.0.1', port: srv.port });
