@@ -29,6 +29,13 @@ static void banner(const sb_config *cfg, sb_server *s)
     printf("Switchboard %s%s\n", SB_VERSION, cfg->dev ? " development node" : "");
     for (int i = 0; i < sb_server_listener_count(s); i++)
         printf("  URL:     %s\n", sb_server_listener_url(s, i));
+    const char *key = sb_server_generated_admin_key(s);
+    if (key) {
+        printf("  Admin key (shown once, stored hashed; keep it safe):\n    %s\n", key);
+        if (ca)
+            printf("  Try:     curl --cacert %s -H 'Authorization: Bearer %s' %s/v1/rooms\n", ca,
+                   key, sb_server_listener_url(s, 0));
+    }
     if (ca) {
         printf("  Dev CA:  %s\n", ca);
         printf("  Try:     curl --cacert %s %s/healthz\n", ca, sb_server_listener_url(s, 0));

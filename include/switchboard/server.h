@@ -45,6 +45,10 @@ SB_EXPORT const char *sb_server_listener_url(const sb_server *s, int i);
 /* With --dev and no configured certificate: the development CA's path; otherwise NULL. */
 SB_EXPORT const char *sb_server_dev_ca_path(const sb_server *s);
 
+/* The bootstrap admin API key when this start generated it (first start without
+ * SWITCHBOARD_ADMIN_KEY): shown once, never stored in clear. Otherwise NULL. */
+SB_EXPORT const char *sb_server_generated_admin_key(const sb_server *s);
+
 /* Starts the worker loops and runs until a SIGTERM or SIGINT has drained every connection
  * (bounded by shutdown.drain_timeout). Returns 0, or a negative error if it could not start. */
 SB_EXPORT int sb_server_run(sb_server *s);

@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -22,20 +23,17 @@ static void on_wakeup(uv_async_t *a)
     pthread_mutex_unlock(&loop->mq_lock);
     while (m) {
         sb_loop_msg *next = m->next;
-        m->fn(loop, m->arg);
+        if (m->plain)
+            m->plain(m->arg);
+        else
+            m->fn(loop, m->arg);
         sb_free(m);
         m = next;
     }
 }
 
-int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg)
+static void enqueue(sb_loop *loop, sb_loop_msg *m)
 {
-    sb_loop_msg *m = sb_malloc(sizeof *m);
-    if (!m)
-        return SB_ENOMEM;
-    m->next = NULL;
-    m->fn = fn;
-    m->arg = arg;
     pthread_mutex_lock(&loop->mq_lock);
     if (loop->mq_tail)
         loop->mq_tail->next = m;
@@ -44,7 +42,29 @@ int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg)
     loop->mq_tail = m;
     pthread_mutex_unlock(&loop->mq_lock);
     uv_async_send(&loop->wakeup);
+}
+
+int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg)
+{
+    sb_loop_msg *m = sb_malloc(sizeof *m);
+    if (!m)
+        return SB_ENOMEM;
+    *m = (sb_loop_msg){.fn = fn, .arg = arg};
+    enqueue(loop, m);
     return 0;
+}
+
+void sb_loop_post_plain(sb_loop *loop, void (*fn)(void *arg), void *arg)
+{
+    sb_loop_msg *m = NULL;
+    for (int i = 0; i < 100 && !(m = sb_malloc(sizeof *m)); i++)
+        usleep(1000);
+    if (!m) {
+        sb_log(SB_LOG_ERROR, "out of memory posting a completion to a loop", NULL);
+        abort();
+    }
+    *m = (sb_loop_msg){.plain = fn, .arg = arg};
+    enqueue(loop, m);
 }
 
 const char *sb_loop_date(sb_loop *loop)
@@ -203,12 +223,18 @@ static void close_if_open(uv_handle_t *h)
 
 static void finish_if_drained(sb_loop *loop)
 {
-    if (!loop->draining || loop->num_conns > 0)
+    if (!loop->draining || loop->num_conns > 0 || loop->pending_jobs > 0)
         return;
     /* Everything is closed: let uv_run return. */
     close_if_open((uv_handle_t *)&loop->tick);
     close_if_open((uv_handle_t *)&loop->wakeup);
     close_if_open((uv_handle_t *)&loop->drain_timer);
+}
+
+void sb_loop_job_done(sb_loop *loop)
+{
+    loop->pending_jobs--;
+    finish_if_drained(loop);
 }
 
 void sb__loop_conn_closed(sb_loop *loop)

@@ -41,7 +41,8 @@ typedef void (*sb_loop_msg_fn)(sb_loop *loop, void *arg);
 
 typedef struct sb_loop_msg {
     struct sb_loop_msg *next;
-    sb_loop_msg_fn fn;
+    sb_loop_msg_fn fn;      /* either this ... */
+    void (*plain)(void *);  /* ... or this is set */
     void *arg;
 } sb_loop_msg;
 
@@ -74,6 +75,7 @@ struct sb_loop {
 
     sb_conn *conns; /* all open connections (intrusive list) */
     size_t num_conns;
+    size_t pending_jobs; /* store jobs whose completion will come back here */
     bool draining;
     bool stopped;
 
@@ -94,8 +96,17 @@ struct sb_loop {
 /* Queues fn(loop, arg) to run on loop's thread. Safe from any thread. Returns SB_ENOMEM. */
 int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg);
 
+/* Same, for callbacks that take only their argument (store completions). Never fails: on
+ * out-of-memory it retries briefly and then aborts, because a lost completion would leave
+ * a request waiting forever. */
+void sb_loop_post_plain(sb_loop *loop, void (*fn)(void *arg), void *arg);
+
 /* The cached IMF-fixdate ("Fri, 27 Nov 2026 07:00:00 GMT") for now. */
 const char *sb_loop_date(sb_loop *loop);
+
+/* A store job submitted from this loop completed (its callback ran): a draining loop may
+ * now be done. */
+void sb_loop_job_done(sb_loop *loop);
 
 /* Fills req->request_id with a new id unique in this process run. */
 void sb_loop_new_request_id(sb_loop *loop, char *out, size_t *len);

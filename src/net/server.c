@@ -8,6 +8,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
+#include "api/app.h"
 #include "net/loop.h"
 #include "net/server_internal.h"
 #include "net/tls.h"
@@ -28,6 +29,7 @@ struct sb_server {
     int nloops;
     sb_loop *loops[MAX_LOOPS];
     sb_router *router;
+    sb_app *app;
     SSL_CTX *ssl_ctx;
     char *cert_path, *key_path, *dev_ca_path;
     listen_spec listen[SB_MAX_LISTENERS];
@@ -78,6 +80,16 @@ int sb_server_listener_count(const sb_server *s)
 const char *sb_server_listener_url(const sb_server *s, int i)
 {
     return i >= 0 && i < s->nlisten ? s->listen[i].url : NULL;
+}
+
+sb_loop *sb_server_loop(const sb_server *s, int i)
+{
+    return s->loops[i];
+}
+
+const char *sb_server_generated_admin_key(const sb_server *s)
+{
+    return s->app ? sb_app_generated_admin_key(s->app) : NULL;
 }
 
 const char *sb_server_dev_ca_path(const sb_server *s)
@@ -279,6 +291,11 @@ int sb_server_new(sb_server **out, const sb_config *cfg, char *err, size_t errle
     for (int i = 0; i < s->nlisten; i++)
         format_url(&s->listen[i]);
 
+    /* The control plane, once the base URL (its token issuer) is known. */
+    if ((rc = sb_app_new(&s->app, cfg, s, s->nloops, err, errlen)) != 0 ||
+        (rc = sb_app_register(s->app, s->router)) != 0)
+        goto fail_fds;
+
     sb_live live = live_of(cfg);
     for (int l = 0; l < s->nloops; l++) {
         sb_loop *loop = sb_calloc(1, sizeof *loop);
@@ -471,6 +488,9 @@ void sb_server_free(sb_server *s)
 {
     if (!s)
         return;
+    /* The store first: its last completions still reach the loops' queues (they are all
+     * idle by now: a loop only exits with no job pending). */
+    sb_app_free(s->app);
     for (int i = 0; i < s->nloops; i++) {
         if (s->loops[i]) {
             sb__loop_destroy(s->loops[i]);

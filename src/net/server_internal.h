@@ -9,6 +9,9 @@
 /* The configuration the server was started with (static keys are read from it). */
 const sb_config *sb__server_config(const sb_server *s);
 
+/* The i-th worker loop (0 <= i < sb_server_loop_count). */
+sb_loop *sb_server_loop(const sb_server *s, int i);
+
 /* Loop lifecycle, in loop.c. sb__loop_init runs on the creating thread before the loop's
  * thread starts; the listening sockets are already bound (fds). */
 int sb__loop_init(sb_loop *loop, sb_server *s, int index, const int *fds, const bool *tls, int nfds,

@@ -1,0 +1,798 @@
+#include "api/app.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "auth/scopes.h"
+#include "core/alloc.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "net/loop.h"
+#include "net/server_internal.h"
+#include "switchboard/error.h"
+
+#define CRED_CACHE_SIZE 1024 /* per loop, direct-mapped */
+#define CRED_CACHE_TTL_MS 60000
+#define LAST_USED_EVERY_MS 60000
+#define BOOTSTRAP_KEY_ID "key_bootstrap"
+#define MAX_BEARER 4096
+
+typedef struct cred_entry {
+    unsigned char digest[32]; /* SHA-256 of the bearer string */
+    bool valid;
+    int64_t until_ms; /* cache expiry: min(key expiry, cached + TTL) */
+    int64_t last_used_recorded_ms;
+    sb_auth auth;
+} cred_entry;
+
+typedef struct app_loop {
+    cred_entry cache[CRED_CACHE_SIZE];
+} app_loop;
+
+struct sb_app {
+    const sb_config *cfg;
+    sb_server *server;
+    sb_store *store;
+    int nloops;
+    app_loop *loops;
+    unsigned char pepper[32];
+    sb_jose_key *token_key;
+    char *jwks_json;
+    size_t jwks_len;
+    char *issuer;
+    char default_project[SB_ID_MAX];
+    char *generated_admin_key;
+};
+
+/* ---- files in data_dir ------------------------------------------------------------- */
+
+static char *path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *p = sb_malloc(la + lb + 2);
+    if (p) {
+        memcpy(p, a, la);
+        p[la] = '/';
+        memcpy(p + la + 1, b, lb + 1);
+    }
+    return p;
+}
+
+/* The pepper that keys every stored credential hash. Kept outside the database so that a
+ * copy of the database alone does not allow offline guessing of key secrets. */
+static int load_pepper(sb_app *app, char *err, size_t errlen)
+{
+    int rc = SB_ENOMEM;
+    char *dir = path_join(app->cfg->data_dir, "secrets");
+    char *file = dir ? path_join(dir, "pepper") : NULL;
+    if (!file)
+        goto out;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+        goto out;
+    }
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, app->pepper, sizeof app->pepper);
+        close(fd);
+        if (n != (ssize_t)sizeof app->pepper) {
+            rc = SB_EIO;
+            snprintf(err, errlen, "%s is damaged (expected %zu bytes)", file, sizeof app->pepper);
+            goto out;
+        }
+        rc = 0;
+        goto out;
+    }
+    if (errno != ENOENT) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot read %s: %s", file, strerror(errno));
+        goto out;
+    }
+    if ((rc = sb_random(app->pepper, sizeof app->pepper)) != 0)
+        goto out;
+    fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, app->pepper, sizeof app->pepper) != (ssize_t)sizeof app->pepper ||
+        fsync(fd) != 0) {
+        rc = SB_EIO;
+        snprintf(err, errlen, "cannot write %s: %s", file, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        goto out;
+    }
+    close(fd);
+    rc = 0;
+out:
+    sb_free(file);
+    sb_free(dir);
+    return rc;
+}
+
+/* ---- credentials ------------------------------------------------------------------- */
+
+static void hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32])
+{
+    unsigned int n = 32;
+    HMAC(EVP_sha256(), app->pepper, sizeof app->pepper, (const unsigned char *)secret, len, out,
+         &n);
+}
+
+/* Key ids are embedded in the secret: sbk_<key id>_<random>. */
+static bool key_id_of(const char *tok, size_t len, char *id)
+{
+    if (len < 8 || memcmp(tok, "sbk_", 4) != 0)
+        return false;
+    const char *start = tok + 4;
+    const char *us = memchr(start, '_', len - 4);
+    if (!us) /* "sbk_key_<20>_<secret>": the id itself holds one underscore */
+        return false;
+    us = memchr(us + 1, '_', (size_t)(tok + len - us - 1));
+    if (!us || (size_t)(us - start) >= SB_ID_MAX)
+        return false;
+    memcpy(id, start, (size_t)(us - start));
+    id[us - start] = '\0';
+    return true;
+}
+
+typedef struct lookup_result {
+    bool found;
+    sb_auth auth;
+    int64_t expires_at; /* 0 = never */
+} lookup_result;
+
+static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
+                      lookup_result *res)
+{
+    char id[SB_ID_MAX];
+    if (!key_id_of(tok, len, id))
+        memcpy(id, BOOTSTRAP_KEY_ID, sizeof BOOTSTRAP_KEY_ID);
+    sqlite3_stmt *st = sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, "
+                                         "revoked_at FROM api_keys WHERE id = ?1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    res->found = false;
+    if (rc == SQLITE_ROW) {
+        unsigned char h[32];
+        hash_secret(app, tok, len, h);
+        const void *stored = sqlite3_column_blob(st, 1);
+        bool match = stored && sqlite3_column_bytes(st, 1) == 32 && CRYPTO_memcmp(h, stored, 32) == 0;
+        int64_t exp = sqlite3_column_int64(st, 3);
+        bool revoked = sqlite3_column_type(st, 4) != SQLITE_NULL;
+        if (match && !revoked && (exp == 0 || exp > sb_time_ms())) {
+            res->found = true;
+            snprintf(res->auth.project_id, sizeof res->auth.project_id, "%s",
+                     (const char *)sqlite3_column_text(st, 0));
+            snprintf(res->auth.credential_id, sizeof res->auth.credential_id, "%s", id);
+            const char *sc = (const char *)sqlite3_column_text(st, 2);
+            sb_scopes_parse(sc, strlen(sc), &res->auth.scopes, NULL, NULL);
+            res->expires_at = exp;
+        }
+        rc = SQLITE_DONE;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : SB_EIO;
+}
+
+typedef struct last_used_job {
+    char id[SB_ID_MAX];
+    int64_t at;
+} last_used_job;
+
+static int last_used_run(sqlite3 *db, void *arg)
+{
+    last_used_job *j = arg;
+    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, j->at);
+    sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
+
+static void last_used_done(void *arg, int rc)
+{
+    (void)rc;
+    sb_free(arg);
+}
+
+/* Recorded at most once a minute per key and loop: a write per request would cost more
+ * than the request. Fire and forget: losing one such update on a crash is harmless. */
+static void note_last_used(sb_app *app, cred_entry *e, int64_t now)
+{
+    if (now - e->last_used_recorded_ms < LAST_USED_EVERY_MS)
+        return;
+    e->last_used_recorded_ms = now;
+    last_used_job *j = sb_malloc(sizeof *j);
+    if (!j)
+        return;
+    memcpy(j->id, e->auth.credential_id, sizeof j->id);
+    j->at = now;
+    if (sb_store_submit(app->store, last_used_run, last_used_done, j, NULL, NULL) != 0)
+        sb_free(j);
+}
+
+static void unauthorized(sb_req *req, const char *detail)
+{
+    sb_resp_header(req, "WWW-Authenticate",
+                   SB_STR_LIT("Bearer realm=\"switchboard\", error=\"invalid_token\""));
+    sb_resp_problem(req, 401, "unauthorized", detail);
+}
+
+bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
+{
+    const sb_http_header *h = sb_req_header(req, "authorization");
+    if (!h) {
+        sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Bearer realm=\"switchboard\""));
+        sb_resp_problem(req, 401, "unauthorized", "an Authorization: Bearer credential is required");
+        return false;
+    }
+    sb_str v = h->value;
+    if (v.len < 8 || !sb_str_case_eq((sb_str){v.base, 7}, "bearer ") || v.len - 7 > MAX_BEARER) {
+        unauthorized(req, "the Authorization header must be: Bearer <credential>");
+        return false;
+    }
+    const char *tok = v.base + 7;
+    size_t len = v.len - 7;
+    while (len && *tok == ' ') {
+        tok++;
+        len--;
+    }
+    unsigned char digest[32];
+    unsigned int dl = 32;
+    EVP_Digest(tok, len, digest, &dl, EVP_sha256(), NULL);
+    app_loop *al = &app->loops[req->loop->index];
+    cred_entry *e = &al->cache[(digest[0] | (unsigned)digest[1] << 8) % CRED_CACHE_SIZE];
+    int64_t now = sb_time_ms();
+    if (!(e->valid && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
+        lookup_result res;
+        if (lookup_key(sb_app_reader(app, req), app, tok, len, &res) != 0) {
+            sb_app_internal_error(req, "credential lookup", SB_EIO);
+            return false;
+        }
+        if (!res.found) {
+            unauthorized(req, "the credential is not valid (unknown, revoked or expired)");
+            return false;
+        }
+        memcpy(e->digest, digest, 32);
+        e->valid = true;
+        e->auth = res.auth;
+        e->until_ms = now + CRED_CACHE_TTL_MS;
+        if (res.expires_at && res.expires_at < e->until_ms)
+            e->until_ms = res.expires_at;
+        e->last_used_recorded_ms = 0;
+    }
+    note_last_used(app, e, now);
+    if ((e->auth.scopes & need) != need) {
+        char want[256];
+        sb_scopes_format(need & ~e->auth.scopes, want, sizeof want);
+        char detail[320];
+        snprintf(detail, sizeof detail, "the credential lacks the scope: %s", want);
+        sb_resp_problem(req, 403, "insufficient-scope", detail);
+        return false;
+    }
+    *out = e->auth;
+    return true;
+}
+
+typedef struct forget_msg {
+    sb_app *app;
+    char id[SB_ID_MAX];
+} forget_msg;
+
+static void forget_on_loop(sb_loop *loop, void *arg)
+{
+    forget_msg *m = arg;
+    app_loop *al = &m->app->loops[loop->index];
+    for (int i = 0; i < CRED_CACHE_SIZE; i++)
+        if (al->cache[i].valid && strcmp(al->cache[i].auth.credential_id, m->id) == 0)
+            al->cache[i].valid = false;
+    sb_free(m);
+}
+
+void sb_app_forget_key(sb_app *app, const char *key_id)
+{
+    for (int i = 0; i < app->nloops; i++) {
+        forget_msg *m = sb_malloc(sizeof *m);
+        if (!m)
+            continue; /* the cache TTL still bounds how long it may be used */
+        m->app = app;
+        snprintf(m->id, sizeof m->id, "%s", key_id);
+        if (sb_loop_post(sb_server_loop(app->server, i), forget_on_loop, m) != 0)
+            sb_free(m);
+    }
+}
+
+/* ---- handler helpers --------------------------------------------------------------- */
+
+sqlite3 *sb_app_reader(sb_app *app, sb_req *req)
+{
+    return sb_store_reader(app->store, req->loop->index);
+}
+
+static void post_to_loop(void *target, void (*fn)(void *arg), void *arg)
+{
+    sb_loop_post_plain(target, fn, arg);
+}
+
+typedef struct submit_ctx {
+    sb_store_job_fn job;
+    sb_store_done_fn done;
+    void *arg;
+    sb_loop *loop;
+} submit_ctx;
+
+static int submit_job(sqlite3 *db, void *arg)
+{
+    submit_ctx *c = arg;
+    return c->job(db, c->arg);
+}
+
+static void submit_done(void *arg, int rc)
+{
+    submit_ctx *c = arg;
+    sb_loop *loop = c->loop;
+    c->done(c->arg, rc);
+    sb_loop_job_done(loop);
+}
+
+bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done,
+                   void *arg)
+{
+    /* The wrapper lives in the request's arena, which outlives the job: the request is only
+     * released once answered, and only done answers it. */
+    submit_ctx *c = sb_arena_alloc(&req->arena, sizeof *c);
+    if (!c) {
+        sb_resp_problem(req, 503, "overloaded", "out of memory; retry later");
+        return false;
+    }
+    *c = (submit_ctx){job, done, arg, req->loop};
+    int rc = sb_store_submit(app->store, submit_job, submit_done, c, post_to_loop, req->loop);
+    if (rc == SB_EAGAIN) {
+        sb_resp_header(req, "Retry-After", SB_STR_LIT("1"));
+        sb_resp_problem(req, 503, "overloaded", "the write queue is full; retry shortly");
+        return false;
+    }
+    if (rc != 0) {
+        sb_app_internal_error(req, "submitting a write", rc);
+        return false;
+    }
+    req->loop->pending_jobs++;
+    return true;
+}
+
+void sb_app_internal_error(sb_req *req, const char *what, int rc)
+{
+    sb_log(SB_LOG_ERROR, "internal error", "what", what, "reason", sb_strerror(rc), "request_id",
+           req->request_id, NULL);
+    sb_resp_problem(req, 500, "internal", "an internal error occurred; see the server log");
+}
+
+json_t *sb_app_body(sb_req *req)
+{
+    const sb_http_header *ct = sb_req_header(req, "content-type");
+    if (ct) {
+        sb_str v = ct->value;
+        size_t n = 0;
+        while (n < v.len && v.base[n] != ';' && v.base[n] != ' ')
+            n++;
+        if (!sb_str_case_eq((sb_str){v.base, n}, "application/json")) {
+            sb_resp_problem(req, 415, "unsupported-media-type",
+                            "the request body must be application/json");
+            return NULL;
+        }
+    }
+    char why[256];
+    json_t *j = sb_json_parse_object(req->body.base, req->body.len, why, sizeof why);
+    if (!j)
+        sb_resp_problem(req, 400, "invalid-json", why);
+    return j;
+}
+
+void sb_app_send_json(sb_req *req, int status, json_t *j)
+{
+    sb_buf b;
+    sb_buf_init(&b, 64u << 20);
+    int rc = j ? sb_json_dump(j, &b) : SB_ENOMEM;
+    json_decref(j);
+    if (rc != 0) {
+        sb_buf_free(&b);
+        sb_app_internal_error(req, "serializing a response", rc);
+        return;
+    }
+    sb_resp_send(req, status, "application/json", b.base, b.len);
+    sb_buf_free(&b);
+}
+
+int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const char *action,
+                 const char *target_type, const char *target_id)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "INSERT INTO audit_log (project_id, at, credential_id, request_id, action, "
+            "target_type, target_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, who->project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, sb_time_ms());
+    sqlite3_bind_text(st, 3, who->credential_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, request_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, action, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, target_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, target_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+bool sb_req_query(sb_req *req, const char *name, sb_str *out)
+{
+    size_t nl = strlen(name);
+    const char *q = req->query.base, *end = q + req->query.len;
+    while (q && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(pe - q));
+        const char *ke = eq ? eq : pe;
+        if ((size_t)(ke - q) == nl && memcmp(q, name, nl) == 0) {
+            const char *v = eq ? eq + 1 : pe;
+            size_t vl = (size_t)(pe - v);
+            char *d = sb_arena_alloc(&req->arena, vl + 1);
+            if (!d)
+                return false;
+            size_t n = 0;
+            for (size_t i = 0; i < vl; i++) {
+                if (v[i] == '+') {
+                    d[n++] = ' ';
+                } else if (v[i] == '%' && i + 2 < vl && hexval(v[i + 1]) >= 0 &&
+                           hexval(v[i + 2]) >= 0) {
+                    d[n++] = (char)(hexval(v[i + 1]) << 4 | hexval(v[i + 2]));
+                    i += 2;
+                } else {
+                    d[n++] = v[i];
+                }
+            }
+            d[n] = '\0';
+            *out = (sb_str){d, n};
+            return true;
+        }
+        q = amp ? amp + 1 : end;
+    }
+    return false;
+}
+
+bool sb_app_page(sb_req *req, sb_page *p)
+{
+    sb_str v;
+    p->limit = 50;
+    p->has_cursor = false;
+    if (sb_req_query(req, "limit", &v)) {
+        char *endp;
+        long n = strtol(v.base, &endp, 10);
+        if (v.len == 0 || *endp || n < 1 || n > 200) {
+            sb_resp_problem(req, 400, "invalid-parameter", "limit must be an integer from 1 to 200");
+            return false;
+        }
+        p->limit = (int)n;
+    }
+    if (sb_req_query(req, "cursor", &v) && v.len) {
+        unsigned char raw[96];
+        size_t n;
+        if (sb_jose_b64url_decode(v.base, v.len, raw, sizeof raw - 1, &n) != 0)
+            goto bad;
+        raw[n] = '\0';
+        char *colon = memchr(raw, ':', n);
+        if (!colon || (size_t)((char *)raw + n - colon - 1) >= SB_ID_MAX)
+            goto bad;
+        *colon = '\0';
+        char *endp;
+        p->after_ms = strtoll((char *)raw, &endp, 10);
+        if (*endp || colon == (char *)raw)
+            goto bad;
+        memcpy(p->after_id, colon + 1, strlen(colon + 1) + 1);
+        p->has_cursor = true;
+    }
+    return true;
+bad:
+    sb_resp_problem(req, 400, "invalid-parameter", "cursor is not one this server issued");
+    return false;
+}
+
+int sb_app_page_next(json_t *resp, bool more, int64_t last_ms, const char *last_id)
+{
+    if (!more)
+        return json_object_set_new(resp, "next_cursor", json_null());
+    char raw[96];
+    int n = snprintf(raw, sizeof raw, "%lld:%s", (long long)last_ms, last_id);
+    sb_buf b;
+    sb_buf_init(&b, 256);
+    int rc = sb_jose_b64url_encode(raw, (size_t)n, &b);
+    rc = rc ? rc : sb_buf_append(&b, "", 1);
+    if (rc == 0)
+        rc = json_object_set_new(resp, "next_cursor", json_string(b.base));
+    sb_buf_free(&b);
+    return rc;
+}
+
+/* ---- start-up ---------------------------------------------------------------------- */
+
+typedef struct bootstrap {
+    sb_app *app;
+    const char *env_key;
+    char generated[128];
+    bool made_key;
+    char *pem; /* signing key found or made */
+    size_t pem_len;
+    char kid[SB_ID_MAX];
+    sb_jose_key *fresh;
+    char err[256];
+} bootstrap;
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
+
+static int bootstrap_run(sqlite3 *db, void *arg)
+{
+    bootstrap *b = arg;
+    sb_app *app = b->app;
+    int64_t now = sb_time_ms();
+    int rc;
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "INSERT OR IGNORE INTO projects (id, name, created_at) VALUES (?1, 'default', ?2)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, app->default_project, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    if ((rc = step_done(st)) != 0)
+        return rc;
+
+    char scopes[256];
+    sb_scopes_format(SB_SCOPES_ALL, scopes, sizeof scopes);
+    unsigned char h[32];
+    const char *secret = b->env_key;
+    if (!secret) {
+        st = sb_store_stmt(db, "SELECT 1 FROM api_keys WHERE id = ?1");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, BOOTSTRAP_KEY_ID, -1, SQLITE_STATIC);
+        bool exists = sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_reset(st);
+        if (!exists) {
+            unsigned char r[32];
+            sb_buf enc;
+            char encbuf[64];
+            sb_buf_init(&enc, 0);
+            enc = (sb_buf){encbuf, 0, sizeof encbuf, sizeof encbuf};
+            if ((rc = sb_random(r, sizeof r)) != 0 || (rc = sb_jose_b64url_encode(r, 32, &enc)))
+                return rc;
+            snprintf(b->generated, sizeof b->generated, "sbk_%s_%.*s", BOOTSTRAP_KEY_ID,
+                     (int)enc.len, enc.base);
+            secret = b->generated;
+            b->made_key = true;
+        }
+    }
+    if (secret) {
+        hash_secret(app, secret, strlen(secret), h);
+        st = sb_store_stmt(db,
+                           "INSERT INTO api_keys (id, project_id, name, secret_hash, scopes, "
+                           "created_at) VALUES (?1, ?2, 'bootstrap admin', ?3, ?4, ?5) "
+                           "ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, "
+                           "scopes = excluded.scopes, revoked_at = NULL, expires_at = NULL");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, BOOTSTRAP_KEY_ID, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, app->default_project, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 3, h, 32, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 4, scopes, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 5, now);
+        if ((rc = step_done(st)) != 0)
+            return rc;
+    }
+
+    /* The server's participant-token key (ES256), made once and kept. */
+    st = sb_store_stmt(db, "SELECT kid, material FROM signing_keys WHERE project_id IS NULL AND "
+                           "alg = 'ES256' AND retired_at IS NULL ORDER BY created_at DESC LIMIT 1");
+    if (!st)
+        return SB_EIO;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(b->kid, sizeof b->kid, "%s", (const char *)sqlite3_column_text(st, 0));
+        b->pem_len = (size_t)sqlite3_column_bytes(st, 1);
+        b->pem = sb_strndup(sqlite3_column_blob(st, 1), b->pem_len);
+        sqlite3_reset(st);
+        return b->pem ? 0 : SB_ENOMEM;
+    }
+    sqlite3_reset(st);
+    if ((rc = sb_id_new("sk", b->kid)) != 0 ||
+        (rc = sb_jose_key_generate(SB_JOSE_ES256, b->kid, &b->fresh)) != 0)
+        return rc;
+    sb_buf pem;
+    sb_buf_init(&pem, 1 << 16);
+    if ((rc = sb_jose_key_private_pem(b->fresh, &pem)) != 0) {
+        sb_buf_free(&pem);
+        return rc;
+    }
+    st = sb_store_stmt(db, "INSERT INTO signing_keys (kid, project_id, alg, material, created_at) "
+                           "VALUES (?1, NULL, 'ES256', ?2, ?3)");
+    if (!st) {
+        sb_buf_free(&pem);
+        return SB_EIO;
+    }
+    sqlite3_bind_text(st, 1, b->kid, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, pem.base, (int)pem.len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, now);
+    rc = step_done(st);
+    OPENSSL_cleanse(pem.base, pem.len);
+    sb_buf_free(&pem);
+    return rc;
+}
+
+static int build_jwks(sb_app *app)
+{
+    const sb_jose_key *keys[1] = {app->token_key};
+    json_t *jwks = NULL;
+    int rc = sb_jose_jwks(keys, 1, &jwks);
+    if (rc)
+        return rc;
+    app->jwks_json = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+    if (!app->jwks_json)
+        return SB_ENOMEM;
+    app->jwks_len = strlen(app->jwks_json);
+    return 0;
+}
+
+int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops, char *err,
+               size_t errlen)
+{
+    int rc = SB_ENOMEM;
+    char *dbpath = NULL;
+    bootstrap b;
+    memset(&b, 0, sizeof b);
+    sb_app *app = sb_calloc(1, sizeof *app);
+    if (!app)
+        goto fail;
+    app->cfg = cfg;
+    app->server = server;
+    app->nloops = nloops;
+    snprintf(app->default_project, sizeof app->default_project, "prj_default");
+    app->loops = sb_calloc((size_t)nloops, sizeof *app->loops);
+    if (!app->loops)
+        goto fail;
+    const char *base = sb_server_listener_url(server, 0);
+    app->issuer = sb_strdup(base ? base : "https://localhost");
+    if (!app->issuer)
+        goto fail;
+    if ((rc = load_pepper(app, err, errlen)) != 0)
+        goto fail;
+
+    b.app = app;
+    b.env_key = getenv("SWITCHBOARD_ADMIN_KEY");
+    if (b.env_key && strlen(b.env_key) < 32) {
+        snprintf(err, errlen, "SWITCHBOARD_ADMIN_KEY must be at least 32 characters");
+        rc = SB_ECONFIG;
+        goto fail;
+    }
+    dbpath = path_join(cfg->data_dir, "switchboard.db");
+    if (!dbpath)
+        goto fail;
+    sb_store_opts so = {.path = dbpath, .readers = nloops, .synchronous_full = true};
+    if ((rc = sb_store_open(&app->store, &so, err, errlen)) != 0)
+        goto fail;
+    if ((rc = sb_store_run_sync(app->store, bootstrap_run, &b)) < 0) {
+        snprintf(err, errlen, "cannot initialise the database: %s", sb_strerror(rc));
+        goto fail;
+    }
+    if (b.fresh) {
+        app->token_key = b.fresh;
+        b.fresh = NULL;
+    } else if ((rc = sb_jose_key_from_pem(b.kid, b.pem, b.pem_len, &app->token_key)) != 0) {
+        snprintf(err, errlen, "the stored token-signing key %s cannot be loaded", b.kid);
+        goto fail;
+    }
+    if ((rc = build_jwks(app)) != 0)
+        goto fail;
+    if (b.made_key && !(app->generated_admin_key = sb_strdup(b.generated))) {
+        rc = SB_ENOMEM;
+        goto fail;
+    }
+    OPENSSL_cleanse(b.generated, sizeof b.generated);
+    if (b.pem) {
+        OPENSSL_cleanse(b.pem, b.pem_len);
+        sb_free(b.pem);
+    }
+    sb_free(dbpath);
+    *out = app;
+    return 0;
+fail:
+    OPENSSL_cleanse(b.generated, sizeof b.generated);
+    if (b.pem) {
+        OPENSSL_cleanse(b.pem, b.pem_len);
+        sb_free(b.pem);
+    }
+    sb_jose_key_free(b.fresh);
+    sb_free(dbpath);
+    sb_app_free(app);
+    return rc;
+}
+
+void sb_app_free(sb_app *app)
+{
+    if (!app)
+        return;
+    sb_store_close(app->store);
+    sb_jose_key_free(app->token_key);
+    free(app->jwks_json); /* jansson's allocation */
+    sb_free(app->issuer);
+    if (app->generated_admin_key) {
+        OPENSSL_cleanse(app->generated_admin_key, strlen(app->generated_admin_key));
+        sb_free(app->generated_admin_key);
+    }
+    OPENSSL_cleanse(app->pepper, sizeof app->pepper);
+    sb_free(app->loops);
+    sb_free(app);
+}
+
+const char *sb_app_generated_admin_key(const sb_app *app)
+{
+    return app->generated_admin_key;
+}
+
+const sb_jose_key *sb_app_token_key(const sb_app *app)
+{
+    return app->token_key;
+}
+
+const char *sb_app_jwks_json(const sb_app *app, size_t *len)
+{
+    *len = app->jwks_len;
+    return app->jwks_json;
+}
+
+const char *sb_app_issuer(const sb_app *app)
+{
+    return app->issuer;
+}
+
+static void jwks(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_resp_header(req, "Cache-Control", SB_STR_LIT("public, max-age=300"));
+    sb_resp_send(req, 200, "application/json", app->jwks_json, app->jwks_len);
+}
+
+int sb_app_register(sb_app *app, sb_router *r)
+{
+    int rc = sb_router_add(r, "GET", "/.well-known/jwks.json", jwks, app);
+    rc = rc ? rc : sb_api_keys_register(app, r);
+    rc = rc ? rc : sb_api_rooms_register(app, r);
+    rc = rc ? rc : sb_api_tokens_register(app, r);
+    return rc;
+}
+
+void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32])
+{
+    hash_secret(app, secret, len, out);
+}

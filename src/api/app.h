@@ -1,0 +1,103 @@
+/*
+ * The control plane: what the REST (and later gRPC and SOAP) adapters call.
+ *
+ * sb_app owns the store, the secrets kept in data_dir (the key-hashing pepper, the server's
+ * token-signing key) and one context per event loop (credential cache, the loop's store
+ * reader). Handlers run on a loop: reads go to that loop's reader connection (short, indexed
+ * reads); every change is a store job run on the writer thread, answered from its done
+ * callback back on the loop, so no loop ever waits on disk for a write.
+ */
+#ifndef SB_API_APP_H
+#define SB_API_APP_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "auth/jose.h"
+#include "core/ids.h"
+#include "net/request.h"
+#include "net/router.h"
+#include "store/store.h"
+#include "switchboard/config.h"
+
+typedef struct sb_app sb_app;
+typedef struct sb_server sb_server;
+
+/* Who is calling, once authenticated. */
+typedef struct sb_auth {
+    char project_id[SB_ID_MAX];
+    char credential_id[SB_ID_MAX];
+    uint32_t scopes;
+} sb_auth;
+
+/* Opens the store in cfg->data_dir, creates the default project and the bootstrap admin key
+ * on first start (from SWITCHBOARD_ADMIN_KEY when set), loads or creates the signing key.
+ * Returns 0 or an error with err filled. */
+int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops, char *err,
+               size_t errlen);
+void sb_app_free(sb_app *app);
+
+/* The generated admin key if this start created one (to print once), else NULL. */
+const char *sb_app_generated_admin_key(const sb_app *app);
+
+/* Registers every /v1, /oauth and /.well-known route. */
+int sb_app_register(sb_app *app, sb_router *r);
+
+/* ---- for handlers ------------------------------------------------------------------- */
+
+/* Authenticates the bearer credential and checks it holds `need` (all bits). On failure
+ * answers 401 (with WWW-Authenticate) or 403 and returns false. */
+bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out);
+
+/* The calling loop's read-only connection. */
+sqlite3 *sb_app_reader(sb_app *app, sb_req *req);
+
+/* Runs job on the writer thread, then done(arg, rc) on req's loop. On a full queue answers
+ * 503 itself and returns false (neither job nor done will run). */
+bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done,
+                   void *arg);
+
+/* Answers 500 and logs why (never to the client). */
+void sb_app_internal_error(sb_req *req, const char *what, int rc);
+
+/* Parses the body as a JSON object or answers 400/415 and returns NULL. */
+json_t *sb_app_body(sb_req *req);
+
+/* Sends a JSON value (stolen). */
+void sb_app_send_json(sb_req *req, int status, json_t *j);
+
+/* Writes an audit row inside a job. action like "room.create"; target_type "room". */
+int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const char *action,
+                 const char *target_type, const char *target_id);
+
+/* Drops cached credentials of key_id on every loop (after a revoke is committed). */
+void sb_app_forget_key(sb_app *app, const char *key_id);
+
+/* The shared signing keys. */
+const sb_jose_key *sb_app_token_key(const sb_app *app);
+const char *sb_app_jwks_json(const sb_app *app, size_t *len);
+const char *sb_app_issuer(const sb_app *app);
+
+/* Keyset pagination: limit (1..200, default 50) and cursor from the query string. The
+ * cursor is opaque to clients: base64url of "<ms>:<id>". Answers 400 and returns false on
+ * bad input. */
+typedef struct sb_page {
+    int limit;
+    bool has_cursor;
+    int64_t after_ms;
+    char after_id[SB_ID_MAX];
+} sb_page;
+bool sb_app_page(sb_req *req, sb_page *p);
+/* Adds "next_cursor" (string, or null) to a list response object. */
+int sb_app_page_next(json_t *resp, bool more, int64_t last_ms, const char *last_id);
+
+/* A query-string parameter, percent-decoded into the request arena; false if absent. */
+bool sb_req_query(sb_req *req, const char *name, sb_str *out);
+
+/* Registration of each resource group (rest_*.c). */
+int sb_api_keys_register(sb_app *app, sb_router *r);
+int sb_api_rooms_register(sb_app *app, sb_router *r);
+int sb_api_tokens_register(sb_app *app, sb_router *r);
+
+#endif

@@ -1,0 +1,547 @@
+/* Projects (tenants), API keys and the audit log. */
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+
+#include "api/app.h"
+#include "auth/scopes.h"
+#include "core/alloc.h"
+#include "core/json.h"
+#include "switchboard/error.h"
+
+#define NAME_MAX_LEN 256
+
+/* A new key: sbk_<key id>_<43 base64url chars of 32 random bytes>. */
+static int new_secret(const char *id, char *out, size_t cap)
+{
+    unsigned char r[32];
+    char enc[48];
+    sb_buf b = {enc, 0, sizeof enc, sizeof enc};
+    int rc = sb_random(r, sizeof r);
+    rc = rc ? rc : sb_jose_b64url_encode(r, sizeof r, &b);
+    OPENSSL_cleanse(r, sizeof r);
+    if (rc)
+        return rc;
+    snprintf(out, cap, "sbk_%s_%.*s", id, (int)b.len, b.base);
+    OPENSSL_cleanse(enc, sizeof enc);
+    return 0;
+}
+
+static json_t *time_or_null(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return json_null();
+    char t[32];
+    sb_time_rfc3339(sqlite3_column_int64(st, col), t);
+    return json_string(t);
+}
+
+static json_t *text_json_or_null(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return json_null();
+    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
+    return j ? j : json_null();
+}
+
+#define KEY_COLS                                                                                  \
+    "id, name, scopes, created_at, expires_at, revoked_at, last_used_at, allowed_ips, "          \
+    "rate_limit_rps, rate_limit_burst"
+
+static json_t *key_json(sqlite3_stmt *st)
+{
+    const char *sc = (const char *)sqlite3_column_text(st, 2);
+    uint32_t scopes = 0;
+    sb_scopes_parse(sc, strlen(sc), &scopes, NULL, NULL);
+    json_t *rl = json_null();
+    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
+        rl = json_pack("{s:f,s:I}", "requests_per_second", sqlite3_column_double(st, 8), "burst",
+                       (json_int_t)sqlite3_column_int64(st, 9));
+    return json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
+                     "name", sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes),
+                     "created_at", time_or_null(st, 3), "expires_at", time_or_null(st, 4),
+                     "revoked_at", time_or_null(st, 5), "last_used_at", time_or_null(st, 6),
+                     "allowed_ips", text_json_or_null(st, 7), "rate_limit", rl);
+}
+
+/* ---- POST /v1/keys ---------------------------------------------------------------- */
+
+typedef struct key_create {
+    sb_app *app;
+    sb_req *req;
+    sb_auth who;
+    char id[SB_ID_MAX];
+    char *name;
+    uint32_t scopes;
+    int64_t expires_at;
+    char *allowed_ips; /* JSON text or NULL */
+    double rps;
+    int64_t burst;
+    char secret[128];
+    json_t *result;
+} key_create;
+
+static int key_insert(sqlite3 *db, const char *id, const char *project, const char *name,
+                      const unsigned char hash[32], uint32_t scopes, int64_t expires_at,
+                      const char *allowed_ips, double rps, int64_t burst)
+{
+    char sc[256];
+    sb_scopes_format(scopes, sc, sizeof sc);
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "INSERT INTO api_keys (id, project_id, name, secret_hash, scopes, created_at, "
+            "expires_at, allowed_ips, rate_limit_rps, rate_limit_burst) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, hash, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 5, sc, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 6, sb_time_ms());
+    if (expires_at)
+        sqlite3_bind_int64(st, 7, expires_at);
+    if (allowed_ips)
+        sqlite3_bind_text(st, 8, allowed_ips, -1, SQLITE_STATIC);
+    if (rps > 0) {
+        sqlite3_bind_double(st, 9, rps);
+        sqlite3_bind_int64(st, 10, burst);
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
+
+/* The key hash is computed by the app (it holds the pepper); exposed through a tiny hook so
+ * that this file never sees the pepper. */
+void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32]);
+
+static int key_read_back(sqlite3 *db, const char *id, json_t **out)
+{
+    sqlite3_stmt *st = sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = key_json(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW && *out ? 0 : SB_EIO;
+}
+
+static int key_create_run(sqlite3 *db, void *arg)
+{
+    key_create *k = arg;
+    unsigned char h[32];
+    sb__app_hash_secret(k->app, k->secret, strlen(k->secret), h);
+    int rc = key_insert(db, k->id, k->who.project_id, k->name, h, k->scopes, k->expires_at,
+                        k->allowed_ips, k->rps, k->burst);
+    rc = rc ? rc : sb_app_audit(db, &k->who, k->req->request_id, "key.create", "key", k->id);
+    rc = rc ? rc : key_read_back(db, k->id, &k->result);
+    return rc;
+}
+
+static void key_create_done(void *arg, int rc)
+{
+    key_create *k = arg;
+    if (rc < 0) {
+        json_decref(k->result);
+        OPENSSL_cleanse(k->secret, sizeof k->secret);
+        sb_app_internal_error(k->req, "creating a key", rc);
+        return;
+    }
+    json_object_set_new(k->result, "secret", json_string(k->secret));
+    OPENSSL_cleanse(k->secret, sizeof k->secret);
+    sb_resp_header(k->req, "Cache-Control", SB_STR_LIT("no-store"));
+    sb_app_send_json(k->req, 201, k->result);
+}
+
+static bool valid_ip_list(const json_t *a, char *why, size_t whylen)
+{
+    if (!json_is_array(a) || json_array_size(a) > 64) {
+        snprintf(why, whylen, "allowed_ips must be an array of at most 64 CIDR strings");
+        return false;
+    }
+    size_t i;
+    const json_t *v;
+    json_array_foreach(a, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) > 64 || json_string_length(v) == 0) {
+            snprintf(why, whylen, "allowed_ips[%zu] must be an IPv4 or IPv6 address or CIDR", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void keys_create(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_WRITE, &who))
+        return;
+    json_t *body = sb_app_body(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", "scopes", "expires_at", "allowed_ips",
+                                         "rate_limit", NULL};
+    char why[256];
+    const char *name = NULL, *exp = NULL;
+    size_t nlen = 0;
+    key_create *k = sb_arena_alloc(&req->arena, sizeof *k);
+    if (!k) {
+        json_decref(body);
+        sb_app_internal_error(req, "allocating", SB_ENOMEM);
+        return;
+    }
+    memset(k, 0, sizeof *k);
+    if (sb_json_only(body, fields, why, sizeof why) ||
+        sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) ||
+        sb_json_get_string(body, "expires_at", &exp, NULL, 64, why, sizeof why))
+        goto invalid;
+    if (!name || nlen == 0) {
+        snprintf(why, sizeof why, "name is required");
+        goto invalid;
+    }
+    if (sb_scopes_from_json(json_object_get(body, "scopes"), &k->scopes) != 0) {
+        snprintf(why, sizeof why, "scopes must be a non-empty array of known scope names");
+        goto invalid;
+    }
+    if (exp && (sb_time_parse_rfc3339(exp, &k->expires_at) != 0 || k->expires_at <= sb_time_ms())) {
+        snprintf(why, sizeof why, "expires_at must be an RFC 3339 time in the future");
+        goto invalid;
+    }
+    const json_t *ips = json_object_get(body, "allowed_ips");
+    if (ips && !json_is_null(ips)) {
+        if (!valid_ip_list(ips, why, sizeof why))
+            goto invalid;
+        char *t = json_dumps(ips, JSON_COMPACT);
+        k->allowed_ips = t ? sb_arena_strndup(&req->arena, t, strlen(t)) : NULL;
+        free(t);
+    }
+    const json_t *rl = json_object_get(body, "rate_limit");
+    if (rl && !json_is_null(rl)) {
+        const json_t *rps = json_object_get(rl, "requests_per_second");
+        const json_t *burst = json_object_get(rl, "burst");
+        if (!json_is_object(rl) || !json_is_number(rps) || json_number_value(rps) <= 0 ||
+            json_number_value(rps) > 1e6 || !json_is_integer(burst) ||
+            json_integer_value(burst) < 1 || json_integer_value(burst) > 1000000) {
+            snprintf(why, sizeof why,
+                     "rate_limit must be {requests_per_second: >0, burst: integer >= 1}");
+            goto invalid;
+        }
+        k->rps = json_number_value(rps);
+        k->burst = json_integer_value(burst);
+    }
+    if ((k->scopes & who.scopes) != k->scopes) {
+        json_decref(body);
+        sb_resp_problem(req, 403, "scope-escalation",
+                        "a key cannot be given scopes that the calling credential lacks");
+        return;
+    }
+    k->app = app;
+    k->req = req;
+    k->who = who;
+    k->name = sb_arena_strndup(&req->arena, name, nlen);
+    json_decref(body);
+    if (!k->name || sb_id_new("key", k->id) != 0 || new_secret(k->id, k->secret, sizeof k->secret)) {
+        sb_app_internal_error(req, "creating a key", SB_ENOMEM);
+        return;
+    }
+    sb_app_submit(app, req, key_create_run, key_create_done, k);
+    return;
+invalid:
+    json_decref(body);
+    sb_resp_problem(req, 400, "invalid-request", why);
+}
+
+/* ---- GET /v1/keys, GET /v1/keys/{id} ------------------------------------------------ */
+
+static void keys_list(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    sb_page pg;
+    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
+        return;
+    sqlite3 *db = sb_app_reader(app, req);
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
+            "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
+            "ORDER BY created_at, id LIMIT ?5");
+    if (!st) {
+        sb_app_internal_error(req, "listing keys", SB_EIO);
+        return;
+    }
+    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, pg.has_cursor);
+    sqlite3_bind_int64(st, 3, pg.after_ms);
+    sqlite3_bind_text(st, 4, pg.after_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 5, pg.limit + 1);
+    json_t *data = json_array();
+    int n = 0, rc;
+    int64_t last_ms = 0;
+    char last_id[SB_ID_MAX] = "";
+    bool more = false;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == pg.limit) {
+            more = true;
+            break;
+        }
+        json_array_append_new(data, key_json(st));
+        last_ms = sqlite3_column_int64(st, 3);
+        snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, 0));
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        json_decref(data);
+        sb_app_internal_error(req, "listing keys", SB_EIO);
+        return;
+    }
+    json_t *resp = json_pack("{s:o}", "data", data);
+    sb_app_page_next(resp, more, last_ms, last_id);
+    sb_app_send_json(req, 200, resp);
+}
+
+static void keys_get(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who))
+        return;
+    sqlite3 *db = sb_app_reader(app, req);
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1 AND project_id = ?2");
+    if (!st) {
+        sb_app_internal_error(req, "reading a key", SB_EIO);
+        return;
+    }
+    sqlite3_bind_text(st, 1, req->params[0].base, (int)req->params[0].len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, who.project_id, -1, SQLITE_STATIC);
+    json_t *k = sqlite3_step(st) == SQLITE_ROW ? key_json(st) : NULL;
+    sqlite3_reset(st);
+    if (!k) {
+        sb_resp_problem(req, 404, "not-found", "no such key in this project");
+        return;
+    }
+    sb_app_send_json(req, 200, k);
+}
+
+/* ---- DELETE /v1/keys/{id} ---------------------------------------------------------- */
+
+typedef struct key_revoke {
+    sb_app *app;
+    sb_req *req;
+    sb_auth who;
+    char id[SB_ID_MAX];
+} key_revoke;
+
+static int key_revoke_run(sqlite3 *db, void *arg)
+{
+    key_revoke *k = arg;
+    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND "
+                                         "project_id = ?3 AND revoked_at IS NULL");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, sb_time_ms());
+    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if ((rc = sb_store_errno(rc)) != 0)
+        return rc;
+    if (sqlite3_changes(db) == 0)
+        return 0; /* unknown or already revoked */
+    rc = sb_app_audit(db, &k->who, k->req->request_id, "key.revoke", "key", k->id);
+    return rc ? rc : 1;
+}
+
+static void key_revoke_done(void *arg, int rc)
+{
+    key_revoke *k = arg;
+    if (rc < 0) {
+        sb_app_internal_error(k->req, "revoking a key", rc);
+        return;
+    }
+    if (rc == 0) {
+        sb_resp_problem(k->req, 404, "not-found", "no such active key in this project");
+        return;
+    }
+    /* Committed: every loop drops it from its cache before anyone hears 204. */
+    sb_app_forget_key(k->app, k->id);
+    sb_resp_send(k->req, 204, NULL, NULL, 0);
+}
+
+static void keys_delete(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_WRITE, &who))
+        return;
+    key_revoke *k = sb_arena_alloc(&req->arena, sizeof *k);
+    if (!k || req->params[0].len >= SB_ID_MAX) {
+        sb_resp_problem(req, 404, "not-found", "no such active key in this project");
+        return;
+    }
+    k->app = app;
+    k->req = req;
+    k->who = who;
+    memcpy(k->id, req->params[0].base, req->params[0].len);
+    k->id[req->params[0].len] = '\0';
+    sb_app_submit(app, req, key_revoke_run, key_revoke_done, k);
+}
+
+/* ---- POST /v1/projects ------------------------------------------------------------- */
+
+typedef struct project_create {
+    sb_app *app;
+    sb_req *req;
+    sb_auth who;
+    char id[SB_ID_MAX];
+    char key_id[SB_ID_MAX];
+    char *name;
+    char secret[128];
+    int64_t created_at;
+} project_create;
+
+static int project_create_run(sqlite3 *db, void *arg)
+{
+    project_create *p = arg;
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "INSERT INTO projects (id, name, created_at) VALUES (?1, ?2, ?3)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, p->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, p->created_at);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if ((rc = sb_store_errno(rc)) != 0)
+        return rc;
+    unsigned char h[32];
+    sb__app_hash_secret(p->app, p->secret, strlen(p->secret), h);
+    rc = key_insert(db, p->key_id, p->id, "project admin", h, SB_SCOPES_PROJECT, 0, NULL,
+                    0, 0);
+    rc = rc ? rc : sb_app_audit(db, &p->who, p->req->request_id, "project.create", "project", p->id);
+    return rc;
+}
+
+static void project_create_done(void *arg, int rc)
+{
+    project_create *p = arg;
+    if (rc < 0) {
+        OPENSSL_cleanse(p->secret, sizeof p->secret);
+        sb_app_internal_error(p->req, "creating a project", rc);
+        return;
+    }
+    char t[32];
+    sb_time_rfc3339(p->created_at, t);
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "id", p->id, "name", p->name, "created_at", t,
+                          "admin_key", p->secret);
+    OPENSSL_cleanse(p->secret, sizeof p->secret);
+    sb_resp_header(p->req, "Cache-Control", SB_STR_LIT("no-store"));
+    sb_app_send_json(p->req, 201, j);
+}
+
+static void projects_create(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_PROJECTS_WRITE, &who))
+        return;
+    json_t *body = sb_app_body(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", NULL};
+    char why[256];
+    const char *name = NULL;
+    size_t nlen = 0;
+    if (sb_json_only(body, fields, why, sizeof why) ||
+        sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) || !name ||
+        nlen == 0) {
+        if (!name && !why[0])
+            snprintf(why, sizeof why, "name is required");
+        json_decref(body);
+        sb_resp_problem(req, 400, "invalid-request", why[0] ? why : "name is required");
+        return;
+    }
+    project_create *p = sb_arena_alloc(&req->arena, sizeof *p);
+    if (!p) {
+        json_decref(body);
+        sb_app_internal_error(req, "creating a project", SB_ENOMEM);
+        return;
+    }
+    memset(p, 0, sizeof *p);
+    p->app = app;
+    p->req = req;
+    p->who = who;
+    p->created_at = sb_time_ms();
+    p->name = sb_arena_strndup(&req->arena, name, nlen);
+    json_decref(body);
+    if (!p->name || sb_id_new("prj", p->id) || sb_id_new("key", p->key_id) ||
+        new_secret(p->key_id, p->secret, sizeof p->secret)) {
+        sb_app_internal_error(req, "creating a project", SB_ENOMEM);
+        return;
+    }
+    sb_app_submit(app, req, project_create_run, project_create_done, p);
+}
+
+/* ---- GET /v1/audit ----------------------------------------------------------------- */
+
+static void audit_list(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    sb_page pg;
+    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
+        return;
+    sqlite3 *db = sb_app_reader(app, req);
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "SELECT seq, at, credential_id, request_id, action, target_type, target_id "
+            "FROM audit_log WHERE project_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
+    if (!st) {
+        sb_app_internal_error(req, "listing the audit log", SB_EIO);
+        return;
+    }
+    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, pg.has_cursor ? pg.after_ms : 0);
+    sqlite3_bind_int(st, 3, pg.limit + 1);
+    json_t *data = json_array();
+    int n = 0, rc;
+    int64_t last = 0;
+    bool more = false;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == pg.limit) {
+            more = true;
+            break;
+        }
+        char t[32], seq[24];
+        sb_time_rfc3339(sqlite3_column_int64(st, 1), t);
+        last = sqlite3_column_int64(st, 0);
+        snprintf(seq, sizeof seq, "%lld", (long long)last);
+        json_array_append_new(
+            data, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", seq, "at", t,
+                            "credential_id", sqlite3_column_text(st, 2), "request_id",
+                            sqlite3_column_text(st, 3), "action", sqlite3_column_text(st, 4),
+                            "target_type", sqlite3_column_text(st, 5), "target_id",
+                            sqlite3_column_text(st, 6)));
+        n++;
+    }
+    sqlite3_reset(st);
+    json_t *resp = json_pack("{s:o}", "data", data);
+    sb_app_page_next(resp, more, last, "a");
+    sb_app_send_json(req, 200, resp);
+}
+
+int sb_api_keys_register(sb_app *app, sb_router *r)
+{
+    int rc = sb_router_add(r, "POST", "/v1/projects", projects_create, app);
+    rc = rc ? rc : sb_router_add(r, "POST", "/v1/keys", keys_create, app);
+    rc = rc ? rc : sb_router_add(r, "GET", "/v1/keys", keys_list, app);
+    rc = rc ? rc : sb_router_add(r, "GET", "/v1/keys/{id}", keys_get, app);
+    rc = rc ? rc : sb_router_add(r, "DELETE", "/v1/keys/{id}", keys_delete, app);
+    rc = rc ? rc : sb_router_add(r, "GET", "/v1/audit", audit_list, app);
+    return rc;
+}

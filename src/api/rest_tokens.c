@@ -1,0 +1,129 @@
+/* Participant tokens (API.md "Participant tokens"). */
+#include <stdio.h>
+
+#include "api/app.h"
+#include "auth/scopes.h"
+#include "core/json.h"
+#include "switchboard/error.h"
+
+#define TTL_DEFAULT 600
+#define TTL_MAX 86400
+#define IDENTITY_MAX 128
+
+bool sb_room_name_valid(const char *s, size_t n);
+
+static bool identity_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > IDENTITY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.' || c == ':' || c == '@'))
+            return false;
+    }
+    return true;
+}
+
+/* Grants with their defaults filled in; unknown members or non-booleans refused. */
+static json_t *grants_from(const json_t *in, char *why, size_t whylen)
+{
+    static const char *const names[] = {"publish", "subscribe", "publish_data",
+                                        "admin",   "hidden",    "record"};
+    static const bool defaults[] = {true, true, true, false, false, false};
+    if (in && !json_is_object(in)) {
+        snprintf(why, whylen, "grants must be an object of booleans");
+        return NULL;
+    }
+    if (in && sb_json_only(in, (const char *const[]){"publish", "subscribe", "publish_data",
+                                                     "admin", "hidden", "record", NULL},
+                           why, whylen))
+        return NULL;
+    json_t *g = json_object();
+    for (size_t i = 0; g && i < sizeof names / sizeof *names; i++) {
+        bool v = defaults[i];
+        if (in && sb_json_get_bool(in, names[i], &v, why, whylen)) {
+            json_decref(g);
+            return NULL;
+        }
+        json_object_set_new(g, names[i], json_boolean(v));
+    }
+    return g;
+}
+
+static void tokens_create(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_TOKENS_WRITE, &who))
+        return;
+    json_t *body = sb_app_body(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"room",     "identity",    "name", "metadata",
+                                         "ttl_seconds", "grants", NULL};
+    char why[256] = "";
+    const char *room = NULL, *identity = NULL, *name = NULL, *metadata = NULL;
+    size_t rl = 0, il = 0, nl = 0, ml = 0;
+    int64_t ttl = TTL_DEFAULT;
+    json_t *grants = NULL, *claims = NULL;
+    if (sb_json_only(body, fields, why, sizeof why) ||
+        sb_json_get_string(body, "room", &room, &rl, 128, why, sizeof why) ||
+        sb_json_get_string(body, "identity", &identity, &il, IDENTITY_MAX, why, sizeof why) ||
+        sb_json_get_string(body, "name", &name, &nl, 256, why, sizeof why) ||
+        sb_json_get_string(body, "metadata", &metadata, &ml, 4096, why, sizeof why) ||
+        sb_json_get_int(body, "ttl_seconds", &ttl, 1, TTL_MAX, why, sizeof why))
+        goto invalid;
+    if (!room || !sb_room_name_valid(room, rl)) {
+        snprintf(why, sizeof why, "room is required and must match ^[A-Za-z0-9_-]{1,128}$");
+        goto invalid;
+    }
+    if (!identity || !identity_valid(identity, il)) {
+        snprintf(why, sizeof why, "identity is required and must match ^[A-Za-z0-9_.:@-]{1,128}$");
+        goto invalid;
+    }
+    if (!(grants = grants_from(json_object_get(body, "grants"), why, sizeof why)))
+        goto invalid;
+
+    char jti[SB_ID_MAX];
+    int64_t now = sb_time_ms() / 1000;
+    if (sb_id_new("tok", jti) != 0) {
+        json_decref(grants);
+        json_decref(body);
+        sb_app_internal_error(req, "minting a token", SB_EIO);
+        return;
+    }
+    claims = json_pack("{s:s,s:s#,s:s,s:s#,s:s,s:o,s:s,s:I,s:I,s:I}", "iss", sb_app_issuer(app),
+                       "sub", identity, il, "aud", "switchboard:rtc", "room", room, rl,
+                       "project_id", who.project_id, "grants", grants, "jti", jti, "iat",
+                       (json_int_t)now, "nbf", (json_int_t)now, "exp", (json_int_t)(now + ttl));
+    if (claims && name)
+        json_object_set_new(claims, "name", json_stringn(name, nl));
+    if (claims && metadata)
+        json_object_set_new(claims, "metadata", json_stringn(metadata, ml));
+    json_decref(body);
+    sb_buf tok;
+    sb_buf_init(&tok, SB_JOSE_MAX_COMPACT);
+    int rc = claims ? sb_jwt_sign(sb_app_token_key(app), claims, NULL, &tok) : SB_ENOMEM;
+    json_decref(claims);
+    if (rc != 0) {
+        sb_buf_free(&tok);
+        sb_app_internal_error(req, "minting a token", rc);
+        return;
+    }
+    char exp[32];
+    sb_time_rfc3339((now + ttl) * 1000, exp);
+    json_t *resp = json_pack("{s:s#,s:s}", "token", tok.base, (int)tok.len, "expires_at", exp);
+    sb_buf_free(&tok);
+    sb_resp_header(req, "Cache-Control", SB_STR_LIT("no-store"));
+    sb_app_send_json(req, 201, resp);
+    return;
+invalid:
+    json_decref(body);
+    sb_resp_problem(req, 400, "invalid-request", why);
+}
+
+int sb_api_tokens_register(sb_app *app, sb_router *r)
+{
+    return sb_router_add(r, "POST", "/v1/tokens", tokens_create, app);
+}
