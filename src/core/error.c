@@ -11,6 +11,8 @@ const char *sb_strerror(int err)
         return "TLS error";
     case SB_ECONFIG:
         return "invalid configuration";
+    case SB_ECONSTRAINT:
+        return "constraint violation";
     default:
         break;
     }
