@@ -12,22 +12,24 @@
 
 #include "switchboard/common.h"
 
-#define SB_OK        0
-#define SB_ENOMEM    (-ENOMEM)    /* allocation failed */
-#define SB_EINVAL    (-EINVAL)    /* invalid argument or malformed input */
-#define SB_EAGAIN    (-EAGAIN)    /* incomplete input: call again with more */
-#define SB_EPROTO    (-EPROTO)    /* peer violated the protocol */
-#define SB_EMSGSIZE  (-EMSGSIZE)  /* input exceeds a configured limit */
-#define SB_ENOENT    (-ENOENT)    /* no such file or object */
-#define SB_EEXIST    (-EEXIST)    /* object already exists */
-#define SB_EIO       (-EIO)       /* I/O error */
-#define SB_ENOTSUP   (-ENOTSUP)   /* feature not supported */
-#define SB_ERANGE    (-ERANGE)    /* value out of range */
-#define SB_ETIMEDOUT (-ETIMEDOUT) /* a deadline passed */
-#define SB_ECANCELED (-ECANCELED) /* operation cancelled (shutdown) */
-#define SB_ETLS      (-4001)      /* TLS library error; details are logged */
-#define SB_ECONFIG   (-4002)      /* invalid configuration */
-#define SB_EAUTH     (-4003)      /* credential refused (bad, expired or forged token) */
+#define SB_OK          0
+#define SB_ENOMEM      (-ENOMEM)    /* allocation failed */
+#define SB_EINVAL      (-EINVAL)    /* invalid argument or malformed input */
+#define SB_EAGAIN      (-EAGAIN)    /* incomplete input, or a bounded queue is full: try again */
+#define SB_EPROTO      (-EPROTO)    /* peer violated the protocol */
+#define SB_EMSGSIZE    (-EMSGSIZE)  /* input exceeds a configured limit */
+#define SB_ENOENT      (-ENOENT)    /* no such file or object */
+#define SB_EEXIST      (-EEXIST)    /* object already exists */
+#define SB_EIO         (-EIO)       /* I/O error */
+#define SB_ENOTSUP     (-ENOTSUP)   /* feature not supported */
+#define SB_ERANGE      (-ERANGE)    /* value out of range */
+#define SB_ETIMEDOUT   (-ETIMEDOUT) /* a deadline passed */
+#define SB_ECANCELED   (-ECANCELED) /* operation cancelled (shutdown) */
+#define SB_EBUSY       (-EBUSY)     /* resource locked by another user; try later */
+#define SB_ETLS        (-4001)      /* TLS library error; details are logged */
+#define SB_ECONFIG     (-4002)      /* invalid configuration */
+#define SB_EAUTH       (-4003)      /* credential refused (bad, expired or forged token) */
+#define SB_ECONSTRAINT (-4004)      /* a stored row would break a constraint (not uniqueness) */
 
 #ifdef __cplusplus
 extern "C" {

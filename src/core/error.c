@@ -13,6 +13,8 @@ const char *sb_strerror(int err)
         return "invalid configuration";
     case SB_EAUTH:
         return "authentication failed";
+    case SB_ECONSTRAINT:
+        return "constraint violation";
     default:
         break;
     }

@@ -1,0 +1,229 @@
+#include "store/schema.h"
+
+#include <stdio.h>
+
+#include "switchboard/error.h"
+
+/*
+ * Conventions of every table: ids are TEXT, times are INTEGER milliseconds since the Unix
+ * epoch, a column is NOT NULL unless it is written "NULL" in DESIGN/API terms (optional
+ * field, or a state not reached yet). Tables are STRICT so that a wrongly typed bind fails
+ * loudly instead of being stored as something else.
+ */
+static const char migration_1[] =
+    "CREATE TABLE projects ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL"
+    ") STRICT;"
+
+    "CREATE TABLE api_keys ("
+    "  id TEXT PRIMARY KEY,"
+    "  project_id TEXT NOT NULL REFERENCES projects(id),"
+    "  name TEXT NOT NULL,"
+    "  secret_hash BLOB NOT NULL,"
+    "  scopes TEXT NOT NULL," /* space-separated */
+    "  created_at INTEGER NOT NULL,"
+    "  expires_at INTEGER NULL,"
+    "  revoked_at INTEGER NULL,"
+    "  last_used_at INTEGER NULL,"
+    "  allowed_ips TEXT NULL," /* JSON array of CIDRs */
+    "  rate_limit_rps REAL NULL,"
+    "  rate_limit_burst INTEGER NULL,"
+    "  tls_client_cert_sha256 TEXT NULL"
+    ") STRICT;"
+    "CREATE INDEX api_keys_project ON api_keys(project_id, created_at, id);"
+
+    "CREATE TABLE signing_keys ("
+    "  kid TEXT PRIMARY KEY,"
+    "  project_id TEXT NULL," /* NULL = a server key */
+    "  alg TEXT NOT NULL,"
+    "  material BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  retired_at INTEGER NULL"
+    ") STRICT;"
+    "CREATE INDEX signing_keys_project ON signing_keys(project_id);"
+
+    "CREATE TABLE rooms ("
+    "  id TEXT PRIMARY KEY,"
+    "  project_id TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  metadata TEXT NULL,"
+    "  max_participants INTEGER NOT NULL DEFAULT 0 CHECK (max_participants >= 0),"
+    "  empty_timeout_seconds INTEGER NOT NULL DEFAULT 300 CHECK (empty_timeout_seconds >= 0),"
+    "  auto_record INTEGER NOT NULL DEFAULT 0 CHECK (auto_record IN (0, 1)),"
+    "  status TEXT NOT NULL CHECK (status IN ('open', 'closed')),"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  closed_at INTEGER NULL"
+    ") STRICT;"
+    /* At most one open room per name and project; closed ones are history. */
+    "CREATE UNIQUE INDEX rooms_open_name ON rooms(project_id, name) WHERE status = 'open';"
+    "CREATE INDEX rooms_page ON rooms(project_id, created_at, id);"
+
+    "CREATE TABLE sessions ("
+    "  id TEXT PRIMARY KEY,"
+    "  project_id TEXT NOT NULL,"
+    "  room_id TEXT NOT NULL REFERENCES rooms(id),"
+    "  room_name TEXT NOT NULL,"
+    "  started_at INTEGER NOT NULL,"
+    "  ended_at INTEGER NULL,"
+    "  end_reason TEXT NULL"
+    ") STRICT;"
+    "CREATE INDEX sessions_room_name ON sessions(project_id, room_name, started_at);"
+    "CREATE INDEX sessions_room_id ON sessions(room_id);" /* foreign-key checks */
+
+    "CREATE TABLE session_participants ("
+    "  session_id TEXT NOT NULL REFERENCES sessions(id),"
+    "  identity TEXT NOT NULL,"
+    "  name TEXT NULL,"
+    "  metadata TEXT NULL,"
+    "  joined_at INTEGER NOT NULL,"
+    "  left_at INTEGER NULL,"
+    "  leave_reason TEXT NULL,"
+    "  PRIMARY KEY (session_id, identity, joined_at)"
+    ") STRICT;"
+
+    "CREATE TABLE idempotency_keys ("
+    "  credential_id TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  request_hash BLOB NOT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN ('running', 'done')),"
+    "  status INTEGER NULL,"
+    "  response_headers TEXT NULL,"
+    "  response_body BLOB NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (credential_id, key)"
+    ") STRICT;"
+    "CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);"
+
+    "CREATE TABLE audit_log ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  project_id TEXT NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  credential_id TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  action TEXT NOT NULL,"
+    "  target_type TEXT NOT NULL,"
+    "  target_id TEXT NOT NULL,"
+    "  detail TEXT NULL"
+    ") STRICT;"
+    "CREATE INDEX audit_log_project ON audit_log(project_id, seq);"
+
+    /* The durable outbox: written in the same transaction as the change it reports. */
+    "CREATE TABLE events ("
+    "  project_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  type TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  room_name TEXT NULL,"
+    "  data TEXT NOT NULL,"
+    "  PRIMARY KEY (project_id, seq)"
+    ") STRICT;"
+    /*
+     * Per-project event sequence. A counter row rather than MAX(seq)+1: MAX would hand out a
+     * used number again once retention has deleted a project's newest events, and a counter
+     * row is what a PostgreSQL backend needs anyway (row lock instead of one writer).
+     */
+    "CREATE TABLE event_counters ("
+    "  project_id TEXT PRIMARY KEY,"
+    "  next_seq INTEGER NOT NULL CHECK (next_seq >= 1)"
+    ") STRICT;";
+
+static const sb_store_migration migrations[] = {
+    {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
+};
+
+const char *const sb__store_sql_event_seq_next =
+    "INSERT INTO event_counters(project_id, next_seq) VALUES (?1, 2) "
+    "ON CONFLICT(project_id) DO UPDATE SET next_seq = next_seq + 1 "
+    "RETURNING next_seq - 1";
+
+int sb__store_schema_latest(void)
+{
+    return migrations[sizeof migrations / sizeof migrations[0] - 1].version;
+}
+
+static int get_version(sqlite3 *db, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int apply(sqlite3 *db, const sb_store_migration *m, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    char pragma[48];
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_exec(db, m->sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        goto fail_rollback;
+    /* PRAGMA cannot take a bound parameter; the version is our own integer. */
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", m->version);
+    rc = sqlite3_exec(db, pragma, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        goto fail_rollback;
+    rc = sqlite3_exec(db, "COMMIT", NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        goto fail_rollback;
+    return 0;
+
+fail_rollback:
+    snprintf(err, errlen, "store: migration %d (%s) failed: %s", m->version, m->description,
+             msg ? msg : sqlite3_errstr(rc));
+    sqlite3_free(msg);
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return (rc & 0xff) == SQLITE_BUSY ? SB_EBUSY : SB_EIO;
+fail:
+    snprintf(err, errlen, "store: cannot start migration %d: %s", m->version,
+             msg ? msg : sqlite3_errstr(rc));
+    sqlite3_free(msg);
+    return (rc & 0xff) == SQLITE_BUSY ? SB_EBUSY : SB_EIO;
+}
+
+int sb__store_migrate_with(sqlite3 *db, const sb_store_migration *m, size_t n, int *version,
+                           char *err, size_t errlen)
+{
+    int have = 0;
+    int latest = n ? m[n - 1].version : 0;
+    int rc = get_version(db, &have);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "store: cannot read schema version: %s", sqlite3_errmsg(db));
+        return SB_EIO;
+    }
+    if (have > latest) {
+        snprintf(err, errlen,
+                 "store: database schema version %d is newer than this build supports (%d); "
+                 "run a newer switchboard or use another data directory",
+                 have, latest);
+        return SB_ENOTSUP;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].version <= have)
+            continue;
+        rc = apply(db, &m[i], err, errlen);
+        if (rc < 0)
+            return rc;
+        have = m[i].version;
+    }
+    *version = have;
+    return 0;
+}
+
+int sb__store_migrate(sqlite3 *db, int *version, char *err, size_t errlen)
+{
+    return sb__store_migrate_with(db, migrations, sizeof migrations / sizeof migrations[0], version,
+                                  err, errlen);
+}
