@@ -17,11 +17,11 @@
 #include "net/server_internal.h"
 #include "switchboard/error.h"
 
-#define CRED_CACHE_SIZE 1024 /* per loop, direct-mapped */
-#define CRED_CACHE_TTL_MS 60000
+#define CRED_CACHE_SIZE    1024 /* per loop, direct-mapped */
+#define CRED_CACHE_TTL_MS  60000
 #define LAST_USED_EVERY_MS 60000
-#define BOOTSTRAP_KEY_ID "key_bootstrap"
-#define MAX_BEARER 4096
+#define BOOTSTRAP_KEY_ID   "key_bootstrap"
+#define MAX_BEARER         4096
 
 typedef struct cred_entry {
     unsigned char digest[32]; /* SHA-256 of the bearer string */
@@ -163,7 +163,8 @@ static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t le
         unsigned char h[32];
         hash_secret(app, tok, len, h);
         const void *stored = sqlite3_column_blob(st, 1);
-        bool match = stored && sqlite3_column_bytes(st, 1) == 32 && CRYPTO_memcmp(h, stored, 32) == 0;
+        bool match =
+            stored && sqlite3_column_bytes(st, 1) == 32 && CRYPTO_memcmp(h, stored, 32) == 0;
         int64_t exp = sqlite3_column_int64(st, 3);
         bool revoked = sqlite3_column_type(st, 4) != SQLITE_NULL;
         if (match && !revoked && (exp == 0 || exp > sb_time_ms())) {
@@ -233,7 +234,8 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     const sb_http_header *h = sb_req_header(req, "authorization");
     if (!h) {
         sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Bearer realm=\"switchboard\""));
-        sb_resp_problem(req, 401, "unauthorized", "an Authorization: Bearer credential is required");
+        sb_resp_problem(req, 401, "unauthorized",
+                        "an Authorization: Bearer credential is required");
         return false;
     }
     sb_str v = h->value;
@@ -345,8 +347,7 @@ static void submit_done(void *arg, int rc)
     sb_loop_job_done(loop);
 }
 
-bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done,
-                   void *arg)
+bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done, void *arg)
 {
     /* The wrapper lives in the request's arena, which outlives the job: the request is only
      * released once answered, and only done answers it. */
@@ -489,7 +490,8 @@ bool sb_app_page(sb_req *req, sb_page *p)
         char *endp;
         long n = strtol(v.base, &endp, 10);
         if (v.len == 0 || *endp || n < 1 || n > 200) {
-            sb_resp_problem(req, 400, "invalid-parameter", "limit must be an integer from 1 to 200");
+            sb_resp_problem(req, 400, "invalid-parameter",
+                            "limit must be an integer from 1 to 200");
             return false;
         }
         p->limit = (int)n;
@@ -596,11 +598,10 @@ static int bootstrap_run(sqlite3 *db, void *arg)
     }
     if (secret) {
         hash_secret(app, secret, strlen(secret), h);
-        st = sb_store_stmt(db,
-                           "INSERT INTO api_keys (id, project_id, name, secret_hash, scopes, "
-                           "created_at) VALUES (?1, ?2, 'bootstrap admin', ?3, ?4, ?5) "
-                           "ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, "
-                           "scopes = excluded.scopes, revoked_at = NULL, expires_at = NULL");
+        st = sb_store_stmt(db, "INSERT INTO api_keys (id, project_id, name, secret_hash, scopes, "
+                               "created_at) VALUES (?1, ?2, 'bootstrap admin', ?3, ?4, ?5) "
+                               "ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, "
+                               "scopes = excluded.scopes, revoked_at = NULL, expires_at = NULL");
         if (!st)
             return SB_EIO;
         sqlite3_bind_text(st, 1, BOOTSTRAP_KEY_ID, -1, SQLITE_STATIC);

@@ -55,8 +55,7 @@ sqlite3 *sb_app_reader(sb_app *app, sb_req *req);
 
 /* Runs job on the writer thread, then done(arg, rc) on req's loop. On a full queue answers
  * 503 itself and returns false (neither job nor done will run). */
-bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done,
-                   void *arg);
+bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done, void *arg);
 
 /* Answers 500 and logs why (never to the client). */
 void sb_app_internal_error(sb_req *req, const char *what, int rc);

@@ -45,8 +45,8 @@ static json_t *text_json_or_null(sqlite3_stmt *st, int col)
     return j ? j : json_null();
 }
 
-#define KEY_COLS                                                                                  \
-    "id, name, scopes, created_at, expires_at, revoked_at, last_used_at, allowed_ips, "          \
+#define KEY_COLS                                                                                   \
+    "id, name, scopes, created_at, expires_at, revoked_at, last_used_at, allowed_ips, "            \
     "rate_limit_rps, rate_limit_burst"
 
 static json_t *key_json(sqlite3_stmt *st)
@@ -184,8 +184,8 @@ static void keys_create(sb_req *req, void *ud)
     json_t *body = sb_app_body(req);
     if (!body)
         return;
-    static const char *const fields[] = {"name", "scopes", "expires_at", "allowed_ips",
-                                         "rate_limit", NULL};
+    static const char *const fields[] = {"name",        "scopes",     "expires_at",
+                                         "allowed_ips", "rate_limit", NULL};
     char why[256];
     const char *name = NULL, *exp = NULL;
     size_t nlen = 0;
@@ -245,7 +245,8 @@ static void keys_create(sb_req *req, void *ud)
     k->who = who;
     k->name = sb_arena_strndup(&req->arena, name, nlen);
     json_decref(body);
-    if (!k->name || sb_id_new("key", k->id) != 0 || new_secret(k->id, k->secret, sizeof k->secret)) {
+    if (!k->name || sb_id_new("key", k->id) != 0 ||
+        new_secret(k->id, k->secret, sizeof k->secret)) {
         sb_app_internal_error(req, "creating a key", SB_ENOMEM);
         return;
     }
@@ -266,10 +267,10 @@ static void keys_list(sb_req *req, void *ud)
     if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
         return;
     sqlite3 *db = sb_app_reader(app, req);
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
-            "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
-            "ORDER BY created_at, id LIMIT ?5");
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
+                          "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
+                          "ORDER BY created_at, id LIMIT ?5");
     if (!st) {
         sb_app_internal_error(req, "listing keys", SB_EIO);
         return;
@@ -422,9 +423,9 @@ static int project_create_run(sqlite3 *db, void *arg)
         return rc;
     unsigned char h[32];
     sb__app_hash_secret(p->app, p->secret, strlen(p->secret), h);
-    rc = key_insert(db, p->key_id, p->id, "project admin", h, SB_SCOPES_PROJECT, 0, NULL,
-                    0, 0);
-    rc = rc ? rc : sb_app_audit(db, &p->who, p->req->request_id, "project.create", "project", p->id);
+    rc = key_insert(db, p->key_id, p->id, "project admin", h, SB_SCOPES_PROJECT, 0, NULL, 0, 0);
+    rc =
+        rc ? rc : sb_app_audit(db, &p->who, p->req->request_id, "project.create", "project", p->id);
     return rc;
 }
 
@@ -522,11 +523,10 @@ static void audit_list(sb_req *req, void *ud)
         last = sqlite3_column_int64(st, 0);
         snprintf(seq, sizeof seq, "%lld", (long long)last);
         json_array_append_new(
-            data, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", seq, "at", t,
-                            "credential_id", sqlite3_column_text(st, 2), "request_id",
-                            sqlite3_column_text(st, 3), "action", sqlite3_column_text(st, 4),
-                            "target_type", sqlite3_column_text(st, 5), "target_id",
-                            sqlite3_column_text(st, 6)));
+            data, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", seq, "at", t, "credential_id",
+                            sqlite3_column_text(st, 2), "request_id", sqlite3_column_text(st, 3),
+                            "action", sqlite3_column_text(st, 4), "target_type",
+                            sqlite3_column_text(st, 5), "target_id", sqlite3_column_text(st, 6)));
         n++;
     }
     sqlite3_reset(st);

@@ -7,13 +7,13 @@
 #include "core/json.h"
 #include "switchboard/error.h"
 
-#define METADATA_MAX 4096
+#define METADATA_MAX           4096
 #define MAX_PARTICIPANTS_LIMIT 100000
-#define EMPTY_TIMEOUT_MAX (7 * 86400)
-#define EMPTY_TIMEOUT_DEFAULT 300
+#define EMPTY_TIMEOUT_MAX      (7 * 86400)
+#define EMPTY_TIMEOUT_DEFAULT  300
 
-#define ROOM_COLS                                                                                 \
-    "r.id, r.name, r.metadata, r.max_participants, r.empty_timeout_seconds, r.auto_record, "      \
+#define ROOM_COLS                                                                                  \
+    "r.id, r.name, r.metadata, r.max_participants, r.empty_timeout_seconds, r.auto_record, "       \
     "r.status, r.created_at, (SELECT s.id FROM sessions s WHERE s.room_id = r.id AND "             \
     "s.ended_at IS NULL), (SELECT count(*) FROM session_participants p JOIN sessions s ON "        \
     "p.session_id = s.id WHERE s.room_id = r.id AND s.ended_at IS NULL AND p.left_at IS NULL)"
@@ -43,17 +43,15 @@ static json_t *room_json(sqlite3_stmt *st)
                        ? json_null()
                        : json_string((const char *)sqlite3_column_text(st, 8));
     return json_pack("{s:s,s:o,s:I,s:I,s:b,s:s,s:s,s:I,s:o}", "name", sqlite3_column_text(st, 1),
-                     "metadata", meta, "max_participants",
-                     (json_int_t)sqlite3_column_int64(st, 3), "empty_timeout_seconds",
-                     (json_int_t)sqlite3_column_int64(st, 4), "auto_record",
-                     sqlite3_column_int(st, 5), "status", sqlite3_column_text(st, 6), "created_at",
-                     t, "num_participants", (json_int_t)sqlite3_column_int64(st, 9),
+                     "metadata", meta, "max_participants", (json_int_t)sqlite3_column_int64(st, 3),
+                     "empty_timeout_seconds", (json_int_t)sqlite3_column_int64(st, 4),
+                     "auto_record", sqlite3_column_int(st, 5), "status", sqlite3_column_text(st, 6),
+                     "created_at", t, "num_participants", (json_int_t)sqlite3_column_int64(st, 9),
                      "active_session_id", sess);
 }
 
 /* Reads the open room `name` of the project into *out (NULL if none). */
-static int room_read(sqlite3 *db, const char *project, const char *name, size_t nlen,
-                     json_t **out)
+static int room_read(sqlite3 *db, const char *project, const char *name, size_t nlen, json_t **out)
 {
     sqlite3_stmt *st = sb_store_stmt(db, "SELECT " ROOM_COLS " FROM rooms r WHERE r.project_id = "
                                          "?1 AND r.name = ?2 AND r.status = 'open'");
@@ -105,10 +103,10 @@ static int room_create_run(sqlite3 *db, void *arg)
     if (rc || w->result)
         return rc; /* exists: answered unchanged */
     int64_t now = sb_time_ms();
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "INSERT INTO rooms (id, project_id, name, metadata, max_participants, "
-            "empty_timeout_seconds, auto_record, status, created_at, updated_at) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?8)");
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "INSERT INTO rooms (id, project_id, name, metadata, max_participants, "
+                          "empty_timeout_seconds, auto_record, status, created_at, updated_at) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?8)");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, w->id, -1, SQLITE_STATIC);
@@ -185,8 +183,8 @@ static void rooms_create(sb_req *req, void *ud)
     json_t *body = req->body.len ? sb_app_body(req) : json_object();
     if (!body)
         return;
-    static const char *const fields[] = {"name", "metadata", "max_participants",
-                                         "empty_timeout_seconds", "auto_record", NULL};
+    static const char *const fields[] = {
+        "name", "metadata", "max_participants", "empty_timeout_seconds", "auto_record", NULL};
     char why[256] = "";
     room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
     const char *name = NULL;
@@ -206,17 +204,14 @@ static void rooms_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "name must match ^[A-Za-z0-9_-]{1,128}$");
         goto invalid;
     }
-    json_decref(body);
     w->req = req;
     w->who = who;
-    if (sb_id_new("rm", w->id) != 0) {
-        sb_app_internal_error(req, "creating a room", SB_EIO);
-        return;
-    }
     if (name) {
         memcpy(w->name, name, nlen);
         w->name[nlen] = '\0';
-    } else if (sb_id_new("room", w->name) != 0) {
+    }
+    json_decref(body); /* name pointed into it */
+    if (sb_id_new("rm", w->id) != 0 || (!name && sb_id_new("room", w->name) != 0)) {
         sb_app_internal_error(req, "creating a room", SB_EIO);
         return;
     }
@@ -346,7 +341,8 @@ static void rooms_update(sb_req *req, void *ud)
         return;
     }
     memset(w, 0, sizeof *w);
-    if (sb_json_only(body, fields, why, sizeof why) || !room_fields(req, body, w, why, sizeof why)) {
+    if (sb_json_only(body, fields, why, sizeof why) ||
+        !room_fields(req, body, w, why, sizeof why)) {
         json_decref(body);
         sb_resp_problem(req, 400, "invalid-request", why);
         return;

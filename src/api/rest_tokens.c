@@ -6,8 +6,8 @@
 #include "core/json.h"
 #include "switchboard/error.h"
 
-#define TTL_DEFAULT 600
-#define TTL_MAX 86400
+#define TTL_DEFAULT  600
+#define TTL_MAX      86400
 #define IDENTITY_MAX 128
 
 bool sb_room_name_valid(const char *s, size_t n);
@@ -35,8 +35,9 @@ static json_t *grants_from(const json_t *in, char *why, size_t whylen)
         snprintf(why, whylen, "grants must be an object of booleans");
         return NULL;
     }
-    if (in && sb_json_only(in, (const char *const[]){"publish", "subscribe", "publish_data",
-                                                     "admin", "hidden", "record", NULL},
+    if (in && sb_json_only(in,
+                           (const char *const[]){"publish", "subscribe", "publish_data", "admin",
+                                                 "hidden", "record", NULL},
                            why, whylen))
         return NULL;
     json_t *g = json_object();
@@ -60,8 +61,8 @@ static void tokens_create(sb_req *req, void *ud)
     json_t *body = sb_app_body(req);
     if (!body)
         return;
-    static const char *const fields[] = {"room",     "identity",    "name", "metadata",
-                                         "ttl_seconds", "grants", NULL};
+    static const char *const fields[] = {"room",        "identity", "name", "metadata",
+                                         "ttl_seconds", "grants",   NULL};
     char why[256] = "";
     const char *room = NULL, *identity = NULL, *name = NULL, *metadata = NULL;
     size_t rl = 0, il = 0, nl = 0, ml = 0;

@@ -5,9 +5,9 @@
 #include "switchboard/error.h"
 
 static const char *const names[SB_SCOPE_COUNT] = {
-    "rooms:read",    "rooms:write",    "tokens:write", "sessions:read",
+    "rooms:read",      "rooms:write",      "tokens:write",  "sessions:read",
     "recordings:read", "recordings:write", "webhooks:read", "webhooks:write",
-    "events:read",   "keys:read",      "keys:write",   "projects:write",
+    "events:read",     "keys:read",        "keys:write",    "projects:write",
 };
 
 const char *sb_scope_name(uint32_t bit)

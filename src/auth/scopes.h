@@ -20,7 +20,7 @@ enum {
     SB_SCOPE_PROJECTS_WRITE = 1u << 11,
 };
 #define SB_SCOPE_COUNT 12
-#define SB_SCOPES_ALL ((1u << SB_SCOPE_COUNT) - 1)
+#define SB_SCOPES_ALL  ((1u << SB_SCOPE_COUNT) - 1)
 /* Everything a project's own admin may hold: all but creating other tenants. */
 #define SB_SCOPES_PROJECT (SB_SCOPES_ALL & ~(uint32_t)SB_SCOPE_PROJECTS_WRITE)
 

@@ -77,9 +77,9 @@ int sb_time_parse_rfc3339(const char *s, int64_t *ms)
 {
     int Y, M, D, h, m, sec, frac = 0;
     const char *p = s;
-    if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' ||
-        digits(&p, 2, &D) || (*p != 'T' && *p != 't') || !++p || digits(&p, 2, &h) ||
-        *p++ != ':' || digits(&p, 2, &m) || *p++ != ':' || digits(&p, 2, &sec))
+    if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' || digits(&p, 2, &D) ||
+        (*p != 'T' && *p != 't') || !++p || digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &m) ||
+        *p++ != ':' || digits(&p, 2, &sec))
         return SB_EINVAL;
     if (*p == '.') {
         p++;
@@ -108,8 +108,12 @@ int sb_time_parse_rfc3339(const char *s, int64_t *ms)
     }
     if (*p || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
         return SB_EINVAL;
-    struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
-                    .tm_hour = h, .tm_min = m, .tm_sec = sec};
+    struct tm tm = {.tm_year = Y - 1900,
+                    .tm_mon = M - 1,
+                    .tm_mday = D,
+                    .tm_hour = h,
+                    .tm_min = m,
+                    .tm_sec = sec};
     time_t t = timegm(&tm);
     struct tm back;
     gmtime_r(&t, &back);

@@ -32,8 +32,7 @@ static int dump_cb(const char *buffer, size_t size, void *data)
 
 int sb_json_dump(const json_t *j, sb_buf *out)
 {
-    return json_dump_callback(j, dump_cb, out, JSON_COMPACT | JSON_ENCODE_ANY) == 0 ? 0
-                                                                                    : SB_ENOMEM;
+    return json_dump_callback(j, dump_cb, out, JSON_COMPACT | JSON_ENCODE_ANY) == 0 ? 0 : SB_ENOMEM;
 }
 
 int sb_json_get_string(const json_t *obj, const char *key, const char **out, size_t *len,

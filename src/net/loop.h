@@ -41,8 +41,8 @@ typedef void (*sb_loop_msg_fn)(sb_loop *loop, void *arg);
 
 typedef struct sb_loop_msg {
     struct sb_loop_msg *next;
-    sb_loop_msg_fn fn;      /* either this ... */
-    void (*plain)(void *);  /* ... or this is set */
+    sb_loop_msg_fn fn;     /* either this ... */
+    void (*plain)(void *); /* ... or this is set */
     void *arg;
 } sb_loop_msg;
 
