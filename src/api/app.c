@@ -790,6 +790,8 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_keys_register(app, r);
     rc = rc ? rc : sb_api_rooms_register(app, r);
     rc = rc ? rc : sb_api_tokens_register(app, r);
+    rc = rc ? rc : sb_api_sessions_register(app, r);
+    rc = rc ? rc : sb_api_signing_keys_register(app, r);
     return rc;
 }
 

@@ -98,5 +98,10 @@ bool sb_req_query(sb_req *req, const char *name, sb_str *out);
 int sb_api_keys_register(sb_app *app, sb_router *r);
 int sb_api_rooms_register(sb_app *app, sb_router *r);
 int sb_api_tokens_register(sb_app *app, sb_router *r);
+int sb_api_sessions_register(sb_app *app, sb_router *r);
+int sb_api_signing_keys_register(sb_app *app, sb_router *r);
+
+/* Room names: ^[A-Za-z0-9_-]{1,128}$ (rest_rooms.c). */
+bool sb_room_name_valid(const char *s, size_t n);
 
 #endif

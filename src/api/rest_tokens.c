@@ -10,8 +10,6 @@
 #define TTL_MAX      86400
 #define IDENTITY_MAX 128
 
-bool sb_room_name_valid(const char *s, size_t n);
-
 static bool identity_valid(const char *s, size_t n)
 {
     if (n == 0 || n > IDENTITY_MAX)
