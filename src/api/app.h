@@ -101,6 +101,18 @@ int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
 
+/* Idempotency-Key on every POST route registered before it (idempotency.c). */
+int sb_api_idempotency_install(sb_app *app, sb_router *r);
+
+/* Internal: the store, and memory the app frees with itself (NULL if p is NULL or no room;
+ * p is then freed). */
+sb_store *sb__app_store(const sb_app *app);
+void *sb__app_own(sb_app *app, void *p);
+
+/* Internal: authenticated encryption of data kept at rest (idempotent replays). */
+int sb__app_seal(const sb_app *app, const void *in, size_t len, sb_buf *out);
+int sb__app_open(const sb_app *app, const void *in, size_t len, sb_buf *out);
+
 /* Room names: ^[A-Za-z0-9_-]{1,128}$ (rest_rooms.c). */
 bool sb_room_name_valid(const char *s, size_t n);
 
