@@ -1,6 +1,7 @@
 #include "api/app.h"
 
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -31,9 +32,24 @@ typedef struct cred_entry {
     sb_auth auth;
 } cred_entry;
 
+#define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
+#define RESP_CACHE_KEY      192
+#define RESP_CACHE_MAX_BODY 16384
+
+typedef struct resp_entry {
+    uint64_t gen;
+    size_t keylen, len;
+    char key[RESP_CACHE_KEY];
+    char *body;
+} resp_entry;
+
 typedef struct app_loop {
     cred_entry cache[CRED_CACHE_SIZE];
+    resp_entry resp[RESP_CACHE_SIZE];
 } app_loop;
+
+/* Bumped after every committed change that a cached read could show. */
+static _Atomic uint64_t resp_generation = 1;
 
 struct sb_app {
     const sb_config *cfg;
@@ -771,6 +787,9 @@ void sb_app_free(sb_app *app)
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
     for (int i = 0; i < app->nowned; i++)
         sb_free(app->owned[i]);
+    for (int l = 0; app->loops && l < app->nloops; l++)
+        for (int i = 0; i < RESP_CACHE_SIZE; i++)
+            sb_free(app->loops[l].resp[i].body);
     sb_free(app->loops);
     sb_free(app);
 }
@@ -877,4 +896,51 @@ int sb__app_open(const sb_app *app, const void *in, size_t len, sb_buf *out)
     EVP_CIPHER_CTX_free(x);
     OPENSSL_cleanse(key, sizeof key);
     return rc;
+}
+
+/* ---- read cache ------------------------------------------------------------------- */
+
+static size_t key_slot(const char *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
+    return (size_t)(h % RESP_CACHE_SIZE);
+}
+
+const char *sb_app_cache_get(sb_app *app, sb_req *req, const char *key, size_t keylen, size_t *len)
+{
+    resp_entry *e = &app->loops[req->loop->index].resp[key_slot(key, keylen)];
+    if (!e->body || e->keylen != keylen || memcmp(e->key, key, keylen) != 0 ||
+        e->gen != atomic_load_explicit(&resp_generation, memory_order_acquire))
+        return NULL;
+    *len = e->len;
+    return e->body;
+}
+
+void sb_app_cache_put(sb_app *app, sb_req *req, const char *key, size_t keylen, uint64_t gen,
+                      const char *body, size_t len)
+{
+    if (keylen > RESP_CACHE_KEY || len > RESP_CACHE_MAX_BODY)
+        return;
+    resp_entry *e = &app->loops[req->loop->index].resp[key_slot(key, keylen)];
+    char *copy = sb_realloc(e->body, len ? len : 1);
+    if (!copy)
+        return;
+    memcpy(copy, body, len);
+    memcpy(e->key, key, keylen);
+    e->body = copy;
+    e->keylen = keylen;
+    e->len = len;
+    e->gen = gen;
+}
+
+uint64_t sb_app_cache_generation(void)
+{
+    return atomic_load_explicit(&resp_generation, memory_order_acquire);
+}
+
+void sb_app_cache_bump(void)
+{
+    atomic_fetch_add_explicit(&resp_generation, 1, memory_order_acq_rel);
 }
