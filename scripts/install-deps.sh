@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libuv1-dev libssl-dev libyaml-dev libjansson-dev libsqlite3-dev
-    openssl curl ca-certificates)
+    libwslay-dev openssl curl ca-certificates)
 test_pkgs=(libcmocka-dev clang libclang-rt-14-dev nodejs)
 bench_pkgs=(wrk nginx-light)
 

@@ -65,6 +65,12 @@ typedef struct sb_config {
     int http_max_connections;       /* http.max_connections: per loop */
     int http_max_pipelined;         /* http.max_pipelined: queued responses per connection */
 
+    /* websocket */
+    size_t ws_max_message_bytes; /* ws.max_message_bytes: received message, reassembled */
+    size_t ws_max_send_queue;    /* ws.max_send_queue: output queued toward one connection */
+    int64_t ws_ping_interval_ms; /* ws.ping_interval */
+    int64_t ws_pong_timeout_ms;  /* ws.pong_timeout */
+
     /* shutdown */
     int64_t shutdown_drain_timeout_ms; /* shutdown.drain_timeout */
 
@@ -73,6 +79,9 @@ typedef struct sb_config {
     bool log_access;        /* log.access: one JSON line per request */
     char *log_file;         /* log.file: path, empty = stderr */
     bool metrics_enabled;   /* metrics.enabled: serve /metrics */
+
+    /* test support */
+    bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */
 } sb_config;
 
 /* What the command line asked for besides running. */

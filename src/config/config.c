@@ -169,6 +169,39 @@ static const sb__config_key keys[] = {
      .max = 1024,
      .help = "Queued (pipelined) responses per connection."},
 
+    {.name = "ws.max_message_bytes",
+     .type = SB__CFG_SIZE,
+     .def = "1MiB",
+     .offset = F(size_t, ws_max_message_bytes),
+     .min = 125,
+     .max = 8 * MIB,
+     .help = "Largest WebSocket message received, after reassembling fragments; close 1009 "
+             "beyond."},
+    {.name = "ws.max_send_queue",
+     .type = SB__CFG_SIZE,
+     .def = "1MiB",
+     .offset = F(size_t, ws_max_send_queue),
+     .min = 4 * KIB,
+     .max = 64 * MIB,
+     .help = "WebSocket output waiting for one slow reader; past it the connection is closed "
+             "with 4008."},
+    {.name = "ws.ping_interval",
+     .type = SB__CFG_DURATION,
+     .def = "20s",
+     .offset = F(int64_t, ws_ping_interval_ms),
+     .min = 100,
+     .max = HOUR,
+     .flags = SB__CFG_RELOADABLE,
+     .help = "Quiet time on a WebSocket after which the server sends a Ping."},
+    {.name = "ws.pong_timeout",
+     .type = SB__CFG_DURATION,
+     .def = "10s",
+     .offset = F(int64_t, ws_pong_timeout_ms),
+     .min = 100,
+     .max = HOUR,
+     .flags = SB__CFG_RELOADABLE,
+     .help = "Time after a Ping within which the peer must send something, or it is dropped."},
+
     {.name = "shutdown.drain_timeout",
      .type = SB__CFG_DURATION,
      .def = "10s",
@@ -203,6 +236,12 @@ static const sb__config_key keys[] = {
      .offset = F(bool, metrics_enabled),
      .flags = SB__CFG_RELOADABLE,
      .help = "Serve Prometheus metrics at /metrics."},
+
+    {.name = "debug.ws_echo",
+     .type = SB__CFG_BOOL,
+     .def = "false",
+     .offset = F(bool, debug_ws_echo),
+     .help = "Serve /debug/ws-echo (tests only)."},
 };
 
 /* Read by other modules straight from the environment; not keys. */

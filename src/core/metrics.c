@@ -105,6 +105,26 @@ int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t st
                      "Connections closed by a handshake, header, body, idle or write timeout.",
                      SUM(timeouts));
     rc = rc ? rc
+            : metric(o, "switchboard_websockets_active", "gauge", "WebSocket connections open.",
+                     SUM(ws_active));
+    rc = rc ? rc
+            : metric(o, "switchboard_websockets_total", "counter", "WebSocket upgrades accepted.",
+                     SUM(ws_total));
+    rc = rc ? rc
+            : metric(o, "switchboard_websocket_messages_received_total", "counter",
+                     "Complete WebSocket messages received.", SUM(ws_messages_in));
+    rc = rc ? rc
+            : metric(o, "switchboard_websocket_messages_sent_total", "counter",
+                     "WebSocket messages queued to clients.", SUM(ws_messages_out));
+    rc = rc ? rc
+            : metric(o, "switchboard_websocket_protocol_errors_total", "counter",
+                     "WebSockets closed for a protocol error (1002, 1007, 1009).",
+                     SUM(ws_protocol_errors));
+    rc = rc ? rc
+            : metric(o, "switchboard_websocket_slow_closes_total", "counter",
+                     "WebSockets closed with 4008 because their send queue was full.",
+                     SUM(ws_slow_closes));
+    rc = rc ? rc
             : metric(o, "switchboard_start_time_seconds", "gauge",
                      "Unix time when the server started.", start_time_s);
     return rc;

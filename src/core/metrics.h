@@ -32,6 +32,12 @@ typedef struct sb_loop_stats {
     sb_counter bytes_out;
     sb_counter protocol_errors; /* requests refused by the parser (4xx before routing) */
     sb_counter timeouts;
+    sb_counter ws_active;          /* WebSockets open now */
+    sb_counter ws_total;           /* upgrades accepted */
+    sb_counter ws_messages_in;     /* complete messages received */
+    sb_counter ws_messages_out;    /* messages queued by sb_ws_send */
+    sb_counter ws_protocol_errors; /* closed by us with 1002, 1007 or 1009 */
+    sb_counter ws_slow_closes;     /* closed with 4008: send queue full */
 } __attribute__((aligned(64))) sb_loop_stats;
 
 /* Single-writer increments: the owning loop is the only thread that calls these. */

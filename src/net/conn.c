@@ -148,6 +148,24 @@ int sb_conn_write_end(sb_conn *c)
     return 0;
 }
 
+int sb_conn_write(sb_conn *c, const void *data, size_t len)
+{
+    if (!c->ssl)
+        return sb_buf_append(&c->out, data, len);
+    const char *p = data;
+    size_t off = 0;
+    while (off < len) {
+        size_t chunk = len - off > INT32_MAX ? INT32_MAX : len - off;
+        int n = SSL_write(c->ssl, p + off, (int)chunk);
+        if (n <= 0) {
+            ERR_clear_error();
+            return SB_EIO;
+        }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
 static void deliver(sb_conn *c)
 {
     if (!c->proto || c->closing)
@@ -291,7 +309,10 @@ static void on_write(uv_write_t *req, int status)
     }
     if (c->out.len) {
         sb_conn_flush(c);
-        return;
+        /* Still writing, or closed. If the rest went out at once, the adapter must still hear
+         * that the output drained (it may have paused reading or be holding frames back). */
+        if (c->writing || c->closing)
+            return;
     }
     if (c->close_after_write) {
         linger_close(c);
@@ -330,7 +351,8 @@ void sb_conn_flush(sb_conn *c)
             }
             c->writing = true;
             c->last_write_progress_ms = uv_now(&c->loop->uv);
-            if (c->out.len + c->wout.len > SB_CONN_OUT_HIGH && c->reading)
+            if (c->out.len + c->wout.len > SB_CONN_OUT_HIGH && c->reading &&
+                !(c->proto && c->proto->bounds_output))
                 sb_conn_pause_reading(c, true);
             return;
         }
@@ -397,16 +419,19 @@ void sb_conn_sweep(sb_loop *loop)
             now - c->last_write_progress_ms >= (uint64_t)loop->live.write_timeout_ms) {
             sb_stat_add(&loop->stats.timeouts, 1);
             close_now(c);
-        } else if (c->deadline_ms && now >= c->deadline_ms && !c->writing) {
+        } else if (c->deadline_ms && now >= c->deadline_ms &&
+                   (!c->writing || c->deadline_kind == SB_DL_CLOSE)) {
             /* While our output waits on the peer, the write timeout governs; the adapter
-             * re-arms its own deadline when the output drains. */
+             * re-arms its own deadline when the output drains. A closing handshake does not
+             * wait for a peer that does not read. */
             sb_deadline_kind kind = c->deadline_kind;
             c->deadline_ms = 0;
             c->deadline_kind = SB_DL_NONE;
             if (kind == SB_DL_DRAIN) {
                 close_now(c);
             } else {
-                sb_stat_add(&loop->stats.timeouts, 1);
+                if (kind != SB_DL_PING)
+                    sb_stat_add(&loop->stats.timeouts, 1);
                 if (kind == SB_DL_HANDSHAKE || !c->proto || !c->proto->on_timeout)
                     close_now(c);
                 else
@@ -419,6 +444,8 @@ void sb_conn_sweep(sb_loop *loop)
             sb_buf_free(&c->in);
             sb_buf_free(&c->out);
             sb_buf_free(&c->wout);
+        } else if (c->proto && c->proto->on_sweep) {
+            c->proto->on_sweep(c, now);
         }
         c = next;
     }

@@ -10,8 +10,9 @@
  *
  * Bounds: conn->in holds at most http.max_header_bytes + http.max_body_bytes + one read;
  * while more than SB_CONN_OUT_HIGH bytes wait to be written, the connection stops reading,
- * so a peer that sends without reading cannot grow our memory; and a write that makes no
- * progress for http.write_timeout closes the connection.
+ * so a peer that sends without reading cannot grow our memory (unless the adapter bounds
+ * its output itself: sb_proto.bounds_output); and a write that makes no progress for
+ * http.write_timeout closes the connection.
  */
 #ifndef SB_NET_CONN_H
 #define SB_NET_CONN_H
@@ -40,6 +41,9 @@ typedef enum sb_deadline_kind {
     SB_DL_IDLE,
     SB_DL_WRITE,
     SB_DL_DRAIN,
+    SB_DL_PING,  /* WebSocket: time to send a keep-alive Ping (not counted as a timeout) */
+    SB_DL_PONG,  /* WebSocket: the peer has not answered the Ping */
+    SB_DL_CLOSE, /* closing handshake; unlike the others it fires while output waits */
 } sb_deadline_kind;
 
 /* A protocol adapter on a connection. */
@@ -50,6 +54,12 @@ typedef struct sb_proto {
     void (*on_writable)(sb_conn *c); /* output drained below the high mark */
     void (*on_drain)(sb_conn *c);    /* server shutting down: finish and close */
     void (*on_close)(sb_conn *c);    /* release adapter state; no I/O */
+    /* Optional: called by every sweep (a few times a second) when no deadline fired, so an
+     * adapter can drop the buffers of a connection that has gone quiet. */
+    void (*on_sweep)(sb_conn *c, uint64_t now_ms);
+    /* The adapter bounds its own queued output (WebSocket: ws.max_send_queue), so the
+     * transport keeps reading while output waits instead of pausing at SB_CONN_OUT_HIGH. */
+    bool bounds_output;
 } sb_proto;
 
 /* HTTP/1.1 adapter state, kept inline: it is what nearly every connection uses. */
@@ -84,6 +94,7 @@ struct sb_conn {
 
     const sb_proto *proto;
     sb_h1_state h1;
+    void *proto_data; /* state of an adapter other than HTTP/1.1 (a WebSocket) */
 
     struct sockaddr_in6 peer;
 
@@ -103,6 +114,10 @@ void sb_conn_accept(sb_listener *l);
  * returning to the loop. */
 sb_buf *sb_conn_write_begin(sb_conn *c);
 int sb_conn_write_end(sb_conn *c);
+
+/* Queues `len` bytes of plaintext output (encrypted now on TLS). 0, SB_EMSGSIZE past
+ * SB_CONN_OUT_MAX, SB_ENOMEM or SB_EIO. Not flushed: see sb_conn_flush. */
+int sb_conn_write(sb_conn *c, const void *data, size_t len);
 
 /* Writes queued output now (called automatically after on_data). */
 void sb_conn_flush(sb_conn *c);

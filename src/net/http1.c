@@ -225,6 +225,7 @@ static void dispatch(sb_conn *c, size_t pos, sb_str body)
         h->close_after = true;
     set_request_id(r);
     h->state = H1_WAIT;
+    h->prev_len = pos; /* the request's offset in c->in while it is being served */
     sb_conn_set_deadline(c, SB_DL_NONE, 0);
     sb_router_dispatch(c->loop->router, req);
 }
@@ -252,7 +253,7 @@ static bool h1_process(sb_conn *c)
     int served = 0;
     bool more = false;
 
-    while (!c->closing && h->state != H1_WAIT) {
+    while (!c->closing && h->state != H1_WAIT && c->proto == &h1_proto) {
         size_t avail = c->in.len - pos;
         if (h->state == H1_IDLE && avail > 0 &&
             (served >= cfg->http_max_pipelined || c->out.len + c->wout.len > SB_CONN_OUT_HIGH)) {
@@ -357,8 +358,8 @@ static bool h1_process(sb_conn *c)
         served++;
     }
 
-    if (c->closing)
-        return false;
+    if (c->closing || c->proto != &h1_proto)
+        return false; /* an upgraded connection's input is the new protocol's */
     if (h->state == H1_WAIT) {
         /* A handler answers later: keep the request's bytes where they are. */
         h->prev_len = pos; /* reused as the request's offset while waiting */
@@ -385,7 +386,7 @@ static void h1_run(sb_conn *c)
             return;
         }
     }
-    if (c->closing || c->h1.state == H1_WAIT)
+    if (c->closing || c->h1.state == H1_WAIT || c->proto != &h1_proto)
         return;
     if (c->eof) {
         sb_conn_close_after_write(c);
@@ -410,7 +411,7 @@ static void h1_on_writable(sb_conn *c)
     c->in_callback = true;
     h1_run(c);
     c->in_callback = false;
-    if (c->closing) {
+    if (c->closing || c->proto != &h1_proto) {
         sb_conn_flush(c);
         return;
     }
@@ -578,8 +579,60 @@ static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, siz
         c->in_callback = true;
         h1_run(c);
         c->in_callback = false;
-        if (!c->closing && h->state != H1_WAIT && !c->writing)
+        if (!c->closing && h->state != H1_WAIT && !c->writing && c->proto == &h1_proto)
             sb_conn_pause_reading(c, false);
         sb_conn_flush(c);
     }
+}
+
+int sb_h1_upgrade(sb_req *req, const sb_proto *proto, void *state, sb_conn **out)
+{
+    if (req->ops != &h1_ops)
+        return SB_ENOTSUP;
+    sb_h1_req *r = (sb_h1_req *)req;
+    sb_conn *c = r->conn;
+    if (!c || c->closing || c->h1.req != r || c->h1.state != H1_WAIT)
+        return SB_ECANCELED;
+    sb_loop *loop = req->loop;
+    sb_h1_state *h = &c->h1;
+    req->responded = true;
+    req->status = 101;
+    uint64_t dur = sb_now_ns() - req->start_ns;
+    sb_stats_request(&loop->stats, 101, dur);
+
+    sb_buf *o = sb_conn_write_begin(c);
+    size_t before = o->len;
+    append_status_line(o, 101);
+    sb_buf_append_str(o, "Date: ");
+    sb_buf_append_str(o, sb_loop_date(loop));
+    sb_buf_append_str(o, "\r\nX-Request-Id: ");
+    sb_buf_append(o, req->request_id, req->request_id_len);
+    for (int i = 0; i < req->num_resp_headers; i++) {
+        sb_buf_append(o, "\r\n", 2);
+        sb_buf_append(o, req->resp_headers[i].name.base, req->resp_headers[i].name.len);
+        sb_buf_append(o, ": ", 2);
+        sb_buf_append(o, req->resp_headers[i].value.base, req->resp_headers[i].value.len);
+    }
+    int rc = sb_buf_append(o, "\r\n\r\n", 4);
+    size_t bytes = o->len - before;
+    if (rc || sb_conn_write_end(c) != 0) {
+        sb_buf_reset(&loop->staging);
+        access_log(r, 101, 0, dur);
+        sb_conn_abort(c); /* releases r through on_close */
+        return SB_EIO;
+    }
+    access_log(r, 101, bytes, dur);
+
+    /* What follows the request in c->in is the new protocol's. */
+    size_t used = h->prev_len + r->req_len;
+    h->req = NULL;
+    req_release(loop, r);
+    sb_buf_consume(&c->in, used);
+    h->state = H1_IDLE;
+    c->proto = proto;
+    c->proto_data = state;
+    sb_conn_set_deadline(c, SB_DL_NONE, 0);
+    sb_conn_pause_reading(c, false);
+    *out = c;
+    return 0;
 }

@@ -133,6 +133,10 @@ int sb__loop_init(sb_loop *loop, sb_server *s, int index, const int *fds, const 
     uv_timer_init(&loop->uv, &loop->drain_timer);
     loop->drain_timer.data = loop;
     uv_unref((uv_handle_t *)&loop->drain_timer);
+    /* Started only while WebSockets wait on it; connections keep the loop alive, not it. */
+    uv_prepare_init(&loop->uv, &loop->ws_prepare);
+    loop->ws_prepare.data = loop;
+    uv_unref((uv_handle_t *)&loop->ws_prepare);
     if (ctx) {
         SSL_CTX_up_ref(ctx);
         loop->ssl_ctx = ctx;
@@ -229,6 +233,7 @@ static void finish_if_drained(sb_loop *loop)
     close_if_open((uv_handle_t *)&loop->tick);
     close_if_open((uv_handle_t *)&loop->wakeup);
     close_if_open((uv_handle_t *)&loop->drain_timer);
+    close_if_open((uv_handle_t *)&loop->ws_prepare);
 }
 
 void sb_loop_job_done(sb_loop *loop)

@@ -24,6 +24,7 @@
 
 typedef struct sb_server sb_server;
 typedef struct sb_conn sb_conn;
+typedef struct sb_ws sb_ws;
 
 /* Settings that SIGHUP may change; each loop has its own copy, replaced by a message. */
 typedef struct sb_live {
@@ -33,6 +34,8 @@ typedef struct sb_live {
     int64_t idle_timeout_ms;
     int64_t write_timeout_ms;
     int64_t drain_timeout_ms;
+    int64_t ws_ping_interval_ms;
+    int64_t ws_pong_timeout_ms;
     bool log_access;
     bool metrics_enabled;
 } sb_live;
@@ -81,6 +84,9 @@ struct sb_loop {
 
     void *req_pool; /* free pooled requests (adapter-defined) */
     size_t req_pool_len;
+
+    uv_prepare_t ws_prepare; /* writes WebSocket output queued outside read callbacks */
+    sb_ws *ws_pending;       /* WebSockets with output or state to act on (websocket.c) */
 
     sb_buf staging; /* plaintext being built before encryption */
     sb_buf logbuf;  /* access-log lines not yet written */

@@ -106,6 +106,8 @@ static sb_live live_of(const sb_config *cfg)
         .idle_timeout_ms = cfg->http_idle_timeout_ms,
         .write_timeout_ms = cfg->http_write_timeout_ms,
         .drain_timeout_ms = cfg->shutdown_drain_timeout_ms,
+        .ws_ping_interval_ms = cfg->ws_ping_interval_ms,
+        .ws_pong_timeout_ms = cfg->ws_pong_timeout_ms,
         .log_access = cfg->log_access,
         .metrics_enabled = cfg->metrics_enabled,
     };
@@ -274,6 +276,8 @@ int sb_server_new(sb_server **out, const sb_config *cfg, char *err, size_t errle
     }
 
     if ((rc = sb_router_new(&s->router)) != 0 || (rc = sb_api_system_register(s->router, s)) != 0)
+        goto fail;
+    if (cfg->debug_ws_echo && (rc = sb_api_debug_register(s->router)) != 0)
         goto fail;
 
     /* Bind every loop's sockets now, so that a port in use fails the start, not a thread. */

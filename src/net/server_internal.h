@@ -38,4 +38,7 @@ void sb__server_loop_exited(sb_server *s);
 /* The system endpoints: /healthz, /readyz, /metrics (api/system.c). */
 int sb_api_system_register(sb_router *r, sb_server *s);
 
+/* Test-only endpoints, registered when debug.ws_echo is set: GET /debug/ws-echo (api/debug.c). */
+int sb_api_debug_register(sb_router *r);
+
 #endif
