@@ -101,9 +101,11 @@ int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t st
                      "Requests refused as malformed or over a limit before routing.",
                      SUM(protocol_errors));
     rc = rc ? rc
-            : metric(o, "switchboard_timeouts_total", "counter",
-                     "Connections closed by a handshake, header, body, idle or write timeout.",
-                     SUM(timeouts));
+            : metric(
+                  o, "switchboard_timeouts_total", "counter",
+                  "Connections closed by a handshake, header, body, idle, write, WebSocket Pong or "
+                  "closing-handshake timeout.",
+                  SUM(timeouts));
     rc = rc ? rc
             : metric(o, "switchboard_websockets_active", "gauge", "WebSocket connections open.",
                      SUM(ws_active));

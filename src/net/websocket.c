@@ -570,6 +570,7 @@ int sb_ws_send(sb_ws *ws, int opcode, const void *data, size_t len)
     WS_STAT(ws, ws_messages_out, 1);
     if (ws->loop)
         ws->last_active_ms = uv_now(&ws->loop->uv);
+    ws->released = false;
     wake(ws);
     return 0;
 }
@@ -784,6 +785,10 @@ static void drop(sb_ws *ws, uint16_t code)
 static void ws_on_timeout(sb_conn *c, sb_deadline_kind kind)
 {
     sb_ws *ws = c->proto_data;
+    if (ws->state == WS_CLOSING && kind != SB_DL_CLOSE) {
+        settle(ws); /* a keep-alive deadline from before the close started: arm the close's */
+        return;
+    }
     if (kind == SB_DL_PING && ws->state == WS_OPEN) {
         static const char ping[] = "sb";
         if (encode(ws, OP_PING, ping, sizeof ping - 1) != 0) {
@@ -834,6 +839,8 @@ static void ws_on_sweep(sb_conn *c, uint64_t now)
     sb_buf_free(&ws->pend);
     if (!ws->msg_active)
         sb_buf_free(&ws->msg);
+    if (c->ssl)
+        SSL_free_buffers(c->ssl); /* fails harmlessly if a record is half-read */
     if (ws->fc && !ws->in_frame && ws->rx_fed == ws->rx_done) {
         wslay_frame_context_free(ws->fc);
         ws->fc = NULL;

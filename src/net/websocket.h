@@ -102,7 +102,8 @@ typedef struct sb_ws_handler {
  * SB_EPROTO after 400 (not a valid upgrade request, or a body), or 426 with
  * `Sec-WebSocket-Version: 13` (another version); SB_ECANCELED after 503 (the server is
  * draining) or when the client is already gone; SB_ENOTSUP after 400 on a protocol other
- * than HTTP/1.1; SB_ENOMEM after 500.
+ * than HTTP/1.1; SB_ENOMEM after 500; SB_EIO when the 101 could not be queued (the
+ * connection is closed).
  */
 int sb_ws_accept(sb_req *req, const sb_ws_handler *h, void *ud, sb_ws **out);
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/buf.h"
 #include "net/websocket.h"
 #include "switchboard/error.h"
@@ -743,16 +744,94 @@ static void test_pong_queue(void **state)
     fx_free(fx);
 }
 
+/* ---- out of memory ------------------------------------------------------------------------- */
+
+static int fail_at, alloc_count;
+
+static void *failing_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    if (fail_at && ++alloc_count == fail_at)
+        return NULL;
+    return malloc(n);
+}
+
+static void *failing_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    if (fail_at && ++alloc_count == fail_at)
+        return NULL;
+    return realloc(p, n);
+}
+
+static void plain_free(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+static const sb_allocator failing = {failing_malloc, failing_realloc, plain_free, NULL};
+
+static void oom_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t len)
+{
+    rec *r = ud;
+    r->messages++;
+    int rc = sb_ws_send(ws, opcode, data, len);
+    assert_true(rc == 0 || rc == SB_ENOMEM);
+}
+
+static const sb_ws_handler oom_handler = {r_open, oom_message, r_close};
+
+/* Failing each allocation in turn: the engine refuses cleanly (NULL, SB_ENOMEM, or close 1011)
+ * and leaks nothing (LeakSanitizer checks at exit). */
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    static uint8_t in[8192];
+    static char payload[3000];
+    memset(payload, 'q', sizeof payload);
+    size_t n = cframe(in, 1, 0, 0x1, "hello", 5, true);
+    n += cframe(in + n, 0, 0, 0x2, payload, sizeof payload, true);
+    n += cframe(in + n, 1, 0, 0x9, "p", 1, true);
+    n += cframe(in + n, 1, 0, 0x0, payload, sizeof payload, true);
+    bool completed = false;
+    for (int k = 1; k < 64 && !completed; k++) {
+        rec r;
+        memset(&r, 0, sizeof r);
+        sb_buf out;
+        sb_buf_init(&out, 0);
+        sb_alloc_set(&failing);
+        fail_at = k;
+        alloc_count = 0;
+        sb_ws *ws = sb__ws_test_new(&oom_handler, &r, (sb__ws_test_limits){1 << 20, 1 << 20});
+        if (ws) {
+            bool open = sb__ws_test_feed(ws, in, n);
+            int rc = sb__ws_test_take(ws, &out);
+            completed = open && r.messages == 2 && alloc_count < k;
+            if (!open)
+                assert_int_equal(r.code, 1011);
+            (void)rc;
+            sb__ws_test_free(ws);
+            assert_int_equal(r.closes, 1);
+        }
+        fail_at = 0;
+        sb_alloc_set(NULL);
+        sb_buf_free(&out);
+    }
+    assert_true(completed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_accept_key),   cmocka_unit_test(test_close_codes),
-        cmocka_unit_test(test_utf8),         cmocka_unit_test(test_utf8_every_code_point),
-        cmocka_unit_test(test_echo),         cmocka_unit_test(test_fragments),
-        cmocka_unit_test(test_large),        cmocka_unit_test(test_protocol_errors),
-        cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_message_limit),
-        cmocka_unit_test(test_peer_close),   cmocka_unit_test(test_server_close),
-        cmocka_unit_test(test_send_queue),   cmocka_unit_test(test_pong_queue),
+        cmocka_unit_test(test_accept_key),    cmocka_unit_test(test_close_codes),
+        cmocka_unit_test(test_utf8),          cmocka_unit_test(test_utf8_every_code_point),
+        cmocka_unit_test(test_echo),          cmocka_unit_test(test_fragments),
+        cmocka_unit_test(test_large),         cmocka_unit_test(test_protocol_errors),
+        cmocka_unit_test(test_invalid_utf8),  cmocka_unit_test(test_message_limit),
+        cmocka_unit_test(test_peer_close),    cmocka_unit_test(test_server_close),
+        cmocka_unit_test(test_send_queue),    cmocka_unit_test(test_pong_queue),
+        cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
