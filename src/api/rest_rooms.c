@@ -130,6 +130,8 @@ static int room_create_run(sqlite3 *db, void *arg)
 static void room_write_done(void *arg, int rc)
 {
     room_write *w = arg;
+    if (rc >= 0 && (w->created || w->result))
+        sb_app_cache_bump();
     if (rc < 0 || !w->result) {
         json_decref(w->result);
         if (rc >= 0) {
@@ -278,6 +280,19 @@ static void rooms_get(sb_req *req, void *ud)
     sb_str name;
     if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who) || !room_param(req, &name))
         return;
+    /* The hot path: "<project>/<name>" → the serialized room, per loop. */
+    char key[SB_ID_MAX + 130];
+    size_t pl = strlen(who.project_id), kl = pl + 1 + name.len;
+    memcpy(key, who.project_id, pl);
+    key[pl] = '/';
+    memcpy(key + pl + 1, name.base, name.len);
+    size_t len;
+    const char *hit = sb_app_cache_get(app, req, key, kl, &len);
+    if (hit) {
+        sb_resp_send(req, 200, "application/json", hit, len);
+        return;
+    }
+    uint64_t gen = sb_app_cache_generation();
     json_t *room;
     int rc = room_read(sb_app_reader(app, req), who.project_id, name.base, name.len, &room);
     if (rc) {
@@ -288,7 +303,18 @@ static void rooms_get(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", "no such open room in this project");
         return;
     }
-    sb_app_send_json(req, 200, room);
+    sb_buf b;
+    sb_buf_init(&b, 1 << 20);
+    rc = sb_json_dump(room, &b);
+    json_decref(room);
+    if (rc) {
+        sb_buf_free(&b);
+        sb_app_internal_error(req, "serializing a room", rc);
+        return;
+    }
+    sb_app_cache_put(app, req, key, kl, gen, b.base, b.len);
+    sb_resp_send(req, 200, "application/json", b.base, b.len);
+    sb_buf_free(&b);
 }
 
 /* ---- PATCH /v1/rooms/{name} -------------------------------------------------------- */
@@ -392,6 +418,8 @@ static int room_close_run(sqlite3 *db, void *arg)
 static void room_close_done(void *arg, int rc)
 {
     room_write *w = arg;
+    if (rc > 0)
+        sb_app_cache_bump();
     if (rc < 0)
         sb_app_internal_error(w->req, "closing a room", rc);
     else if (rc == 0)
