@@ -395,6 +395,7 @@ static void session_end_done(void *arg, int rc)
             sb_resp_problem(e->req, 404, "not-found", NO_SESSION);
         return;
     }
+    sb_app_cache_bump(); /* cached rooms show active_session_id and num_participants */
     sb_app_send_json(e->req, 200, e->result);
 }
 
@@ -663,8 +664,10 @@ static void participant_eject_done(void *arg, int rc)
         sb_app_internal_error(w->req, "ejecting a participant", rc);
     else if (rc == 0)
         sb_resp_problem(w->req, 404, "not-found", NO_PARTICIPANT);
-    else
+    else {
+        sb_app_cache_bump(); /* cached rooms show num_participants */
         sb_resp_send(w->req, 204, NULL, NULL, 0);
+    }
 }
 
 /* ?ban_seconds: decimal digits only, 0..BAN_SECONDS_MAX. */

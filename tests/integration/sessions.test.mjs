@@ -294,11 +294,13 @@ describe('live participants', () => {
     for (const q of ['-1', 'abc', '604801', '', '1e3', '99999999999999999999']) {
       assertProblem(await api('DELETE', `/v1/rooms/alpha/participants/carol?ban_seconds=${q}`), 400);
     }
+    assert.equal((await api('GET', '/v1/rooms/alpha')).json.num_participants, 3);
     assertProblem(await api('DELETE', '/v1/rooms/alpha/participants/nobody?ban_seconds=604800'), 404);
     assertProblem(await api('DELETE', '/v1/rooms/nowhere/participants/carol'), 404);
     const r = await api('DELETE', '/v1/rooms/alpha/participants/carol?ban_seconds=60');
     assert.equal(r.status, 204, r.text);
     assertProblem(await api('GET', '/v1/rooms/alpha/participants/carol'), 404);
+    assert.equal((await api('GET', '/v1/rooms/alpha')).json.num_participants, 2, 'room read not stale');
     assertProblem(await api('DELETE', '/v1/rooms/alpha/participants/carol'), 404);
     const h = await api('GET', '/v1/sessions/ses_a2/participants');
     const carol = h.json.data.find((p) => p.identity === 'carol');
@@ -337,6 +339,9 @@ describe('POST /v1/rooms/{name}/messages', () => {
 
 describe('POST /v1/sessions/{id}/end', () => {
   it('ends an active session and its open participant rows, once', async () => {
+    const before = await api('GET', '/v1/rooms/beta');
+    assert.equal(before.json.active_session_id, 'ses_b1');
+    assert.equal(before.json.num_participants, 1);
     const r = await api('POST', '/v1/sessions/ses_b1/end');
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.id, 'ses_b1');
@@ -350,7 +355,9 @@ describe('POST /v1/sessions/{id}/end', () => {
     assert.equal(erin.left_at, iso(T - 1250), 'rows already closed stay as they were');
     assert.equal(erin.leave_reason, 'disconnected');
     assert.deepEqual((await api('GET', '/v1/rooms/beta/participants')).json.data, []);
-    assert.equal((await api('GET', '/v1/rooms/beta')).json.active_session_id, null);
+    const afterEnd = await api('GET', '/v1/rooms/beta');
+    assert.equal(afterEnd.json.active_session_id, null, 'room read not stale');
+    assert.equal(afterEnd.json.num_participants, 0);
 
     assertProblem(await api('POST', '/v1/sessions/ses_b1/end'), 409);
     assertProblem(await api('POST', '/v1/sessions/ses_a1/end'), 409);
@@ -426,6 +433,18 @@ describe('signing keys', () => {
     const actions = a.json.data.map((e) => `${e.action} ${e.target_id}`);
     assert.ok(actions.includes(`signing_key.create ${kid}`), actions.join('\n'));
     assert.ok(actions.includes(`signing_key.retire ${kid}`), actions.join('\n'));
+  });
+
+  it('POST with an Idempotency-Key replays the first answer instead of making a second key', async () => {
+    const headers = { 'idempotency-key': 'sk-replay-1' };
+    const a = await api('POST', '/v1/signing-keys', { body: {}, headers });
+    const b = await api('POST', '/v1/signing-keys', { body: {}, headers });
+    assert.equal(a.status, 201, a.text);
+    assert.equal(b.status, 201, b.text);
+    assert.equal(b.json.kid, a.json.kid);
+    const list = await api('GET', '/v1/signing-keys?limit=200');
+    assert.equal(list.json.data.filter((k) => k.kid === a.json.kid).length, 1);
+    assert.equal((await api('DELETE', `/v1/signing-keys/${a.json.kid}`)).status, 204);
   });
 });
 
