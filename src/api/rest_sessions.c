@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "api/app.h"
+#include "events/outbox.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
@@ -379,6 +380,13 @@ static int session_end_run(sqlite3 *db, void *arg)
     rc = rc ? rc : session_read(db, e->who.project_id, e->id, strlen(e->id), &e->result);
     if (rc == 0 && !e->result)
         rc = SB_EIO; /* we just updated it */
+    if (rc == 0) {
+        const char *room = json_string_value(json_object_get(e->result, "room"));
+        rc = sb_event_emit(db, e->who.project_id, "session.ended", room,
+                           json_pack("{s:s,s:s?,s:s}", "session_id", e->id, "room", room, "reason",
+                                     "ended_by_api"),
+                           NULL);
+    }
     return rc ? rc : END_DONE;
 }
 
