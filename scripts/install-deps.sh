@@ -47,7 +47,10 @@ fi
 # npm packages for the integration tests and benchmark peers, from committed lockfiles.
 for g in "$@"; do
     if [ "$g" = test ] || [ "$g" = bench ]; then
-        for d in tests/integration; do
+        dirs=(tests/integration)
+        [ "$g" != bench ] || dirs+=(bench/peers/*/)
+        for d in "${dirs[@]}"; do
+            d=${d%/}
             if [ -f "$d/package-lock.json" ]; then
                 stamp="$d/node_modules/.sb-lock-stamp"
                 if [ ! -f "$stamp" ] || ! cmp -s "$d/package-lock.json" "$stamp"; then
