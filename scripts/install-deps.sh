@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libuv1-dev libssl-dev libyaml-dev libjansson-dev libsqlite3-dev
     openssl curl ca-certificates)
-test_pkgs=(libcmocka-dev clang libclang-rt-14-dev nodejs)
+test_pkgs=(libcmocka-dev clang libclang-rt-14-dev nodejs sqlite3)
 bench_pkgs=(wrk nginx-light)
 
 want=("${build_pkgs[@]}")

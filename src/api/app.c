@@ -1,6 +1,7 @@
 #include "api/app.h"
 
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -31,9 +32,24 @@ typedef struct cred_entry {
     sb_auth auth;
 } cred_entry;
 
+#define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
+#define RESP_CACHE_KEY      192
+#define RESP_CACHE_MAX_BODY 16384
+
+typedef struct resp_entry {
+    uint64_t gen;
+    size_t keylen, len;
+    char key[RESP_CACHE_KEY];
+    char *body;
+} resp_entry;
+
 typedef struct app_loop {
     cred_entry cache[CRED_CACHE_SIZE];
+    resp_entry resp[RESP_CACHE_SIZE];
 } app_loop;
+
+/* Bumped after every committed change that a cached read could show. */
+static _Atomic uint64_t resp_generation = 1;
 
 struct sb_app {
     const sb_config *cfg;
@@ -48,7 +64,24 @@ struct sb_app {
     char *issuer;
     char default_project[SB_ID_MAX];
     char *generated_admin_key;
+    void *owned[64]; /* route data made at registration, freed with the app */
+    int nowned;
 };
+
+sb_store *sb__app_store(const sb_app *app)
+{
+    return app->store;
+}
+
+void *sb__app_own(sb_app *app, void *p)
+{
+    if (!p || app->nowned == (int)(sizeof app->owned / sizeof *app->owned)) {
+        sb_free(p);
+        return NULL;
+    }
+    app->owned[app->nowned++] = p;
+    return p;
+}
 
 /* ---- files in data_dir ------------------------------------------------------------- */
 
@@ -752,6 +785,11 @@ void sb_app_free(sb_app *app)
         sb_free(app->generated_admin_key);
     }
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
+    for (int i = 0; i < app->nowned; i++)
+        sb_free(app->owned[i]);
+    for (int l = 0; app->loops && l < app->nloops; l++)
+        for (int i = 0; i < RESP_CACHE_SIZE; i++)
+            sb_free(app->loops[l].resp[i].body);
     sb_free(app->loops);
     sb_free(app);
 }
@@ -792,10 +830,117 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_tokens_register(app, r);
     rc = rc ? rc : sb_api_sessions_register(app, r);
     rc = rc ? rc : sb_api_signing_keys_register(app, r);
+    rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST so far */
     return rc;
 }
 
 void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32])
 {
     hash_secret(app, secret, len, out);
+}
+
+/* Responses kept for Idempotency-Key replays can carry secrets that are shown once (a new
+ * key's secret): they are sealed with AES-256-GCM under a key derived from the pepper, so the
+ * database alone reveals none of them. Layout: 12-byte nonce || ciphertext || 16-byte tag. */
+static int seal_key(const sb_app *app, unsigned char key[32])
+{
+    unsigned int n = 32;
+    return HMAC(EVP_sha256(), app->pepper, sizeof app->pepper,
+                (const unsigned char *)"switchboard idempotency v1", 26, key, &n)
+               ? 0
+               : SB_EIO;
+}
+
+int sb__app_seal(const sb_app *app, const void *in, size_t len, sb_buf *out)
+{
+    unsigned char key[32], nonce[12], tag[16];
+    int rc = seal_key(app, key);
+    rc = rc ? rc : sb_random(nonce, sizeof nonce);
+    rc = rc ? rc : sb_buf_reserve(out, len + 28);
+    EVP_CIPHER_CTX *x = rc ? NULL : EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+    if (!rc &&
+        (!x || !EVP_EncryptInit_ex(x, EVP_aes_256_gcm(), NULL, key, nonce) ||
+         !EVP_EncryptUpdate(x, (unsigned char *)out->base + out->len + 12, &n, in, (int)len) ||
+         !EVP_EncryptFinal_ex(x, (unsigned char *)out->base + out->len + 12 + n, &m) ||
+         !EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, 16, tag)))
+        rc = SB_EIO;
+    if (!rc) {
+        memcpy(out->base + out->len, nonce, 12);
+        memcpy(out->base + out->len + 12 + n + m, tag, 16);
+        out->len += 12 + (size_t)(n + m) + 16;
+    }
+    EVP_CIPHER_CTX_free(x);
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
+}
+
+int sb__app_open(const sb_app *app, const void *in, size_t len, sb_buf *out)
+{
+    const unsigned char *p = in;
+    unsigned char key[32];
+    if (len < 28)
+        return SB_EINVAL;
+    int rc = seal_key(app, key);
+    rc = rc ? rc : sb_buf_reserve(out, len - 28 + 16);
+    EVP_CIPHER_CTX *x = rc ? NULL : EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+    if (!rc && (!x || !EVP_DecryptInit_ex(x, EVP_aes_256_gcm(), NULL, key, p) ||
+                !EVP_DecryptUpdate(x, (unsigned char *)out->base + out->len, &n, p + 12,
+                                   (int)(len - 28)) ||
+                !EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, 16, (void *)(p + len - 16)) ||
+                EVP_DecryptFinal_ex(x, (unsigned char *)out->base + out->len + n, &m) <= 0))
+        rc = SB_EIO;
+    if (!rc)
+        out->len += (size_t)(n + m);
+    EVP_CIPHER_CTX_free(x);
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
+}
+
+/* ---- read cache ------------------------------------------------------------------- */
+
+static size_t key_slot(const char *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
+    return (size_t)(h % RESP_CACHE_SIZE);
+}
+
+const char *sb_app_cache_get(sb_app *app, sb_req *req, const char *key, size_t keylen, size_t *len)
+{
+    resp_entry *e = &app->loops[req->loop->index].resp[key_slot(key, keylen)];
+    if (!e->body || e->keylen != keylen || memcmp(e->key, key, keylen) != 0 ||
+        e->gen != atomic_load_explicit(&resp_generation, memory_order_acquire))
+        return NULL;
+    *len = e->len;
+    return e->body;
+}
+
+void sb_app_cache_put(sb_app *app, sb_req *req, const char *key, size_t keylen, uint64_t gen,
+                      const char *body, size_t len)
+{
+    if (keylen > RESP_CACHE_KEY || len > RESP_CACHE_MAX_BODY)
+        return;
+    resp_entry *e = &app->loops[req->loop->index].resp[key_slot(key, keylen)];
+    char *copy = sb_realloc(e->body, len ? len : 1);
+    if (!copy)
+        return;
+    memcpy(copy, body, len);
+    memcpy(e->key, key, keylen);
+    e->body = copy;
+    e->keylen = keylen;
+    e->len = len;
+    e->gen = gen;
+}
+
+uint64_t sb_app_cache_generation(void)
+{
+    return atomic_load_explicit(&resp_generation, memory_order_acquire);
+}
+
+void sb_app_cache_bump(void)
+{
+    atomic_fetch_add_explicit(&resp_generation, 1, memory_order_acq_rel);
 }

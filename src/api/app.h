@@ -101,6 +101,32 @@ int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
 
+/* Idempotency-Key on every POST route registered before it (idempotency.c). */
+int sb_api_idempotency_install(sb_app *app, sb_router *r);
+
+/* Internal: the store, and memory the app frees with itself (NULL if p is NULL or no room;
+ * p is then freed). */
+sb_store *sb__app_store(const sb_app *app);
+void *sb__app_own(sb_app *app, void *p);
+
+/* Internal: authenticated encryption of data kept at rest (idempotent replays). */
+int sb__app_seal(const sb_app *app, const void *in, size_t len, sb_buf *out);
+int sb__app_open(const sb_app *app, const void *in, size_t len, sb_buf *out);
+
+/*
+ * A per-loop cache of serialized read responses (GET /v1/rooms/{name}), so that the hot
+ * read path touches neither the database nor the JSON encoder. One global generation
+ * invalidates everything: every committed change that a cached response could show must
+ * call sb_app_cache_bump before it answers (writes are rare next to reads). Read the
+ * generation *before* reading the data you cache, and pass it to put, so that a change
+ * racing with the read leaves a stale-stamped entry rather than a stale-looking fresh one.
+ */
+const char *sb_app_cache_get(sb_app *app, sb_req *req, const char *key, size_t keylen, size_t *len);
+void sb_app_cache_put(sb_app *app, sb_req *req, const char *key, size_t keylen, uint64_t gen,
+                      const char *body, size_t len);
+uint64_t sb_app_cache_generation(void);
+void sb_app_cache_bump(void);
+
 /* Room names: ^[A-Za-z0-9_-]{1,128}$ (rest_rooms.c). */
 bool sb_room_name_valid(const char *s, size_t n);
 

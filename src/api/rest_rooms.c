@@ -5,6 +5,7 @@
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
+#include "events/outbox.h"
 #include "switchboard/error.h"
 
 #define METADATA_MAX           4096
@@ -124,12 +125,18 @@ static int room_create_run(sqlite3 *db, void *arg)
         return rc;
     w->created = true;
     rc = sb_app_audit(db, &w->who, w->req->request_id, "room.create", "room", w->name);
-    return rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc
+            : sb_event_emit(db, w->who.project_id, "room.created", w->name,
+                            json_pack("{s:O}", "room", w->result), NULL);
+    return rc;
 }
 
 static void room_write_done(void *arg, int rc)
 {
     room_write *w = arg;
+    if (rc >= 0 && (w->created || w->result))
+        sb_app_cache_bump();
     if (rc < 0 || !w->result) {
         json_decref(w->result);
         if (rc >= 0) {
@@ -278,6 +285,19 @@ static void rooms_get(sb_req *req, void *ud)
     sb_str name;
     if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who) || !room_param(req, &name))
         return;
+    /* The hot path: "<project>/<name>" → the serialized room, per loop. */
+    char key[SB_ID_MAX + 130];
+    size_t pl = strlen(who.project_id), kl = pl + 1 + name.len;
+    memcpy(key, who.project_id, pl);
+    key[pl] = '/';
+    memcpy(key + pl + 1, name.base, name.len);
+    size_t len;
+    const char *hit = sb_app_cache_get(app, req, key, kl, &len);
+    if (hit) {
+        sb_resp_send(req, 200, "application/json", hit, len);
+        return;
+    }
+    uint64_t gen = sb_app_cache_generation();
     json_t *room;
     int rc = room_read(sb_app_reader(app, req), who.project_id, name.base, name.len, &room);
     if (rc) {
@@ -288,7 +308,18 @@ static void rooms_get(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", "no such open room in this project");
         return;
     }
-    sb_app_send_json(req, 200, room);
+    sb_buf b;
+    sb_buf_init(&b, 1 << 20);
+    rc = sb_json_dump(room, &b);
+    json_decref(room);
+    if (rc) {
+        sb_buf_free(&b);
+        sb_app_internal_error(req, "serializing a room", rc);
+        return;
+    }
+    sb_app_cache_put(app, req, key, kl, gen, b.base, b.len);
+    sb_resp_send(req, 200, "application/json", b.base, b.len);
+    sb_buf_free(&b);
 }
 
 /* ---- PATCH /v1/rooms/{name} -------------------------------------------------------- */
@@ -318,7 +349,11 @@ static int room_update_run(sqlite3 *db, void *arg)
     if ((rc = sb_store_errno(rc)) != 0 || sqlite3_changes(db) == 0)
         return rc;
     rc = sb_app_audit(db, &w->who, w->req->request_id, "room.update", "room", w->name);
-    return rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc
+            : sb_event_emit(db, w->who.project_id, "room.updated", w->name,
+                            json_pack("{s:O}", "room", w->result), NULL);
+    return rc;
 }
 
 static void rooms_update(sb_req *req, void *ud)
@@ -361,19 +396,47 @@ static int room_close_run(sqlite3 *db, void *arg)
 {
     room_write *w = arg;
     int64_t now = sb_time_ms();
+    /* The active session, if any, ends with the room: its event comes first. */
     sqlite3_stmt *st = sb_store_stmt(
-        db, "UPDATE sessions SET ended_at = ?1, end_reason = 'room_closed' WHERE ended_at IS NULL "
-            "AND room_id = (SELECT id FROM rooms WHERE project_id = ?2 AND name = ?3 AND "
-            "status = 'open')");
+        db, "SELECT s.id FROM sessions s JOIN rooms r ON s.room_id = r.id WHERE r.project_id = ?1 "
+            "AND r.name = ?2 AND r.status = 'open' AND s.ended_at IS NULL");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_text(st, 2, w->who.project_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, w->name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
+    sqlite3_bind_text(st, 1, w->who.project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, w->name, -1, SQLITE_STATIC);
+    char session[SB_ID_MAX] = "";
+    if (sqlite3_step(st) == SQLITE_ROW)
+        snprintf(session, sizeof session, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0)
-        return rc;
+    int rc;
+    if (session[0]) {
+        st = sb_store_stmt(db, "UPDATE sessions SET ended_at = ?1, end_reason = 'room_closed' "
+                               "WHERE id = ?2");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_text(st, 2, session, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if ((rc = sb_store_errno(rc)) != 0)
+            return rc;
+        st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = "
+                               "'room_closed' WHERE session_id = ?2 AND left_at IS NULL");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_text(st, 2, session, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if ((rc = sb_store_errno(rc)) != 0)
+            return rc;
+        rc = sb_event_emit(db, w->who.project_id, "session.ended", w->name,
+                           json_pack("{s:s,s:s,s:s}", "session_id", session, "room", w->name,
+                                     "reason", "room_closed"),
+                           NULL);
+        if (rc)
+            return rc;
+    }
     st = sb_store_stmt(db, "UPDATE rooms SET status = 'closed', closed_at = ?1, updated_at = ?1 "
                            "WHERE project_id = ?2 AND name = ?3 AND status = 'open'");
     if (!st)
@@ -386,12 +449,17 @@ static int room_close_run(sqlite3 *db, void *arg)
     if ((rc = sb_store_errno(rc)) != 0 || sqlite3_changes(db) == 0)
         return rc;
     rc = sb_app_audit(db, &w->who, w->req->request_id, "room.close", "room", w->name);
+    rc = rc ? rc
+            : sb_event_emit(db, w->who.project_id, "room.closed", w->name,
+                            json_pack("{s:s}", "room", w->name), NULL);
     return rc ? rc : 1;
 }
 
 static void room_close_done(void *arg, int rc)
 {
     room_write *w = arg;
+    if (rc > 0)
+        sb_app_cache_bump();
     if (rc < 0)
         sb_app_internal_error(w->req, "closing a room", rc);
     else if (rc == 0)

@@ -71,6 +71,22 @@ int sb_router_add(sb_router *r, const char *method, const char *pattern, sb_hand
     return 0;
 }
 
+int sb_router_wrap_method(sb_router *r, const char *method, sb_handler_fn wrap,
+                          void *(*make_ud)(sb_handler_fn fn, void *ud, void *ctx), void *ctx)
+{
+    for (int i = 0; i < r->n; i++) {
+        route *rt = &r->routes[i];
+        if (!rt->method || strcmp(rt->method, method) != 0)
+            continue;
+        void *ud = make_ud(rt->fn, rt->ud, ctx);
+        if (!ud)
+            return SB_ENOMEM;
+        rt->fn = wrap;
+        rt->ud = ud;
+    }
+    return 0;
+}
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')

@@ -23,6 +23,12 @@ void sb_router_free(sb_router *r);
 int sb_router_add(sb_router *r, const char *method, const char *pattern, sb_handler_fn fn,
                   void *ud);
 
+/* Replaces the handler of every route of `method` with wrap, whose ud is what make_ud
+ * returns for the original (fn, ud). For cross-cutting behaviour such as Idempotency-Key on
+ * every POST. Returns SB_ENOMEM if make_ud returns NULL. */
+int sb_router_wrap_method(sb_router *r, const char *method, sb_handler_fn wrap,
+                          void *(*make_ud)(sb_handler_fn fn, void *ud, void *ctx), void *ctx);
+
 /* Routes req: on a match, fills req->params and calls the handler. Otherwise answers 404,
  * or 405 with an Allow header when the path exists for other methods. */
 void sb_router_dispatch(const sb_router *r, sb_req *req);
