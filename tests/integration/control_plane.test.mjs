@@ -213,6 +213,32 @@ describe('control plane', () => {
       }
     });
 
+    it('reads are fresh on every connection and loop right after PATCH, DELETE and re-create', async () => {
+      const name = uniq('fresh');
+      assert.equal((await api('POST', '/v1/rooms', { json: { name, metadata: 'v0' } })).status, 201);
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+      const getAll = () => Promise.all(Array.from({ length: 16 }, () => plainGet(srv, agent, `/v1/rooms/${name}`, srv.adminKey)));
+      try {
+        for (let v = 1; v <= 3; v++) {
+          const warm = await getAll(); // fills every loop's read cache
+          assert.ok(warm.every((r) => r.status === 200));
+          assert.equal((await api('PATCH', `/v1/rooms/${name}`, { json: { metadata: `v${v}` } })).status, 200);
+          const rs = await getAll();
+          assert.deepEqual(rs.map((r) => JSON.parse(r.text).metadata), Array(16).fill(`v${v}`), `after PATCH v${v}`);
+        }
+        assert.equal((await api('DELETE', `/v1/rooms/${name}`)).status, 204);
+        assert.deepEqual((await getAll()).map((r) => r.status), Array(16).fill(404), 'after DELETE');
+        assert.equal((await api('POST', '/v1/rooms', { json: { name, metadata: 'reborn' } })).status, 201);
+        assert.deepEqual((await getAll()).map((r) => JSON.parse(r.text).metadata), Array(16).fill('reborn'), 'after re-create');
+        // Another project's key never gets this project's cached room.
+        const other = (await api('POST', '/v1/projects', { json: { name: uniq('cache-other') } })).json().admin_key;
+        const rs = await Promise.all(Array.from({ length: 16 }, () => plainGet(srv, agent, `/v1/rooms/${name}`, other)));
+        assert.deepEqual(rs.map((r) => r.status), Array(16).fill(404), "another project's view");
+      } finally {
+        agent.destroy();
+      }
+    });
+
     it('PATCH refuses fields that are not updatable, bad values, bad JSON (400) and other content types (415)', async () => {
       const name = uniq('patchbad');
       const before = (await api('POST', '/v1/rooms', { json: { name } })).json();
