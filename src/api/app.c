@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/rtc_token.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
@@ -46,6 +47,7 @@ typedef struct resp_entry {
 typedef struct app_loop {
     cred_entry cache[CRED_CACHE_SIZE];
     resp_entry resp[RESP_CACHE_SIZE];
+    sb_rtc_cache_entry *rtc; /* SB_RTC_CACHE_SIZE */
 } app_loop;
 
 /* Bumped after every committed change that a cached read could show. */
@@ -715,6 +717,9 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
     app->loops = sb_calloc((size_t)nloops, sizeof *app->loops);
     if (!app->loops)
         goto fail;
+    for (int i = 0; i < nloops; i++)
+        if (!(app->loops[i].rtc = sb_calloc(SB_RTC_CACHE_SIZE, sizeof *app->loops[i].rtc)))
+            goto fail;
     const char *base = sb_server_listener_url(server, 0);
     app->issuer = sb_strdup(base ? base : "https://localhost");
     if (!app->issuer)
@@ -787,9 +792,11 @@ void sb_app_free(sb_app *app)
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
     for (int i = 0; i < app->nowned; i++)
         sb_free(app->owned[i]);
-    for (int l = 0; app->loops && l < app->nloops; l++)
+    for (int l = 0; app->loops && l < app->nloops; l++) {
         for (int i = 0; i < RESP_CACHE_SIZE; i++)
             sb_free(app->loops[l].resp[i].body);
+        sb_free(app->loops[l].rtc);
+    }
     sb_free(app->loops);
     sb_free(app);
 }
@@ -943,4 +950,9 @@ uint64_t sb_app_cache_generation(void)
 void sb_app_cache_bump(void)
 {
     atomic_fetch_add_explicit(&resp_generation, 1, memory_order_acq_rel);
+}
+
+sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index)
+{
+    return app->loops[loop_index].rtc;
 }

@@ -212,8 +212,10 @@ static void skey_retire_done(void *arg, int rc)
         sb_app_internal_error(k->req, "retiring a signing key", rc);
     else if (rc == 0)
         sb_resp_problem(k->req, 404, "not-found", "no such active signing key in this project");
-    else
+    else {
+        sb_app_cache_bump(); /* tokens it signed leave every loop's verified-token cache */
         sb_resp_send(k->req, 204, NULL, NULL, 0);
+    }
 }
 
 static void skey_delete(sb_req *req, void *ud)
