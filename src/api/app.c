@@ -28,6 +28,7 @@
 typedef struct cred_entry {
     unsigned char digest[32]; /* SHA-256 of the bearer string */
     bool valid;
+    uint64_t gen;     /* cred_generation when cached */
     int64_t until_ms; /* cache expiry: min(key expiry, cached + TTL) */
     int64_t last_used_recorded_ms;
     sb_auth auth;
@@ -49,6 +50,11 @@ typedef struct app_loop {
     resp_entry resp[RESP_CACHE_SIZE];
     sb_rtc_cache_entry *rtc; /* SB_RTC_CACHE_SIZE */
 } app_loop;
+
+/* Bumped after a credential is revoked, before the revoke is answered: every loop then
+ * re-reads any cached credential once, so a revoke is effective for the very next request on
+ * any connection of any loop. */
+static _Atomic uint64_t cred_generation = 1;
 
 /* Bumped after every committed change that a cached read could show. */
 static _Atomic uint64_t resp_generation = 1;
@@ -181,12 +187,27 @@ typedef struct lookup_result {
     int64_t expires_at; /* 0 = never */
 } lookup_result;
 
+static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
+                         const char *id, lookup_result *res);
+
 static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                       lookup_result *res)
 {
     char id[SB_ID_MAX];
     if (!key_id_of(tok, len, id))
         memcpy(id, BOOTSTRAP_KEY_ID, sizeof BOOTSTRAP_KEY_ID);
+    int rc = lookup_key_id(db, app, tok, len, id, res);
+    if (rc == 0 && !res->found && strcmp(id, BOOTSTRAP_KEY_ID) != 0) {
+        /* A chosen SWITCHBOARD_ADMIN_KEY may itself look like "sbk_…". */
+        memcpy(id, BOOTSTRAP_KEY_ID, sizeof BOOTSTRAP_KEY_ID);
+        rc = lookup_key_id(db, app, tok, len, id, res);
+    }
+    return rc;
+}
+
+static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
+                         const char *id, lookup_result *res)
+{
     sqlite3_stmt *st = sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, "
                                          "revoked_at FROM api_keys WHERE id = ?1");
     if (!st)
@@ -290,7 +311,8 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     app_loop *al = &app->loops[req->loop->index];
     cred_entry *e = &al->cache[(digest[0] | (unsigned)digest[1] << 8) % CRED_CACHE_SIZE];
     int64_t now = sb_time_ms();
-    if (!(e->valid && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
+    uint64_t gen = atomic_load_explicit(&cred_generation, memory_order_acquire);
+    if (!(e->valid && e->gen == gen && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
         lookup_result res;
         if (lookup_key(sb_app_reader(app, req), app, tok, len, &res) != 0) {
             sb_app_internal_error(req, "credential lookup", SB_EIO);
@@ -302,6 +324,7 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         }
         memcpy(e->digest, digest, 32);
         e->valid = true;
+        e->gen = gen;
         e->auth = res.auth;
         e->until_ms = now + CRED_CACHE_TTL_MS;
         if (res.expires_at && res.expires_at < e->until_ms)
@@ -321,32 +344,11 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     return true;
 }
 
-typedef struct forget_msg {
-    sb_app *app;
-    char id[SB_ID_MAX];
-} forget_msg;
-
-static void forget_on_loop(sb_loop *loop, void *arg)
-{
-    forget_msg *m = arg;
-    app_loop *al = &m->app->loops[loop->index];
-    for (int i = 0; i < CRED_CACHE_SIZE; i++)
-        if (al->cache[i].valid && strcmp(al->cache[i].auth.credential_id, m->id) == 0)
-            al->cache[i].valid = false;
-    sb_free(m);
-}
-
 void sb_app_forget_key(sb_app *app, const char *key_id)
 {
-    for (int i = 0; i < app->nloops; i++) {
-        forget_msg *m = sb_malloc(sizeof *m);
-        if (!m)
-            continue; /* the cache TTL still bounds how long it may be used */
-        m->app = app;
-        snprintf(m->id, sizeof m->id, "%s", key_id);
-        if (sb_loop_post(sb_server_loop(app->server, i), forget_on_loop, m) != 0)
-            sb_free(m);
-    }
+    (void)app;
+    (void)key_id;
+    atomic_fetch_add_explicit(&cred_generation, 1, memory_order_acq_rel);
 }
 
 /* ---- handler helpers --------------------------------------------------------------- */
@@ -524,7 +526,8 @@ bool sb_app_page(sb_req *req, sb_page *p)
     if (sb_req_query(req, "limit", &v)) {
         char *endp;
         long n = strtol(v.base, &endp, 10);
-        if (v.len == 0 || *endp || n < 1 || n > 200) {
+        if (v.len == 0 || v.len > 3 || v.base[0] < '0' || v.base[0] > '9' || *endp || n < 1 ||
+            n > 200) {
             sb_resp_problem(req, 400, "invalid-parameter",
                             "limit must be an integer from 1 to 200");
             return false;

@@ -166,13 +166,15 @@ static bool room_fields(sb_req *req, json_t *body, room_write *w, char *why, siz
         }
         w->set_metadata = true;
     }
-    if (json_object_get(body, "max_participants")) {
+    if (json_object_get(body, "max_participants") &&
+        !json_is_null(json_object_get(body, "max_participants"))) {
         if (sb_json_get_int(body, "max_participants", &w->max_participants, 0,
                             MAX_PARTICIPANTS_LIMIT, why, whylen))
             return false;
         w->set_max = true;
     }
-    if (json_object_get(body, "empty_timeout_seconds")) {
+    if (json_object_get(body, "empty_timeout_seconds") &&
+        !json_is_null(json_object_get(body, "empty_timeout_seconds"))) {
         if (sb_json_get_int(body, "empty_timeout_seconds", &w->empty_timeout, 0, EMPTY_TIMEOUT_MAX,
                             why, whylen))
             return false;
