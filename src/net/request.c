@@ -55,8 +55,9 @@ void sb_resp_problem(sb_req *req, int status, const char *slug, const char *deta
         /* A detail too long for the stack buffer is cut, never dropped with the request id. */
         b.len = 0;
         size_t dl = strlen(detail);
-        rc = sb_buf_appendf(&b, "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\","
-                                "\"status\":%d,\"detail\":\"",
+        rc = sb_buf_appendf(&b,
+                            "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\","
+                            "\"status\":%d,\"detail\":\"",
                             slug, title, status);
         rc = rc ? rc : sb_buf_append_json_str(&b, detail, dl > 256 ? 256 : dl);
         rc = rc ? rc : sb_buf_append_str(&b, "…\",\"request_id\":\"");
