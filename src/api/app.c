@@ -12,6 +12,7 @@
 
 #include "api/rtc_token.h"
 #include "auth/scopes.h"
+#include "guard/ipallow.h"
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -32,6 +33,7 @@ typedef struct cred_entry {
     int64_t until_ms; /* cache expiry: min(key expiry, cached + TTL) */
     int64_t last_used_recorded_ms;
     sb_auth auth;
+    sb_ipallow *allow; /* the key's allowed_ips; NULL = any address */
 } cred_entry;
 
 #define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
@@ -185,7 +187,26 @@ typedef struct lookup_result {
     bool found;
     sb_auth auth;
     int64_t expires_at; /* 0 = never */
+    sb_ipallow *allow;  /* owned by the caller */
 } lookup_result;
+
+/* The stored JSON array of CIDRs (validated when the key was made) as a matcher. */
+static sb_ipallow *allow_from_json(const char *text)
+{
+    json_t *a = text ? json_loads(text, 0, NULL) : NULL;
+    size_t n = json_is_array(a) ? json_array_size(a) : 0;
+    const char *entries[SB_IPALLOW_MAX_ENTRIES];
+    sb_ipallow *out = NULL;
+    if (n > 0 && n <= SB_IPALLOW_MAX_ENTRIES) {
+        for (size_t i = 0; i < n; i++)
+            entries[i] = json_string_value(json_array_get(a, i));
+        char err[128];
+        if (sb_ipallow_new(entries, n, &out, err, sizeof err) != 0)
+            out = NULL;
+    }
+    json_decref(a);
+    return out;
+}
 
 static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                          const char *id, lookup_result *res);
@@ -208,8 +229,9 @@ static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t le
 static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                          const char *id, lookup_result *res)
 {
-    sqlite3_stmt *st = sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, "
-                                         "revoked_at FROM api_keys WHERE id = ?1");
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, revoked_at, "
+                          "allowed_ips FROM api_keys WHERE id = ?1");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -231,6 +253,12 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
             const char *sc = (const char *)sqlite3_column_text(st, 2);
             sb_scopes_parse(sc, strlen(sc), &res->auth.scopes, NULL, NULL);
             res->expires_at = exp;
+            res->allow = NULL;
+            if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
+                res->allow = allow_from_json((const char *)sqlite3_column_text(st, 5));
+                if (!res->allow) /* cannot enforce it: refuse rather than allow everyone */
+                    res->found = false;
+            }
         }
         rc = SQLITE_DONE;
     }
@@ -326,10 +354,17 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         e->valid = true;
         e->gen = gen;
         e->auth = res.auth;
+        sb_ipallow_free(e->allow);
+        e->allow = res.allow;
         e->until_ms = now + CRED_CACHE_TTL_MS;
         if (res.expires_at && res.expires_at < e->until_ms)
             e->until_ms = res.expires_at;
         e->last_used_recorded_ms = 0;
+    }
+    if (e->allow && !sb_ipallow_match(e->allow, (const struct sockaddr *)&req->peer)) {
+        sb_resp_problem(req, 403, "address-not-allowed",
+                        "this credential may not be used from this address");
+        return false;
     }
     note_last_used(app, e, now);
     if ((e->auth.scopes & need) != need) {
@@ -799,6 +834,8 @@ void sb_app_free(sb_app *app)
         for (int i = 0; i < RESP_CACHE_SIZE; i++)
             sb_free(app->loops[l].resp[i].body);
         sb_free(app->loops[l].rtc);
+        for (int i = 0; i < CRED_CACHE_SIZE; i++)
+            sb_ipallow_free(app->loops[l].cache[i].allow);
     }
     sb_free(app->loops);
     sb_free(app);

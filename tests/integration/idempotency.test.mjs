@@ -11,7 +11,6 @@ import { assertProblem } from './lib/client.mjs';
 import { startServer } from './lib/server.mjs';
 
 /** Tests that show a server bug: TODO until fixed, failing with SB_ITEST_STRICT=1. */
-const knownBug = (why) => (process.env.SB_ITEST_STRICT ? {} : { todo: `server bug: ${why}` });
 
 let n = 0;
 const ikey = () => `idem-${process.pid}-${Date.now().toString(36)}-${n++}`;
