@@ -24,33 +24,18 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-DURATION=${BENCH_DURATION:-10}
-WARMUP=${BENCH_WARMUP:-2}
-CONNS=${BENCH_CONNECTIONS:-64}
-RUNS=${BENCH_RUNS:-2}
 MODES=${BENCH_MODES:-tls plain}
-SERVER_CPU=${BENCH_SERVER_CPU:-0}
-CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 NGINX_ONLY=${BENCH_NGINX_ONLY:-0}
-RESULTS_DIR=${BENCH_RESULTS_DIR:-$root/bench/results}
-SUMMARY=${BENCH_SUMMARY:-}
+BENCH_NAME=http.bench
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh" # common knobs, helpers, cleanup
 
-say() { printf '%s\n' "$*"; }
-die() { printf 'http.bench: %s\n' "$*" >&2; exit 2; }
-
-for v in DURATION WARMUP CONNS RUNS SERVER_CPU CLIENT_CPU; do
-    [[ ${!v} =~ ^[0-9]+$ ]] || die "BENCH_${v} must be a non-negative integer (got '${!v}')"
-done
-{ [ "$RUNS" -ge 1 ] && [ "$DURATION" -ge 1 ] && [ "$CONNS" -ge 1 ]; } || die "runs, duration and connections must be >= 1"
 for m in $MODES; do
     case "$m" in tls | plain) ;; *) die "unknown mode '$m' in BENCH_MODES (tls, plain)" ;; esac
 done
 
 # ---- tools ------------------------------------------------------------------------------
-PATH=$PATH:/usr/sbin:/sbin
-for t in wrk nginx taskset curl openssl awk; do
-    command -v "$t" >/dev/null || die "'$t' not found (make bench installs wrk and nginx-light via scripts/install-deps.sh)"
-done
+need_tools wrk nginx taskset curl openssl awk
 
 # ---- the server under test ------------------------------------------------------------------
 bin=${1:-}
@@ -67,157 +52,8 @@ else
     case "$bin" in /*) ;; *) bin=$PWD/$bin ;; esac
 fi
 
-ncpu=$(nproc 2>/dev/null || echo 1)
-pin_server=(taskset -c "$SERVER_CPU")
-pin_client=(taskset -c "$CLIENT_CPU")
-pinning="server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
-if [ "$ncpu" -lt 2 ] || [ "$SERVER_CPU" -ge "$ncpu" ] || [ "$CLIENT_CPU" -ge "$ncpu" ] || [ "$SERVER_CPU" = "$CLIENT_CPU" ]; then
-    say "http.bench: warning: $ncpu CPU(s) here; cannot pin server and client to separate cores, not pinning."
-    pin_server=()
-    pin_client=()
-    pinning="not pinned ($ncpu CPUs)"
-fi
-
-# ---- temp dir, processes, cleanup (also on Ctrl-C) ------------------------------------------
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-bench-http.XXXXXX")
-pids=()
-
-stop_rc=""
-stop_pid() { # PID [seconds]: SIGTERM, wait, SIGKILL if still there; sets stop_rc to the exit
-    # status, or "killed". Not to be called in $(...): only this shell can wait for its children.
-    local pid=$1 limit=${2:-10} i=0
-    stop_rc=0
-    if kill -TERM "$pid" 2>/dev/null; then
-        while [ "$i" -lt $((limit * 10)) ]; do
-            # exited and not yet reaped shows as a zombie (state Z), which still answers kill -0
-            case "$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)" in
-            "" | Z) break ;;
-            esac
-            sleep 0.1
-            i=$((i + 1))
-        done
-        if [ "$i" -ge $((limit * 10)) ]; then
-            kill -KILL "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-            stop_rc=killed
-            return 0
-        fi
-    fi
-    wait "$pid" 2>/dev/null || stop_rc=$?
-}
-
-forget_pid() {
-    local p keep=()
-    for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    pids=("${keep[@]+"${keep[@]}"}")
-}
-
-cleanup() {
-    local p
-    for p in "${pids[@]+"${pids[@]}"}"; do stop_pid "$p" 5; done
-    pids=()
-    rm -rf "$tmp"
-}
-on_signal() {
-    trap - EXIT INT TERM
-    printf '\nhttp.bench: interrupted, stopping servers and removing %s\n' "$tmp" >&2
-    cleanup
-    kill -"$1" $$
-}
-trap cleanup EXIT
-trap 'on_signal INT' INT
-trap 'on_signal TERM' TERM
-
-# ---- helpers ----------------------------------------------------------------------------------
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-used_ports=" "
-pick_port() {
-    local p n=0
-    while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        if [[ $used_ports != *" $p "* ]] && port_free "$p"; then
-            used_ports+="$p "
-            echo "$p"
-            return
-        fi
-        n=$((n + 1))
-        [ "$n" -lt 200 ] || die "no free loopback port found"
-    done
-}
-
-# utime+stime in clock ticks of a process (all its threads)
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
-
-status_kb() { # PID FIELD → kB value from /proc/PID/status (0 if gone)
-    awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
-
-children_of() { # direct children of PID, space-separated
-    local f line a out=""
-    if [ -r "/proc/$1/task/$1/children" ]; then
-        cat "/proc/$1/task/$1/children"
-        return 0
-    fi
-    for f in /proc/[0-9]*/stat; do
-        line=$(cat "$f" 2>/dev/null) || continue
-        read -r -a a <<<"${line##*) }"
-        [ "${a[1]:-}" != "$1" ] || out+="${f//[!0-9]/} "
-    done
-    echo "$out"
-}
-
-wait_ready() { # NAME PID URL [curl args...]: until URL answers 200, or the process dies, or 30 s
-    local name=$1 pid=$2 url=$3 i=0
-    shift 3
-    while :; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            say "http.bench: $name exited during startup"
-            return 1
-        fi
-        if curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then
-            return 0
-        fi
-        i=$((i + 1))
-        [ "$i" -lt 300 ] || { say "http.bench: $name did not answer $url within 30 s"; return 1; }
-        sleep 0.1
-    done
-}
-
-# parse wrk output → "rps p50_ms p99_ms requests non2xx sockerr"
-parse_wrk() {
-    awk '
-    function ms(v,   n, u) {
-        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") return n / 1000
-        if (u == "ms") return n
-        if (u == "s") return n * 1000
-        if (u == "m") return n * 60000
-        if (u == "h") return n * 3600000
-        return -1
-    }
-    /^Requests\/sec:/ { rps = $2 }
-    /^ +50% / { p50 = ms($2) }
-    /^ +99% / { p99 = ms($2) }
-    / requests in / { reqs = $1 }
-    /Non-2xx or 3xx responses:/ { non2xx = $NF }
-    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-    END {
-        if (rps == "" || p50 == "" || p99 == "") { print "FAIL"; exit }
-        printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx + 0, err + 0
-    }' "$1"
-}
-
-fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 1) printf "%.0fus", v * 1000; else printf "%.2fms", v }'; }
-
-json_str() { # minimal JSON string escaping for the few free-text fields we write
-    local s=$1
-    s=${s//\\/\\\\}
-    s=${s//\"/\\\"}
-    s=${s//$'\n'/ }
-    s=${s//$'\t'/ }
-    printf '"%s"' "$s"
-}
+bench_pinning
+bench_tmpdir http
 
 # ---- TLS material --------------------------------------------------------------------------------
 sb_data=$tmp/sb-data
@@ -244,54 +80,15 @@ ng_plain_port=$(pick_port)
 sb_log=$tmp/sb-access.log
 ng_log=$tmp/nginx/access.log
 
-write_nginx_conf() {
-    local d=$tmp/nginx
-    cat >"$d/nginx.conf" <<EOF
-# Generated by bench/http.bench.sh; a peer for Switchboard's GET /healthz.
-daemon off;
-master_process on;
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-worker_rlimit_nofile 4096;
-
-events {
-    worker_connections 2048;
-    accept_mutex off;
+start_sb() {
+    sb_start "$cacert" "https://127.0.0.1:$sb_tls_port/healthz http://127.0.0.1:$sb_plain_port/healthz" \
+        --dev --listen "127.0.0.1:$sb_tls_port" --plain-listen "127.0.0.1:$sb_plain_port" \
+        --data-dir "$sb_data" --workers 1 --log.file "$sb_log"
 }
 
-http {
-    default_type application/json;
-    server_tokens off;
-    # Switchboard never closes a keep-alive connection by request count; nginx's default is
-    # every 1000 requests, which would put a TLS handshake into the measurement.
-    keepalive_requests 100000;
-    keepalive_timeout 75s;
-
-    # Same policy as Switchboard: one JSON line per request, buffered.
-    log_format sbjson escape=json '{"time":"\$time_iso8601","level":"info","msg":"request",'
-        '"method":"\$request_method","path":"\$uri","status":\$status,"bytes":\$bytes_sent,'
-        '"duration_ms":\$request_time,"request_id":"\$request_id","remote":"\$remote_addr",'
-        '"proto":"\$server_protocol"}';
-    access_log $ng_log sbjson buffer=64k flush=1s;
-
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-
-    # TLS: Mozilla intermediate, as Switchboard (src/net/tls.c).
-    ssl_certificate $cert;
-    ssl_certificate_key $key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305;
-    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
-    ssl_ecdh_curve X25519:prime256v1:secp384r1;
-    ssl_prefer_server_ciphers off;
-    ssl_session_tickets on;
-    ssl_session_cache off;
-
+start_nginx() {
+    nginx_write_conf "$tmp/nginx" "$cert" "$key" "$ng_log" "http.bench.sh; a peer for Switchboard's GET /healthz." "$(
+        cat <<EOF
     server {
         listen 127.0.0.1:$ng_tls_port ssl;
         listen 127.0.0.1:$ng_plain_port;
@@ -301,61 +98,9 @@ http {
             return 200 '{"status":"ok"}';
         }
     }
-}
 EOF
-}
-
-sb_pid=""
-ng_pid=""
-ng_worker=""
-
-start_sb() {
-    : >"$tmp/sb.out"
-    "${pin_server[@]}" "$bin" --dev --listen "127.0.0.1:$sb_tls_port" --plain-listen "127.0.0.1:$sb_plain_port" \
-        --data-dir "$sb_data" --workers 1 --log.file "$sb_log" >"$tmp/sb.out" 2>"$tmp/sb.err" &
-    sb_pid=$!
-    pids+=("$sb_pid")
-    local i=0
-    # the dev CA appears once the certificate is generated
-    while [ ! -s "$cacert" ] && kill -0 "$sb_pid" 2>/dev/null && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-    if ! wait_ready switchboard "$sb_pid" "https://127.0.0.1:$sb_tls_port/healthz" --cacert "$cacert" ||
-        ! wait_ready switchboard "$sb_pid" "http://127.0.0.1:$sb_plain_port/healthz"; then
-        say "--- switchboard stdout:"; cat "$tmp/sb.out"
-        say "--- switchboard stderr (last 20 lines):"; tail -n 20 "$tmp/sb.err"
-        return 1
-    fi
-    grep -q 'URL: *https://' "$tmp/sb.out" || say "http.bench: note: switchboard did not print 'URL: https://...' on stdout"
-}
-
-start_nginx() {
-    write_nginx_conf
-    "${pin_server[@]}" nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx/nginx.conf" \
-        >"$tmp/nginx/stdout" 2>&1 &
-    ng_pid=$!
-    pids+=("$ng_pid")
-    if ! wait_ready nginx "$ng_pid" "https://127.0.0.1:$ng_tls_port/healthz" --cacert "$cacert" ||
-        ! wait_ready nginx "$ng_pid" "http://127.0.0.1:$ng_plain_port/healthz"; then
-        say "--- nginx output:"; cat "$tmp/nginx/stdout" "$tmp/nginx/error.log" 2>/dev/null | tail -n 20
-        return 1
-    fi
-    ng_worker=$(children_of "$ng_pid")
-    ng_worker=${ng_worker%% *}
-    [ -n "$ng_worker" ] || { say "http.bench: cannot find nginx's worker process"; return 1; }
-}
-
-stop_sb() {
-    [ -n "$sb_pid" ] || return 0
-    stop_pid "$sb_pid" 15
-    forget_pid "$sb_pid"
-    sb_pid=""
-    [ "$stop_rc" = 0 ] || say "http.bench: warning: switchboard exited with status $stop_rc on SIGTERM (expected 0)"
-}
-stop_nginx() {
-    [ -n "$ng_pid" ] || return 0
-    stop_pid "$ng_pid" 15
-    forget_pid "$ng_pid"
-    ng_pid=""
-    ng_worker=""
+    )"
+    nginx_start "$tmp/nginx" "$cacert" "https://127.0.0.1:$ng_tls_port/healthz" "http://127.0.0.1:$ng_plain_port/healthz"
 }
 
 url_of() { # SERVER MODE
@@ -367,85 +112,13 @@ url_of() { # SERVER MODE
     if [ "$2" = tls ]; then echo "https://127.0.0.1:$port/healthz"; else echo "http://127.0.0.1:$port/healthz"; fi
 }
 
-# /proc/stat lines of the server's and the client's cores (or all CPUs when not pinned)
-core_snapshot() {
-    if [ ${#pin_server[@]} -gt 0 ]; then
-        awk -v a="cpu$SERVER_CPU" -v b="cpu$CLIENT_CPU" '$1 == a { s = $0 } $1 == b { c = $0 } END { print s; print c }' /proc/stat
-    else
-        awk '$1 == "cpu" { print; print }' /proc/stat
-    fi
-}
-# from two snapshots: "server_core_busy% client_core_busy% steal%" (busy includes softirq:
-# loopback TCP work is charged there, not to either process)
-core_usage() {
-    printf '%s\n%s\n' "$1" "$2" | awk '
-    { line[NR] = $0 }
-    END {
-        for (k = 1; k <= 2; k++) {
-            split(line[k], a, " "); split(line[k + 2], b, " ")
-            tot = 0
-            for (i = 2; i <= 9; i++) tot += b[i] - a[i]
-            idle = (b[5] - a[5]) + (b[6] - a[6])
-            st = b[9] - a[9]
-            busy[k] = tot > 0 ? (tot - idle - st) / tot * 100 : 0
-            steal[k] = tot > 0 ? st / tot * 100 : 0
-        }
-        printf "%.0f %.0f %.0f", busy[1], busy[2], (steal[1] > steal[2] ? steal[1] : steal[2])
-    }'
-}
-
-# Runs a command in the background and waits for it: a trapped signal interrupts `wait` at
-# once, whereas a foreground wrk would catch Ctrl-C itself, exit 0, and bash would then skip
-# the INT trap. Output goes to OUT (not through a redirection of run_bg itself, which would
-# also swallow what the trap prints).
-run_bg() { # OUT COMMAND...
-    local p rc=0 out=$1
-    shift
-    "$@" >"$out" 2>&1 &
-    p=$!
-    pids+=("$p")
-    wait "$p" || rc=$?
-    forget_pid "$p"
-    return "$rc"
-}
-
-# one warm-up + one measured run; leaves in $run_result:
-#   "rps p50_ms p99_ms requests non2xx sockerr server_proc_cpu% server_core_busy% client_core_busy% steal%"
+# one warm-up + one measured run; leaves in $run_result (see measure in lib.sh)
 run_once() { # SERVER MODE RUN# PID
-    local srv=$1 mode=$2 n=$3 pid=$4 url out t0 t1 s0 s1 parsed
-    url=$(url_of "$srv" "$mode")
-    out=$tmp/wrk-$mode-$srv-$n.txt
-    if [ "$WARMUP" -gt 0 ]; then
-        run_bg "$out.warmup" "${pin_client[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" ||
-            { say "http.bench: wrk warm-up failed against $srv ($url):"; cat "$out.warmup"; return 1; }
-    fi
-    t0=$(cpu_ticks "$pid")
-    s0=$(core_snapshot)
-    run_bg "$out" "${pin_client[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" ||
-        { say "http.bench: wrk failed against $srv ($url):"; cat "$out"; return 1; }
-    t1=$(cpu_ticks "$pid")
-    s1=$(core_snapshot)
-    parsed=$(parse_wrk "$out")
-    if [ "$parsed" = FAIL ]; then
-        say "http.bench: could not read wrk's output against $srv ($url):"
-        cat "$out"
-        return 1
-    fi
-    run_result="$parsed $(awk -v a="$t0" -v b="$t1" -v hz="$clk_tck" -v d="$DURATION" \
-        'BEGIN { printf "%.0f", (b - a) / hz / d * 100 }') $(core_usage "$s0" "$s1")"
+    measure "$1" "$(url_of "$1" "$2")" "$tmp/wrk-$2-$1-$3.txt" "$4"
 }
-
-# pick one run of several "rps ..." lines: best (max rps) for < 3 runs, else median by rps
-select_run() {
-    sort -g -k1,1 | awk -v runs="$RUNS" '{ l[NR] = $0 } END { if (runs < 3) print l[NR]; else print l[int((NR + 1) / 2)] }'
-}
-policy=$([ "$RUNS" -lt 3 ] && echo "best of $RUNS" || echo "median of $RUNS")
-[ "$RUNS" -eq 1 ] && policy="single run"
 
 # ---- versions ------------------------------------------------------------------------------
-nginx_ver=$(nginx -v 2>&1 | sed 's/^nginx version: //')
-wrk_ver=$( (wrk -v 2>&1 || true) | awk "NR == 1 { print \$2 }")
-ossl_ver=$(openssl version 2>/dev/null)
+bench_versions
 sb_ver="none"
 [ "$have_sb" = 1 ] && sb_ver=$("$bin" --version 2>/dev/null | head -n 1 || echo unknown)
 git_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -486,10 +159,7 @@ for mode in $MODES; do
         R[$mode.$s.resp]=$sizes
         neg=""
         if [ "$mode" = tls ]; then
-            hostport=${url#https://}
-            hostport=${hostport%%/*}
-            neg=$( (openssl s_client -connect "$hostport" -CAfile "$cacert" </dev/null 2>/dev/null || true) |
-                awk '/^New, / && !done { sub(/^New, /, ""); sub(/, Cipher is /, " "); print; done = 1 }')
+            neg=$(tls_negotiated "$url" "$cacert")
             R[$mode.$s.neg]=$neg
         fi
         read -r code hb bb ct <<<"$sizes"
@@ -506,10 +176,7 @@ for mode in $MODES; do
             pid=$([ "$s" = sb ] && echo "$sb_pid" || echo "$ng_worker")
             run_once "$s" "$mode" "$n" "$pid" || exit 1
             R[$mode.$s.runs]+="$run_result"$'\n'
-            read -r rps p50 p99 _ non2xx serr scpu sbusy cbusy steal <<<"$run_result"
-            printf '  run %d %-11s %10.2f req/s  p50 %8s  p99 %8s  server %3s%% CPU; cores busy: server %3s%%, wrk %3s%%; steal %s%%%s\n' \
-                "$n" "$([ "$s" = sb ] && echo switchboard || echo nginx)" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
-                "$scpu" "$sbusy" "$cbusy" "$steal" "$([ "$non2xx" != 0 ] || [ "$serr" != 0 ] && echo "  ERRORS: $non2xx non-2xx, $serr socket")"
+            print_run "$n" "$([ "$s" = sb ] && echo switchboard || echo nginx)" "$run_result"
         done
     done
 
@@ -556,7 +223,7 @@ for mode in $MODES; do
         R[$mode.goal]=$goal
         R[$mode.why]=$(IFS=';'; echo "${why[*]-}")
         say "  goal (ratio >= 1.0 and sb p99 <= nginx p99): $goal${why:+ (${R[$mode.why]//;/, })}"
-        summary_rows+=("$(printf 'http\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$label" "$sb_rps" "$ng_rps" "$ratio" \
+        summary_rows+=("$(printf 'http\t%s vs nginx\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$label" "$sb_rps" "$ng_rps" "$ratio" \
             "$(fmt_ms "$sb_p50")" "$(fmt_ms "$sb_p99")" "$(fmt_ms "$ng_p50")" "$(fmt_ms "$ng_p99")" \
             "${R[$mode.sb.rss]} kB" "${R[$mode.nginx.rss]} kB" "$goal")")
     else
@@ -571,7 +238,7 @@ for mode in $MODES; do
         R[$mode.ratio]=null
         R[$mode.goal]="not evaluated (no switchboard)"
         say "  goal: not evaluated (Switchboard not measured)"
-        summary_rows+=("$(printf 'http\t%s\t-\t%.2f\t-\t-\t-\t%s\t%s\t-\t%s\t%s' "$label" "$ng_rps" \
+        summary_rows+=("$(printf 'http\t%s vs nginx\t-\t%.2f\t-\t-\t-\t%s\t%s\t-\t%s\t%s' "$label" "$ng_rps" \
             "$(fmt_ms "$ng_p50")" "$(fmt_ms "$ng_p99")" "${R[$mode.nginx.rss]} kB" "not evaluated")")
     fi
     say ""
@@ -580,9 +247,6 @@ done
 # ---- machine-readable result ---------------------------------------------------------------
 mkdir -p "$RESULTS_DIR"
 json=$RESULTS_DIR/http-$ts.json
-run_json() { # a $run_result line
-    awk '{ printf "{\"requests_per_sec\":%s,\"p50_ms\":%s,\"p99_ms\":%s,\"requests\":%s,\"non_2xx\":%s,\"socket_errors\":%s,\"server_process_cpu_pct\":%s,\"server_core_busy_pct\":%s,\"client_core_busy_pct\":%s,\"steal_pct\":%s}\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
-}
 {
     printf '{\n  "bench": "http",\n  "timestamp": "%s",\n' "$ts"
     printf '  "switchboard": {"version": %s, "binary": %s, "commit": %s},\n' "$(json_str "$sb_ver")" "$(json_str "${bin:-}")" "$(json_str "$git_rev")"
@@ -623,5 +287,6 @@ if [ -n "$SUMMARY" ]; then
     for row in "${summary_rows[@]}"; do printf 'row\t%s\n' "$row" >>"$SUMMARY"; done
     printf 'note\thttp: wrk -t1 -c%s, %ss runs (%s), %s; both servers log one JSON line per request to a file, buffered (nginx buffer=64k flush=1s); nginx keepalive_requests 100000\n' \
         "$CONNS" "$DURATION" "$policy" "$pinning" >>"$SUMMARY"
+    printf 'goal\thttp: sb/nginx >= 1.0 and sb p99 <= nginx p99\n' >>"$SUMMARY"
 fi
 exit 0

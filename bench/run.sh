@@ -57,7 +57,7 @@ elapsed=$(($(date +%s) - start))
 
 echo "================================ summary ================================"
 {
-    printf 'bench\tcase\tsb req/s\tnginx req/s\tsb/nginx\tsb p50\tsb p99\tnginx p50\tnginx p99\tsb RSS\tnginx RSS\tgoal\n'
+    printf 'bench\tcase\tsb req/s\tpeer req/s\tsb/peer\tsb p50\tsb p99\tpeer p50\tpeer p99\tsb RSS\tpeer RSS\tgoal\n'
     awk -F'\t' '$1 == "row" { sub(/^row\t/, ""); print }' "$summary"
 } | awk -F'\t' '
     { for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; if (NF > nf) nf = NF }
@@ -74,8 +74,9 @@ echo "================================ summary ================================"
         }
     }'
 awk -F'\t' '$1 == "note" { print "note: " $2 }' "$summary"
-echo "goal per case: sb/nginx >= 1.0 and sb p99 <= nginx p99. Compare only within this run; the"
-echo "machine is shared and noisy, so absolute numbers from different runs are not comparable."
+awk -F'\t' '$1 == "goal" { print "goal per case, " $2 }' "$summary"
+echo "Compare only within this run; the machine is shared and noisy, so absolute numbers from"
+echo "different runs are not comparable."
 echo "total time: ${elapsed}s"
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libuv1-dev libssl-dev libyaml-dev libjansson-dev libsqlite3-dev
     libwslay-dev openssl curl ca-certificates)
-test_pkgs=(libcmocka-dev clang libclang-rt-14-dev nodejs)
+test_pkgs=(libcmocka-dev clang libclang-rt-14-dev nodejs sqlite3)
 bench_pkgs=(wrk nginx-light)
 
 want=("${build_pkgs[@]}")
@@ -47,7 +47,10 @@ fi
 # npm packages for the integration tests and benchmark peers, from committed lockfiles.
 for g in "$@"; do
     if [ "$g" = test ] || [ "$g" = bench ]; then
-        for d in tests/integration; do
+        dirs=(tests/integration)
+        [ "$g" != bench ] || dirs+=(bench/peers/*/)
+        for d in "${dirs[@]}"; do
+            d=${d%/}
             if [ -f "$d/package-lock.json" ]; then
                 stamp="$d/node_modules/.sb-lock-stamp"
                 if [ ! -f "$stamp" ] || ! cmp -s "$d/package-lock.json" "$stamp"; then

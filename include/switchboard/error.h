@@ -26,6 +26,7 @@
 #define SB_ETIMEDOUT   (-ETIMEDOUT) /* a deadline passed */
 #define SB_ECANCELED   (-ECANCELED) /* operation cancelled (shutdown) */
 #define SB_EBUSY       (-EBUSY)     /* resource locked by another user; try later */
+#define SB_EACCES      (-EACCES)    /* not permitted (a grant or scope is missing) */
 #define SB_ETLS        (-4001)      /* TLS library error; details are logged */
 #define SB_ECONFIG     (-4002)      /* invalid configuration */
 #define SB_EAUTH       (-4003)      /* credential refused (bad, expired or forged token) */

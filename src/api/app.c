@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/rtc_token.h"
 #include "auth/scopes.h"
+#include "guard/ipallow.h"
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -27,9 +29,11 @@
 typedef struct cred_entry {
     unsigned char digest[32]; /* SHA-256 of the bearer string */
     bool valid;
+    uint64_t gen;     /* cred_generation when cached */
     int64_t until_ms; /* cache expiry: min(key expiry, cached + TTL) */
     int64_t last_used_recorded_ms;
     sb_auth auth;
+    sb_ipallow *allow; /* the key's allowed_ips; NULL = any address */
 } cred_entry;
 
 #define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
@@ -46,7 +50,13 @@ typedef struct resp_entry {
 typedef struct app_loop {
     cred_entry cache[CRED_CACHE_SIZE];
     resp_entry resp[RESP_CACHE_SIZE];
+    sb_rtc_cache_entry *rtc; /* SB_RTC_CACHE_SIZE */
 } app_loop;
+
+/* Bumped after a credential is revoked, before the revoke is answered: every loop then
+ * re-reads any cached credential once, so a revoke is effective for the very next request on
+ * any connection of any loop. */
+static _Atomic uint64_t cred_generation = 1;
 
 /* Bumped after every committed change that a cached read could show. */
 static _Atomic uint64_t resp_generation = 1;
@@ -177,7 +187,29 @@ typedef struct lookup_result {
     bool found;
     sb_auth auth;
     int64_t expires_at; /* 0 = never */
+    sb_ipallow *allow;  /* owned by the caller */
 } lookup_result;
+
+/* The stored JSON array of CIDRs (validated when the key was made) as a matcher. */
+static sb_ipallow *allow_from_json(const char *text)
+{
+    json_t *a = text ? json_loads(text, 0, NULL) : NULL;
+    size_t n = json_is_array(a) ? json_array_size(a) : 0;
+    const char *entries[SB_IPALLOW_MAX_ENTRIES];
+    sb_ipallow *out = NULL;
+    if (n > 0 && n <= SB_IPALLOW_MAX_ENTRIES) {
+        for (size_t i = 0; i < n; i++)
+            entries[i] = json_string_value(json_array_get(a, i));
+        char err[128];
+        if (sb_ipallow_new(entries, n, &out, err, sizeof err) != 0)
+            out = NULL;
+    }
+    json_decref(a);
+    return out;
+}
+
+static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
+                         const char *id, lookup_result *res);
 
 static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                       lookup_result *res)
@@ -185,8 +217,21 @@ static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t le
     char id[SB_ID_MAX];
     if (!key_id_of(tok, len, id))
         memcpy(id, BOOTSTRAP_KEY_ID, sizeof BOOTSTRAP_KEY_ID);
-    sqlite3_stmt *st = sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, "
-                                         "revoked_at FROM api_keys WHERE id = ?1");
+    int rc = lookup_key_id(db, app, tok, len, id, res);
+    if (rc == 0 && !res->found && strcmp(id, BOOTSTRAP_KEY_ID) != 0) {
+        /* A chosen SWITCHBOARD_ADMIN_KEY may itself look like "sbk_…". */
+        memcpy(id, BOOTSTRAP_KEY_ID, sizeof BOOTSTRAP_KEY_ID);
+        rc = lookup_key_id(db, app, tok, len, id, res);
+    }
+    return rc;
+}
+
+static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
+                         const char *id, lookup_result *res)
+{
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, revoked_at, "
+                          "allowed_ips FROM api_keys WHERE id = ?1");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -208,6 +253,12 @@ static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t le
             const char *sc = (const char *)sqlite3_column_text(st, 2);
             sb_scopes_parse(sc, strlen(sc), &res->auth.scopes, NULL, NULL);
             res->expires_at = exp;
+            res->allow = NULL;
+            if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
+                res->allow = allow_from_json((const char *)sqlite3_column_text(st, 5));
+                if (!res->allow) /* cannot enforce it: refuse rather than allow everyone */
+                    res->found = false;
+            }
         }
         rc = SQLITE_DONE;
     }
@@ -288,7 +339,8 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     app_loop *al = &app->loops[req->loop->index];
     cred_entry *e = &al->cache[(digest[0] | (unsigned)digest[1] << 8) % CRED_CACHE_SIZE];
     int64_t now = sb_time_ms();
-    if (!(e->valid && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
+    uint64_t gen = atomic_load_explicit(&cred_generation, memory_order_acquire);
+    if (!(e->valid && e->gen == gen && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
         lookup_result res;
         if (lookup_key(sb_app_reader(app, req), app, tok, len, &res) != 0) {
             sb_app_internal_error(req, "credential lookup", SB_EIO);
@@ -300,11 +352,19 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         }
         memcpy(e->digest, digest, 32);
         e->valid = true;
+        e->gen = gen;
         e->auth = res.auth;
+        sb_ipallow_free(e->allow);
+        e->allow = res.allow;
         e->until_ms = now + CRED_CACHE_TTL_MS;
         if (res.expires_at && res.expires_at < e->until_ms)
             e->until_ms = res.expires_at;
         e->last_used_recorded_ms = 0;
+    }
+    if (e->allow && !sb_ipallow_match(e->allow, (const struct sockaddr *)&req->peer)) {
+        sb_resp_problem(req, 403, "address-not-allowed",
+                        "this credential may not be used from this address");
+        return false;
     }
     note_last_used(app, e, now);
     if ((e->auth.scopes & need) != need) {
@@ -319,32 +379,11 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     return true;
 }
 
-typedef struct forget_msg {
-    sb_app *app;
-    char id[SB_ID_MAX];
-} forget_msg;
-
-static void forget_on_loop(sb_loop *loop, void *arg)
-{
-    forget_msg *m = arg;
-    app_loop *al = &m->app->loops[loop->index];
-    for (int i = 0; i < CRED_CACHE_SIZE; i++)
-        if (al->cache[i].valid && strcmp(al->cache[i].auth.credential_id, m->id) == 0)
-            al->cache[i].valid = false;
-    sb_free(m);
-}
-
 void sb_app_forget_key(sb_app *app, const char *key_id)
 {
-    for (int i = 0; i < app->nloops; i++) {
-        forget_msg *m = sb_malloc(sizeof *m);
-        if (!m)
-            continue; /* the cache TTL still bounds how long it may be used */
-        m->app = app;
-        snprintf(m->id, sizeof m->id, "%s", key_id);
-        if (sb_loop_post(sb_server_loop(app->server, i), forget_on_loop, m) != 0)
-            sb_free(m);
-    }
+    (void)app;
+    (void)key_id;
+    atomic_fetch_add_explicit(&cred_generation, 1, memory_order_acq_rel);
 }
 
 /* ---- handler helpers --------------------------------------------------------------- */
@@ -522,7 +561,8 @@ bool sb_app_page(sb_req *req, sb_page *p)
     if (sb_req_query(req, "limit", &v)) {
         char *endp;
         long n = strtol(v.base, &endp, 10);
-        if (v.len == 0 || *endp || n < 1 || n > 200) {
+        if (v.len == 0 || v.len > 3 || v.base[0] < '0' || v.base[0] > '9' || *endp || n < 1 ||
+            n > 200) {
             sb_resp_problem(req, 400, "invalid-parameter",
                             "limit must be an integer from 1 to 200");
             return false;
@@ -715,6 +755,9 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
     app->loops = sb_calloc((size_t)nloops, sizeof *app->loops);
     if (!app->loops)
         goto fail;
+    for (int i = 0; i < nloops; i++)
+        if (!(app->loops[i].rtc = sb_calloc(SB_RTC_CACHE_SIZE, sizeof *app->loops[i].rtc)))
+            goto fail;
     const char *base = sb_server_listener_url(server, 0);
     app->issuer = sb_strdup(base ? base : "https://localhost");
     if (!app->issuer)
@@ -787,9 +830,13 @@ void sb_app_free(sb_app *app)
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
     for (int i = 0; i < app->nowned; i++)
         sb_free(app->owned[i]);
-    for (int l = 0; app->loops && l < app->nloops; l++)
+    for (int l = 0; app->loops && l < app->nloops; l++) {
         for (int i = 0; i < RESP_CACHE_SIZE; i++)
             sb_free(app->loops[l].resp[i].body);
+        sb_free(app->loops[l].rtc);
+        for (int i = 0; i < CRED_CACHE_SIZE; i++)
+            sb_ipallow_free(app->loops[l].cache[i].allow);
+    }
     sb_free(app->loops);
     sb_free(app);
 }
@@ -943,4 +990,9 @@ uint64_t sb_app_cache_generation(void)
 void sb_app_cache_bump(void)
 {
     atomic_fetch_add_explicit(&resp_generation, 1, memory_order_acq_rel);
+}
+
+sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index)
+{
+    return app->loops[loop_index].rtc;
 }

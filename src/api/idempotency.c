@@ -5,9 +5,9 @@
  *
  * The claim on a key is a row written by the store's single writer, so two concurrent
  * requests with one key cannot both run. The response is captured by swapping the
- * request's adapter ops for one that records it and then sends it as usual. Responses
- * that say "try again" (429, 5xx) release the key instead of being replayed forever, and a
- * claim left 'running' by a crash is taken over after a minute.
+ * request's adapter ops for one that records it and then sends it as usual. Only successful
+ * responses are kept: an error (4xx, 5xx) changed nothing, so it releases the key and a retry
+ * runs again. A claim left 'running' by a crash is taken over after a minute.
  */
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -177,7 +177,9 @@ static void record_send(sb_req *req, int status, sb_str ctype, const void *body,
     if (f) {
         memcpy(f->credential, c->credential, sizeof f->credential);
         memcpy(f->key, c->key, sizeof f->key);
-        f->release = status == 429 || status >= 500;
+        /* Only successes are kept: an error had no effect, and running the request again
+         * gives the caller a fresh answer with its own request id. */
+        f->release = status >= 400;
         f->status = status;
         if (!f->release) {
             json_t *hs = json_array();

@@ -8,6 +8,7 @@
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
+#include "guard/ipallow.h"
 #include "switchboard/error.h"
 
 #define NAME_MAX_LEN 256
@@ -159,16 +160,23 @@ static void key_create_done(void *arg, int rc)
 
 static bool valid_ip_list(const json_t *a, char *why, size_t whylen)
 {
-    if (!json_is_array(a) || json_array_size(a) > 64) {
-        snprintf(why, whylen, "allowed_ips must be an array of at most 64 CIDR strings");
+    if (!json_is_array(a) || json_array_size(a) == 0 ||
+        json_array_size(a) > SB_IPALLOW_MAX_ENTRIES) {
+        snprintf(why, whylen, "allowed_ips must be an array of 1 to %d addresses or CIDRs",
+                 SB_IPALLOW_MAX_ENTRIES);
         return false;
     }
     size_t i;
     const json_t *v;
     json_array_foreach(a, i, v)
     {
-        if (!json_is_string(v) || json_string_length(v) > 64 || json_string_length(v) == 0) {
-            snprintf(why, whylen, "allowed_ips[%zu] must be an IPv4 or IPv6 address or CIDR", i);
+        sb_cidr c;
+        char err[160];
+        if (!json_is_string(v) ||
+            sb_ipallow_parse_entry(json_string_value(v), json_string_length(v), &c, err,
+                                   sizeof err) != 0) {
+            snprintf(why, whylen, "allowed_ips[%zu]: %s", i,
+                     json_is_string(v) ? err : "must be a string");
             return false;
         }
     }

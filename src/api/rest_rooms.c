@@ -5,6 +5,7 @@
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
+#include "events/outbox.h"
 #include "switchboard/error.h"
 
 #define METADATA_MAX           4096
@@ -124,7 +125,11 @@ static int room_create_run(sqlite3 *db, void *arg)
         return rc;
     w->created = true;
     rc = sb_app_audit(db, &w->who, w->req->request_id, "room.create", "room", w->name);
-    return rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc
+            : sb_event_emit(db, w->who.project_id, "room.created", w->name,
+                            json_pack("{s:O}", "room", w->result), NULL);
+    return rc;
 }
 
 static void room_write_done(void *arg, int rc)
@@ -161,13 +166,15 @@ static bool room_fields(sb_req *req, json_t *body, room_write *w, char *why, siz
         }
         w->set_metadata = true;
     }
-    if (json_object_get(body, "max_participants")) {
+    if (json_object_get(body, "max_participants") &&
+        !json_is_null(json_object_get(body, "max_participants"))) {
         if (sb_json_get_int(body, "max_participants", &w->max_participants, 0,
                             MAX_PARTICIPANTS_LIMIT, why, whylen))
             return false;
         w->set_max = true;
     }
-    if (json_object_get(body, "empty_timeout_seconds")) {
+    if (json_object_get(body, "empty_timeout_seconds") &&
+        !json_is_null(json_object_get(body, "empty_timeout_seconds"))) {
         if (sb_json_get_int(body, "empty_timeout_seconds", &w->empty_timeout, 0, EMPTY_TIMEOUT_MAX,
                             why, whylen))
             return false;
@@ -344,7 +351,11 @@ static int room_update_run(sqlite3 *db, void *arg)
     if ((rc = sb_store_errno(rc)) != 0 || sqlite3_changes(db) == 0)
         return rc;
     rc = sb_app_audit(db, &w->who, w->req->request_id, "room.update", "room", w->name);
-    return rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc : room_read(db, w->who.project_id, w->name, strlen(w->name), &w->result);
+    rc = rc ? rc
+            : sb_event_emit(db, w->who.project_id, "room.updated", w->name,
+                            json_pack("{s:O}", "room", w->result), NULL);
+    return rc;
 }
 
 static void rooms_update(sb_req *req, void *ud)
@@ -387,19 +398,47 @@ static int room_close_run(sqlite3 *db, void *arg)
 {
     room_write *w = arg;
     int64_t now = sb_time_ms();
+    /* The active session, if any, ends with the room: its event comes first. */
     sqlite3_stmt *st = sb_store_stmt(
-        db, "UPDATE sessions SET ended_at = ?1, end_reason = 'room_closed' WHERE ended_at IS NULL "
-            "AND room_id = (SELECT id FROM rooms WHERE project_id = ?2 AND name = ?3 AND "
-            "status = 'open')");
+        db, "SELECT s.id FROM sessions s JOIN rooms r ON s.room_id = r.id WHERE r.project_id = ?1 "
+            "AND r.name = ?2 AND r.status = 'open' AND s.ended_at IS NULL");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_text(st, 2, w->who.project_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, w->name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
+    sqlite3_bind_text(st, 1, w->who.project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, w->name, -1, SQLITE_STATIC);
+    char session[SB_ID_MAX] = "";
+    if (sqlite3_step(st) == SQLITE_ROW)
+        snprintf(session, sizeof session, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0)
-        return rc;
+    int rc;
+    if (session[0]) {
+        st = sb_store_stmt(db, "UPDATE sessions SET ended_at = ?1, end_reason = 'room_closed' "
+                               "WHERE id = ?2");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_text(st, 2, session, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if ((rc = sb_store_errno(rc)) != 0)
+            return rc;
+        st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = "
+                               "'room_closed' WHERE session_id = ?2 AND left_at IS NULL");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_text(st, 2, session, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if ((rc = sb_store_errno(rc)) != 0)
+            return rc;
+        rc = sb_event_emit(db, w->who.project_id, "session.ended", w->name,
+                           json_pack("{s:s,s:s,s:s}", "session_id", session, "room", w->name,
+                                     "reason", "room_closed"),
+                           NULL);
+        if (rc)
+            return rc;
+    }
     st = sb_store_stmt(db, "UPDATE rooms SET status = 'closed', closed_at = ?1, updated_at = ?1 "
                            "WHERE project_id = ?2 AND name = ?3 AND status = 'open'");
     if (!st)
@@ -412,6 +451,9 @@ static int room_close_run(sqlite3 *db, void *arg)
     if ((rc = sb_store_errno(rc)) != 0 || sqlite3_changes(db) == 0)
         return rc;
     rc = sb_app_audit(db, &w->who, w->req->request_id, "room.close", "room", w->name);
+    rc = rc ? rc
+            : sb_event_emit(db, w->who.project_id, "room.closed", w->name,
+                            json_pack("{s:s}", "room", w->name), NULL);
     return rc ? rc : 1;
 }
 

@@ -81,7 +81,8 @@ static void tokens_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "identity is required and must match ^[A-Za-z0-9_.:@-]{1,128}$");
         goto invalid;
     }
-    if (!(grants = grants_from(json_object_get(body, "grants"), why, sizeof why)))
+    const json_t *gin = json_object_get(body, "grants");
+    if (!(grants = grants_from(json_is_null(gin) ? NULL : gin, why, sizeof why)))
         goto invalid;
 
     char jti[SB_ID_MAX];

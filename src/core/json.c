@@ -39,7 +39,7 @@ int sb_json_get_string(const json_t *obj, const char *key, const char **out, siz
                        size_t maxlen, char *why, size_t whylen)
 {
     const json_t *v = json_object_get(obj, key);
-    if (!v)
+    if (!v || json_is_null(v))
         return 0;
     if (!json_is_string(v)) {
         snprintf(why, whylen, "%s must be a string", key);
@@ -64,7 +64,7 @@ int sb_json_get_int(const json_t *obj, const char *key, int64_t *out, int64_t mi
                     char *why, size_t whylen)
 {
     const json_t *v = json_object_get(obj, key);
-    if (!v)
+    if (!v || json_is_null(v))
         return 0;
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
         snprintf(why, whylen, "%s must be an integer from %lld to %lld", key, (long long)min,
@@ -78,7 +78,7 @@ int sb_json_get_int(const json_t *obj, const char *key, int64_t *out, int64_t mi
 int sb_json_get_bool(const json_t *obj, const char *key, bool *out, char *why, size_t whylen)
 {
     const json_t *v = json_object_get(obj, key);
-    if (!v)
+    if (!v || json_is_null(v))
         return 0;
     if (!json_is_boolean(v)) {
         snprintf(why, whylen, "%s must be true or false", key);

@@ -21,8 +21,9 @@ json_t *sb_json_parse_object(const char *body, size_t len, char *why, size_t why
 /* Appends the compact serialization of j to out. */
 int sb_json_dump(const json_t *j, sb_buf *out);
 
-/* Typed field access for validation. Each returns 0 when the field is absent (leaving *out
- * untouched) or valid, and SB_EINVAL (with why filled: "name must be a string") otherwise. */
+/* Typed field access for validation. Each returns 0 when the field is absent or null
+ * (leaving *out untouched: null means "not given") or valid, and SB_EINVAL (with why filled: "name
+ * must be a string") otherwise. */
 int sb_json_get_string(const json_t *obj, const char *key, const char **out, size_t *len,
                        size_t maxlen, char *why, size_t whylen);
 int sb_json_get_int(const json_t *obj, const char *key, int64_t *out, int64_t min, int64_t max,

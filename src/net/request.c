@@ -52,11 +52,17 @@ void sb_resp_problem(sb_req *req, int status, const char *slug, const char *deta
     rc = rc ? rc : sb_buf_append_json_str(&b, req->request_id, req->request_id_len);
     rc = rc ? rc : sb_buf_append_str(&b, "\"}");
     if (rc) {
-        /* detail too long for the stack buffer: say less rather than fail. */
+        /* A detail too long for the stack buffer is cut, never dropped with the request id. */
         b.len = 0;
-        sb_buf_appendf(&b,
-                       "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\",\"status\":%d}",
-                       slug, title, status);
+        size_t dl = strlen(detail);
+        rc = sb_buf_appendf(&b,
+                            "{\"type\":\"urn:switchboard:problem:%s\",\"title\":\"%s\","
+                            "\"status\":%d,\"detail\":\"",
+                            slug, title, status);
+        rc = rc ? rc : sb_buf_append_json_str(&b, detail, dl > 256 ? 256 : dl);
+        rc = rc ? rc : sb_buf_append_str(&b, "…\",\"request_id\":\"");
+        rc = rc ? rc : sb_buf_append_json_str(&b, req->request_id, req->request_id_len);
+        rc = rc ? rc : sb_buf_append_str(&b, "\"}");
     }
     sb_resp_send(req, status, "application/problem+json", b.base, b.len);
 }

@@ -131,8 +131,13 @@ static const char migration_1[] =
     "  next_seq INTEGER NOT NULL CHECK (next_seq >= 1)"
     ") STRICT;";
 
+/* Listing a project's sessions without a room filter. */
+static const char migration_2[] =
+    "CREATE INDEX sessions_project_started ON sessions(project_id, started_at, id);";
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
+    {2, "index for listing a project's sessions", migration_2},
 };
 
 const char *const sb__store_sql_event_seq_next =

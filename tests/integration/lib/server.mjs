@@ -274,7 +274,9 @@ const PORT_ZERO_REFUSED = /port must be a number from 1|port.*(0|zero).*(invalid
  *   dataDir: reuse a directory (default: a fresh mkdtemp, removed on stop);
  *   waitAccept (true): after the "listening" lines, also wait until the ports accept.
  * Resolves once every listener accepts TCP connections. Returns a Server with
- *   url, plainUrl, port, plainPort, caPath, dataDir, proc, stderrLines(), logs(), stop().
+ *   url, plainUrl, port, plainPort, caPath, dataDir, proc, stderrLines(), logs(), stop(),
+ *   adminKey (the bootstrap admin key: printed on stdout, or env.SWITCHBOARD_ADMIN_KEY) and
+ *   printedAdminKey (only the printed one; null when the server printed none).
  */
 export async function startServer(opts = {}) {
   for (let attempt = 0; ; attempt++) {
@@ -360,6 +362,7 @@ async function startOnce({
   srv.port = srv.url ? Number(new URL(srv.url).port) : null;
   srv.plainPort = srv.plainUrl ? Number(new URL(srv.plainUrl).port) : null;
   srv.caPath = dev ? path.join(dataDir, 'tls', 'ca.pem') : null;
+  await parseBanner(srv, want, env);
 
   // The "listening" line may come before every loop thread has called listen(); wait until
   // the ports accept.
@@ -368,6 +371,24 @@ async function startOnce({
     await waitFor(() => canConnect(p), { timeoutMs: 5000, what: `port ${p} to accept` });
   }
   return srv;
+}
+
+/**
+ * Reads the start-up banner on stdout (written in one piece before the server runs): sets
+ * `printedAdminKey` to the admin key the server generated and printed on a fresh data dir
+ * (null when it printed none), and `adminKey` to that key or else the SWITCHBOARD_ADMIN_KEY
+ * the test passed in `env` (null when neither).
+ */
+async function parseBanner(srv, urlLines, env) {
+  try {
+    await waitFor(() => (srv.stdoutText().match(/^\s*URL:/gm) ?? []).length >= urlLines,
+      { timeoutMs: 3000, what: 'the banner on stdout' });
+  } catch {
+    /* a banner without URL lines: parse whatever came */
+  }
+  const m = /Admin key[^\n]*:\n\s*(\S+)/.exec(srv.stdoutText());
+  srv.printedAdminKey = m ? m[1] : null;
+  srv.adminKey = srv.printedAdminKey ?? env.SWITCHBOARD_ADMIN_KEY ?? null;
 }
 
 /** Runs a command to completion: {code, signal, stdout, stderr}. Never rejects on exit code. */

@@ -1,0 +1,54 @@
+#include "events/outbox.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store.h"
+#include "switchboard/error.h"
+
+int sb_event_emit(sqlite3 *db, const char *project_id, const char *type, const char *room_name,
+                  json_t *data, char *out_id)
+{
+    char id[SB_ID_MAX];
+    int64_t seq;
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    json_decref(data);
+    if (!text)
+        return SB_ENOMEM;
+    int rc = sb_id_new("evt", id);
+    rc = rc ? rc : sb_store_event_seq_next(db, project_id, &seq);
+    sqlite3_stmt *st = rc ? NULL
+                          : sb_store_stmt(db, "INSERT INTO events (project_id, seq, id, type, "
+                                              "created_at, room_name, data) VALUES (?1, ?2, ?3, "
+                                              "?4, ?5, ?6, ?7)");
+    if (!rc && !st)
+        rc = SB_EIO;
+    if (!rc) {
+        sqlite3_bind_text(st, 1, project_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, seq);
+        sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, type, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, sb_time_ms());
+        if (room_name)
+            sqlite3_bind_text(st, 6, room_name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, text, -1, SQLITE_STATIC);
+        rc = sb_store_errno(sqlite3_step(st));
+        sqlite3_reset(st);
+    }
+    free(text);
+    if (!rc && out_id)
+        memcpy(out_id, id, sizeof id);
+    return rc;
+}
+
+json_t *sb_event_envelope(const char *id, const char *type, int64_t created_at_ms,
+                          const char *project_id, const char *data_json)
+{
+    char t[32];
+    sb_time_rfc3339(created_at_ms, t);
+    json_t *data = json_loads(data_json, 0, NULL);
+    if (!data)
+        return NULL;
+    return json_pack("{s:s,s:s,s:s,s:s,s:o}", "id", id, "type", type, "created_at", t, "project_id",
+                     project_id, "data", data);
+}

@@ -1,0 +1,340 @@
+/*
+ * GCRA rate limiter: a fixed-size hash table of keys (linear probing with backward-shift
+ * deletion) plus a binary min-heap ordered by TAT, so that the entry to evict is always at
+ * the heap's root. A check moves one entry's TAT forward, which is one sift-down.
+ */
+#include "guard/ratelimit.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "switchboard/error.h"
+
+#define NS_PER_S       1000000000ull
+#define MAX_WINDOW_NS  (1ull << 62)
+#define SNAP_TOLERANCE 1e-3 /* ns */
+
+struct entry {
+    uint64_t tat;
+    uint32_t hash;
+    uint32_t heap_pos;
+    uint8_t keylen;
+    char key[SB_RL_KEY_MAX];
+};
+
+struct sb_ratelimit {
+    size_t cap;
+    size_t count;
+    uint32_t mask; /* index slots − 1 */
+    uint64_t k0, k1;
+    uint32_t *index; /* slot → entry number + 1; 0 is an empty slot */
+    uint32_t *heap;  /* entry numbers, min-heap on tat */
+    struct entry *ent;
+};
+
+/* ---- SipHash-2-4 (Aumasson and Bernstein), keyed so collisions cannot be planned ---- */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1;                                                                                  \
+        v1 = ROTL(v1, 13);                                                                         \
+        v1 ^= v0;                                                                                  \
+        v0 = ROTL(v0, 32);                                                                         \
+        v2 += v3;                                                                                  \
+        v3 = ROTL(v3, 16);                                                                         \
+        v3 ^= v2;                                                                                  \
+        v0 += v3;                                                                                  \
+        v3 = ROTL(v3, 21);                                                                         \
+        v3 ^= v0;                                                                                  \
+        v2 += v1;                                                                                  \
+        v1 = ROTL(v1, 17);                                                                         \
+        v1 ^= v2;                                                                                  \
+        v2 = ROTL(v2, 32);                                                                         \
+    } while (0)
+
+static uint64_t siphash24(const void *in, size_t len, uint64_t k0, uint64_t k1)
+{
+    const unsigned char *p = in;
+    uint64_t v0 = 0x736f6d6570736575ull ^ k0, v1 = 0x646f72616e646f6dull ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ull ^ k0, v3 = 0x7465646279746573ull ^ k1;
+    uint64_t b = (uint64_t)len << 56;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t m = 0;
+        for (int j = 0; j < 8; j++)
+            m |= (uint64_t)p[i + (size_t)j] << (8 * j);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    for (size_t j = 0; i + j < len; j++)
+        b |= (uint64_t)p[i + j] << (8 * j);
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* ---- policy ---------------------------------------------------------------------- */
+
+static int policy_params(const sb_rl_policy *p, uint64_t *T_out, uint64_t *tau_out)
+{
+    if (!p || p->burst < 1 || !isfinite(p->rate_per_second) || !(p->rate_per_second > 0))
+        return SB_EINVAL;
+    double q = 1e9 / p->rate_per_second;
+    if (!(q < (double)MAX_WINDOW_NS))
+        return SB_EINVAL;
+    double fl = floor(q);
+    uint64_t T = (uint64_t)fl;
+    if (q - fl > 1.0 - SNAP_TOLERANCE)
+        T++;
+    if (T < 1 || T > MAX_WINDOW_NS / p->burst)
+        return SB_EINVAL;
+    *T_out = T;
+    *tau_out = T * (p->burst - 1);
+    return 0;
+}
+
+static uint64_t ceil_div(uint64_t a, uint64_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+uint64_t sb_ratelimit_window_seconds(const sb_rl_policy *p)
+{
+    uint64_t T, tau;
+    if (policy_params(p, &T, &tau) != 0)
+        return 0;
+    uint64_t w = ceil_div(tau + T, NS_PER_S);
+    return w ? w : 1;
+}
+
+/* ---- table ----------------------------------------------------------------------- */
+
+int sb_ratelimit_new(size_t capacity, uint64_t seed, sb_ratelimit **out)
+{
+    *out = NULL;
+    if (capacity < 1 || capacity > SB_RL_CAPACITY_MAX)
+        return SB_ERANGE;
+    size_t slots = 4;
+    while (slots < capacity * 2)
+        slots *= 2;
+
+    sb_ratelimit *rl = sb_calloc(1, sizeof *rl);
+    if (!rl)
+        goto fail_rl;
+    rl->index = sb_calloc(slots, sizeof *rl->index);
+    if (!rl->index)
+        goto fail_index;
+    rl->heap = sb_calloc(capacity, sizeof *rl->heap);
+    if (!rl->heap)
+        goto fail_heap;
+    rl->ent = sb_calloc(capacity, sizeof *rl->ent);
+    if (!rl->ent)
+        goto fail_ent;
+    rl->cap = capacity;
+    rl->mask = (uint32_t)(slots - 1);
+    rl->k0 = splitmix64(&seed);
+    rl->k1 = splitmix64(&seed);
+    *out = rl;
+    return 0;
+
+fail_ent:
+    sb_free(rl->heap);
+fail_heap:
+    sb_free(rl->index);
+fail_index:
+    sb_free(rl);
+fail_rl:
+    return SB_ENOMEM;
+}
+
+void sb_ratelimit_free(sb_ratelimit *rl)
+{
+    if (!rl)
+        return;
+    sb_free(rl->ent);
+    sb_free(rl->heap);
+    sb_free(rl->index);
+    sb_free(rl);
+}
+
+size_t sb_ratelimit_size(const sb_ratelimit *rl)
+{
+    return rl->count;
+}
+
+static void heap_set(sb_ratelimit *rl, size_t pos, uint32_t e)
+{
+    rl->heap[pos] = e;
+    rl->ent[e].heap_pos = (uint32_t)pos;
+}
+
+static void heap_fix(sb_ratelimit *rl, size_t pos)
+{
+    uint32_t e = rl->heap[pos];
+    uint64_t tat = rl->ent[e].tat;
+    while (pos > 0) {
+        size_t parent = (pos - 1) / 2;
+        if (rl->ent[rl->heap[parent]].tat <= tat)
+            break;
+        heap_set(rl, pos, rl->heap[parent]);
+        pos = parent;
+    }
+    for (;;) {
+        size_t c = 2 * pos + 1;
+        if (c >= rl->count)
+            break;
+        if (c + 1 < rl->count && rl->ent[rl->heap[c + 1]].tat < rl->ent[rl->heap[c]].tat)
+            c++;
+        if (rl->ent[rl->heap[c]].tat >= tat)
+            break;
+        heap_set(rl, pos, rl->heap[c]);
+        pos = c;
+    }
+    heap_set(rl, pos, e);
+}
+
+/* The slot holding the key, or the empty slot where it would go. */
+static uint32_t find_slot(const sb_ratelimit *rl, const char *key, size_t keylen, uint32_t hash)
+{
+    uint32_t i = hash & rl->mask;
+    for (;; i = (i + 1) & rl->mask) {
+        uint32_t v = rl->index[i];
+        if (v == 0)
+            return i;
+        const struct entry *e = &rl->ent[v - 1];
+        if (e->hash == hash && e->keylen == keylen && memcmp(e->key, key, keylen) == 0)
+            return i;
+    }
+}
+
+static void index_remove(sb_ratelimit *rl, uint32_t slot)
+{
+    uint32_t hole = slot;
+    rl->index[hole] = 0;
+    for (uint32_t j = (hole + 1) & rl->mask; rl->index[j] != 0; j = (j + 1) & rl->mask) {
+        uint32_t home = rl->ent[rl->index[j] - 1].hash & rl->mask;
+        /* The entry at j may fill the hole unless its home lies cyclically in (hole, j]. */
+        bool stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            rl->index[hole] = rl->index[j];
+            rl->index[j] = 0;
+            hole = j;
+        }
+    }
+}
+
+/* Adds a key that is not in the table, evicting the smallest TAT if full. */
+static void insert(sb_ratelimit *rl, const char *key, size_t keylen, uint32_t hash, uint64_t tat)
+{
+    uint32_t e;
+    size_t pos;
+    if (rl->count == rl->cap) {
+        e = rl->heap[0];
+        struct entry *old = &rl->ent[e];
+        index_remove(rl, find_slot(rl, old->key, old->keylen, old->hash));
+        pos = 0;
+    } else {
+        e = (uint32_t)rl->count;
+        pos = rl->count++;
+    }
+    struct entry *n = &rl->ent[e];
+    n->tat = tat;
+    n->hash = hash;
+    n->keylen = (uint8_t)keylen;
+    memcpy(n->key, key, keylen);
+    rl->index[find_slot(rl, key, keylen, hash)] = e + 1;
+    heap_set(rl, pos, e);
+    heap_fix(rl, pos);
+}
+
+int sb_ratelimit_check(sb_ratelimit *rl, const char *key, size_t keylen, const sb_rl_policy *p,
+                       uint64_t now_ns, sb_rl_result *out)
+{
+    uint64_t T, tau;
+    if (!key || keylen < 1 || keylen > SB_RL_KEY_MAX)
+        return SB_EINVAL;
+    int rc = policy_params(p, &T, &tau);
+    if (rc != 0)
+        return rc;
+
+    uint32_t hash = (uint32_t)siphash24(key, keylen, rl->k0, rl->k1);
+    uint32_t slot = find_slot(rl, key, keylen, hash);
+    struct entry *e = rl->index[slot] ? &rl->ent[rl->index[slot] - 1] : NULL;
+
+    uint64_t tat = e && e->tat > now_ns ? e->tat : now_ns;
+    uint64_t ahead = tat - now_ns; /* how far the key is drained, in ns */
+    bool allowed = ahead <= tau;
+    uint64_t stored;
+    if (allowed) {
+        stored = tat > UINT64_MAX - T ? UINT64_MAX : tat + T;
+        if (e) {
+            e->tat = stored;
+            heap_fix(rl, e->heap_pos);
+        } else {
+            insert(rl, key, keylen, hash, stored);
+        }
+    } else {
+        stored = tat;
+    }
+
+    uint64_t d = stored - now_ns; /* stored ≥ now here */
+    out->allowed = allowed;
+    out->limit = p->burst;
+    out->remaining = d <= tau + T ? (uint32_t)((tau + T - d) / T) : 0;
+    out->reset_ns = d;
+    out->reset_seconds = ceil_div(d, NS_PER_S);
+    out->retry_after_ns = allowed ? 0 : ahead - tau;
+    out->retry_after_seconds = allowed ? 0 : ceil_div(ahead - tau, NS_PER_S);
+    return 0;
+}
+
+int sb__ratelimit_tat(const sb_ratelimit *rl, const char *key, size_t keylen, uint64_t *tat_ns)
+{
+    if (!key || keylen < 1 || keylen > SB_RL_KEY_MAX)
+        return SB_EINVAL;
+    uint32_t hash = (uint32_t)siphash24(key, keylen, rl->k0, rl->k1);
+    uint32_t v = rl->index[find_slot(rl, key, keylen, hash)];
+    if (v == 0)
+        return SB_ENOENT;
+    *tat_ns = rl->ent[v - 1].tat;
+    return 0;
+}
+
+/* ---- RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-08) ------------- */
+
+int sb_ratelimit_format_headers(const sb_rl_result *r, const sb_rl_policy *p, char *policy,
+                                size_t policy_cap, char *ratelimit, size_t ratelimit_cap)
+{
+    uint64_t w = sb_ratelimit_window_seconds(p);
+    if (w == 0)
+        return SB_EINVAL;
+    int n = snprintf(policy, policy_cap, "\"default\";q=%" PRIu32 ";w=%" PRIu64, p->burst, w);
+    if (n < 0 || (size_t)n >= policy_cap)
+        return SB_EMSGSIZE;
+    n = snprintf(ratelimit, ratelimit_cap, "\"default\";r=%" PRIu32 ";t=%" PRIu64, r->remaining,
+                 r->reset_seconds);
+    if (n < 0 || (size_t)n >= ratelimit_cap)
+        return SB_EMSGSIZE;
+    return 0;
+}
