@@ -100,6 +100,7 @@ int main(int argc, char **argv)
     banner(&cfg, s);
     rc = sb_server_run(s);
     sb_server_free(s);
+    sb_log_close(); /* drains access-log lines still queued for the writer thread */
     sb_config_free(&cfg);
     return rc == 0 ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "switchboard/error.h"
 
 static int log_fd = STDERR_FILENO;
@@ -14,6 +15,99 @@ static _Atomic int log_level = SB_LOG_INFO;
 static pthread_mutex_t log_mutex = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};
+
+/* The writer thread's queue of full buffers (a singly linked list, FIFO). */
+typedef struct pending {
+    struct pending *next;
+    sb_buf buf;
+} pending;
+
+static pthread_mutex_t q_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_cond = PTHREAD_COND_INITIALIZER;
+static pending *q_head, *q_tail;
+static size_t q_bytes;
+static bool q_running, q_stop;
+static pthread_t q_thread;
+
+static void write_all(const char *p, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(log_fd, p + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* nowhere left to report a logging failure */
+        off += (size_t)n;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&q_mutex);
+    for (;;) {
+        while (!q_head && !q_stop)
+            pthread_cond_wait(&q_cond, &q_mutex);
+        if (!q_head)
+            break;
+        pending *p = q_head;
+        q_head = p->next;
+        if (!q_head)
+            q_tail = NULL;
+        pthread_mutex_unlock(&q_mutex);
+        pthread_mutex_lock(&log_mutex);
+        write_all(p->buf.base, p->buf.len);
+        pthread_mutex_unlock(&log_mutex);
+        pthread_mutex_lock(&q_mutex);
+        q_bytes -= p->buf.len;
+        sb_buf_free(&p->buf);
+        sb_free(p);
+    }
+    pthread_mutex_unlock(&q_mutex);
+    return NULL;
+}
+
+void sb_log_submit_buf(sb_buf *b)
+{
+    if (b->len == 0)
+        return;
+    pthread_mutex_lock(&q_mutex);
+    if (!q_running && !q_stop)
+        q_running = pthread_create(&q_thread, NULL, writer_main, NULL) == 0;
+    pending *p = q_running && q_bytes + b->len <= SB_LOG_MAX_PENDING ? sb_malloc(sizeof *p) : NULL;
+    if (p) {
+        p->next = NULL;
+        p->buf = *b; /* the loop's buffer moves to the queue; the loop starts a fresh one */
+        sb_buf_init(b, p->buf.max);
+        if (q_tail)
+            q_tail->next = p;
+        else
+            q_head = p;
+        q_tail = p;
+        q_bytes += p->buf.len;
+        pthread_cond_signal(&q_cond);
+        pthread_mutex_unlock(&q_mutex);
+        return;
+    }
+    pthread_mutex_unlock(&q_mutex);
+    sb_log_write_buf(b);
+}
+
+static void writer_stop(void)
+{
+    pthread_mutex_lock(&q_mutex);
+    bool running = q_running;
+    q_stop = true;
+    pthread_cond_signal(&q_cond);
+    pthread_mutex_unlock(&q_mutex);
+    if (running)
+        pthread_join(q_thread, NULL);
+    pthread_mutex_lock(&q_mutex);
+    q_running = false;
+    q_stop = false;
+    pthread_mutex_unlock(&q_mutex);
+}
 
 int sb_log_open(const char *path, sb_log_level level)
 {
@@ -33,6 +127,7 @@ int sb_log_open(const char *path, sb_log_level level)
 
 void sb_log_close(void)
 {
+    writer_stop();
     pthread_mutex_lock(&log_mutex);
     if (log_fd != STDERR_FILENO)
         close(log_fd);
@@ -81,15 +176,7 @@ int sb_log_line_end(sb_buf *b)
 void sb_log_write_buf(sb_buf *b)
 {
     pthread_mutex_lock(&log_mutex);
-    size_t off = 0;
-    while (off < b->len) {
-        ssize_t n = write(log_fd, b->base + off, b->len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break; /* nowhere left to report a logging failure */
-        off += (size_t)n;
-    }
+    write_all(b->base, b->len);
     pthread_mutex_unlock(&log_mutex);
     sb_buf_reset(b);
 }

@@ -36,4 +36,14 @@ int sb_log_line_end(sb_buf *b);
 /* Writes b's content to the log destination as one write and empties b. */
 void sb_log_write_buf(sb_buf *b);
 
+/*
+ * For batches of access-log lines from an event loop: hands b's content to the log writer
+ * thread and leaves b empty (its memory swapped for a spare), so the loop never waits on
+ * the file. When more than SB_LOG_MAX_PENDING bytes are already waiting, writes in place
+ * instead: a slow disk slows logging down, it never grows memory or drops lines.
+ * sb_log_close drains everything handed over.
+ */
+#define SB_LOG_MAX_PENDING (8u << 20)
+void sb_log_submit_buf(sb_buf *b);
+
 #endif

@@ -505,7 +505,7 @@ static void access_log(sb_h1_req *r, int status, size_t bytes, uint64_t dur_ns)
         return;
     }
     if (b->len >= 32768)
-        sb_log_write_buf(b);
+        sb_log_submit_buf(b);
 }
 
 static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, size_t len)

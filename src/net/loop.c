@@ -96,7 +96,7 @@ static void on_tick(uv_timer_t *t)
     sb_loop *loop = t->data;
     sb_conn_sweep(loop);
     if (loop->logbuf.len)
-        sb_log_write_buf(&loop->logbuf);
+        sb_log_submit_buf(&loop->logbuf);
 }
 
 static void on_listener_connection(uv_stream_t *s, int status)
@@ -171,7 +171,7 @@ static void *loop_thread(void *arg)
     uv_timer_start(&loop->tick, on_tick, TICK_MS, TICK_MS);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     if (loop->logbuf.len)
-        sb_log_write_buf(&loop->logbuf);
+        sb_log_submit_buf(&loop->logbuf);
     loop->stopped = true;
     sb__server_loop_exited(loop->server);
     return NULL;
