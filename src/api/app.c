@@ -877,6 +877,7 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_tokens_register(app, r);
     rc = rc ? rc : sb_api_sessions_register(app, r);
     rc = rc ? rc : sb_api_signing_keys_register(app, r);
+    rc = rc ? rc : sb_api_events_register(app, r);
     rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST so far */
     return rc;
 }

@@ -100,6 +100,7 @@ int sb_api_rooms_register(sb_app *app, sb_router *r);
 int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
+int sb_api_events_register(sb_app *app, sb_router *r); /* events/stream.c */
 
 /* Idempotency-Key on every POST route registered before it (idempotency.c). */
 int sb_api_idempotency_install(sb_app *app, sb_router *r);

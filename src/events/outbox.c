@@ -1,10 +1,43 @@
 #include "events/outbox.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "store/store.h"
 #include "switchboard/error.h"
+
+/* Projects with events emitted on this thread since the last sb_event_take_emitted. */
+static _Thread_local struct {
+    int n;
+    bool overflow;
+    char ids[SB_EVENT_EMITTED_MAX][SB_ID_MAX];
+} emitted;
+
+static void note_emitted(const char *project_id)
+{
+    if (emitted.overflow)
+        return;
+    for (int i = 0; i < emitted.n; i++)
+        if (strcmp(emitted.ids[i], project_id) == 0)
+            return;
+    size_t len = strlen(project_id);
+    if (emitted.n == SB_EVENT_EMITTED_MAX || len >= SB_ID_MAX) {
+        emitted.overflow = true;
+        return;
+    }
+    memcpy(emitted.ids[emitted.n++], project_id, len + 1);
+}
+
+int sb_event_take_emitted(char out[][SB_ID_MAX], int max)
+{
+    int n = emitted.overflow || emitted.n > max ? SB_EVENT_EMITTED_ALL : emitted.n;
+    for (int i = 0; i < n; i++)
+        memcpy(out[i], emitted.ids[i], SB_ID_MAX);
+    emitted.n = 0;
+    emitted.overflow = false;
+    return n;
+}
 
 int sb_event_emit(sqlite3 *db, const char *project_id, const char *type, const char *room_name,
                   json_t *data, char *out_id)
@@ -36,6 +69,8 @@ int sb_event_emit(sqlite3 *db, const char *project_id, const char *type, const c
         sqlite3_reset(st);
     }
     free(text);
+    if (!rc)
+        note_emitted(project_id);
     if (!rc && out_id)
         memcpy(out_id, id, sizeof id);
     return rc;

@@ -26,6 +26,18 @@
 int sb_event_emit(sqlite3 *db, const char *project_id, const char *type, const char *room_name,
                   json_t *data, char *out_id);
 
+/*
+ * The projects sb_event_emit ran for on the calling thread since the last call (the writer
+ * thread: the batch just committed), at most SB_EVENT_EMITTED_MAX of them. Copies them to
+ * out and returns how many (0: no event), or SB_EVENT_EMITTED_ALL when there were more
+ * (then out is unspecified: treat every project as changed), and starts a new set. A job
+ * that emitted and then rolled back, or a batch that failed, leaves its projects in the set:
+ * the next commit reports them too, which costs readers one empty look, never an event.
+ */
+#define SB_EVENT_EMITTED_MAX 16
+#define SB_EVENT_EMITTED_ALL (-1)
+int sb_event_take_emitted(char out[][SB_ID_MAX], int max);
+
 /* Builds the envelope of a stored event row: id, type, created_at (ms), project_id, data
  * (JSON text). Returns a new object or NULL. */
 json_t *sb_event_envelope(const char *id, const char *type, int64_t created_at_ms,

@@ -22,6 +22,14 @@ typedef struct sb_h1_req {
     const char *parsed_at; /* where the header section was when parsed */
     size_t req_len;        /* bytes of c->in this request occupies */
     struct sb_h1_req *next_free;
+    /* A streaming response (sb_resp_stream_begin): the request stays in H1_WAIT until the
+     * stream ends. */
+    bool streaming;
+    bool chunked; /* HTTP/1.1: chunked body; HTTP/1.0: raw body ended by closing */
+    void (*abort_fn)(sb_req *req, void *ud);
+    void *abort_ud;
+    int64_t hb_ms;
+    sb_str hb; /* in the arena */
     _Alignas(16) char arena_first[REQ_ARENA_INLINE];
 } sb_h1_req;
 
@@ -31,6 +39,11 @@ static void h1_on_writable(sb_conn *c);
 static void h1_on_drain(sb_conn *c);
 static void h1_on_close(sb_conn *c);
 static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, size_t len);
+static int h1_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms, sb_str hb);
+static int h1_stream_write(sb_req *req, const void *data, size_t len);
+static void h1_stream_end(sb_req *req);
+static void h1_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
+static void stream_finish(sb_conn *c, sb_h1_req *r, bool notify);
 
 static const sb_proto h1_proto = {
     .name = "http/1.1",
@@ -41,7 +54,14 @@ static const sb_proto h1_proto = {
     .on_close = h1_on_close,
 };
 
-static const sb_req_ops h1_ops = {.proto = "HTTP/1.1", .send = h1_send};
+static const sb_req_ops h1_ops = {
+    .proto = "HTTP/1.1",
+    .send = h1_send,
+    .stream_begin = h1_stream_begin,
+    .stream_write = h1_stream_write,
+    .stream_end = h1_stream_end,
+    .on_abort = h1_on_abort,
+};
 
 static sb_h1_req *req_acquire(sb_conn *c)
 {
@@ -60,6 +80,12 @@ static sb_h1_req *req_acquire(sb_conn *c)
     r->conn = c;
     r->parsed_at = NULL;
     r->req_len = 0;
+    r->streaming = false;
+    r->chunked = false;
+    r->abort_fn = NULL;
+    r->abort_ud = NULL;
+    r->hb_ms = 0;
+    r->hb = SB_STR_NULL;
     r->req.loop = loop;
     r->req.ops = &h1_ops;
     r->req.transport = r;
@@ -398,6 +424,14 @@ static void h1_run(sb_conn *c)
 
 static void h1_on_data(sb_conn *c)
 {
+    if (c->h1.state == H1_WAIT && c->h1.req && c->h1.req->streaming) {
+        /* A streamed response has no more requests behind it: what the client sends is
+         * dropped, and its end of the connection means it is gone. */
+        c->in.len = 0;
+        if (c->eof)
+            sb_conn_abort(c); /* on_close tells the handler */
+        return;
+    }
     if (c->h1.state == H1_WAIT)
         return;
     h1_run(c);
@@ -406,6 +440,10 @@ static void h1_on_data(sb_conn *c)
 static void h1_on_writable(sb_conn *c)
 {
     sb_h1_state *h = &c->h1;
+    if (h->state == H1_WAIT && h->req && h->req->streaming) {
+        sb_conn_pause_reading(c, false); /* to notice the client leaving */
+        return;
+    }
     if (h->state == H1_WAIT)
         return;
     c->in_callback = true;
@@ -428,6 +466,11 @@ static void h1_on_writable(sb_conn *c)
 static void h1_on_timeout(sb_conn *c, sb_deadline_kind kind)
 {
     sb_h1_state *h = &c->h1;
+    if (h->state == H1_WAIT && h->req && h->req->streaming) {
+        if (kind == SB_DL_PING && h->req->hb.len)
+            h1_stream_write(&h->req->req, h->req->hb.base, h->req->hb.len);
+        return;
+    }
     if (kind == SB_DL_IDLE || (kind == SB_DL_HEADER && h->state == H1_IDLE)) {
         sb_conn_close_after_write(c);
         return;
@@ -445,6 +488,11 @@ static void h1_on_timeout(sb_conn *c, sb_deadline_kind kind)
 
 static void h1_on_drain(sb_conn *c)
 {
+    if (c->h1.state == H1_WAIT && c->h1.req && c->h1.req->streaming) {
+        stream_finish(c, c->h1.req, true);
+        sb_conn_flush(c);
+        return;
+    }
     c->h1.close_after = true;
     if (c->h1.state == H1_IDLE && c->in.len == 0)
         sb_conn_close_after_write(c);
@@ -456,6 +504,15 @@ static void h1_on_close(sb_conn *c)
     c->h1.req = NULL;
     if (!r)
         return;
+    if (r->streaming) {
+        void (*fn)(sb_req *, void *) = r->abort_fn;
+        r->streaming = false;
+        r->abort_fn = NULL;
+        if (fn)
+            fn(&r->req, r->abort_ud);
+        req_release(c->loop, r);
+        return;
+    }
     if (c->h1.state == H1_WAIT && !r->req.responded) {
         r->conn = NULL; /* the handler still holds it; h1_send releases */
         return;
@@ -635,4 +692,152 @@ int sb_h1_upgrade(sb_req *req, const sb_proto *proto, void *state, sb_conn **out
     sb_conn_pause_reading(c, false);
     *out = c;
     return 0;
+}
+
+/* ---- streaming responses ------------------------------------------------------------ */
+
+static void h1_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
+{
+    sb_h1_req *r = (sb_h1_req *)req;
+    r->abort_fn = fn;
+    r->abort_ud = ud;
+}
+
+static int h1_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms, sb_str hb)
+{
+    sb_h1_req *r = (sb_h1_req *)req;
+    sb_conn *c = r->conn;
+    sb_loop *loop = req->loop;
+    if (!c || c->closing || c->h1.req != r || c->h1.state != H1_WAIT || loop->draining) {
+        /* Finish the request the ordinary way (it is released when the client is gone). */
+        r->abort_fn = NULL;
+        sb_resp_problem(req, 503, "unavailable", "the server is shutting down");
+        return SB_ECANCELED;
+    }
+    if (hb.len && !(r->hb.base = sb_arena_strndup(&req->arena, hb.base, hb.len)))
+        hb.len = 0;
+    r->hb.len = hb.len;
+    r->hb_ms = hb_ms;
+    r->chunked = r->parsed.minor_version >= 1;
+    req->responded = true;
+    uint64_t dur = sb_now_ns() - req->start_ns;
+    sb_stats_request(&loop->stats, status, dur);
+
+    sb_buf *o = sb_conn_write_begin(c);
+    size_t before = o->len;
+    append_status_line(o, status);
+    sb_buf_append_str(o, "Date: ");
+    sb_buf_append_str(o, sb_loop_date(loop));
+    if (ctype.len) {
+        sb_buf_append_str(o, "\r\nContent-Type: ");
+        sb_buf_append(o, ctype.base, ctype.len);
+    }
+    if (r->chunked)
+        sb_buf_append_str(o, "\r\nTransfer-Encoding: chunked");
+    sb_buf_append_str(o, "\r\nX-Request-Id: ");
+    sb_buf_append(o, req->request_id, req->request_id_len);
+    sb_buf_append_str(o, "\r\nConnection: close"); /* the stream is the connection's last use */
+    for (int i = 0; i < req->num_resp_headers; i++) {
+        sb_buf_append(o, "\r\n", 2);
+        sb_buf_append(o, req->resp_headers[i].name.base, req->resp_headers[i].name.len);
+        sb_buf_append(o, ": ", 2);
+        sb_buf_append(o, req->resp_headers[i].value.base, req->resp_headers[i].value.len);
+    }
+    int rc = sb_buf_append(o, "\r\n\r\n", 4);
+    size_t bytes = o->len - before;
+    if (rc || sb_conn_write_end(c) != 0) {
+        sb_buf_reset(&loop->staging);
+        access_log(r, status, 0, dur);
+        r->abort_fn = NULL;
+        sb_conn_abort(c); /* releases r through on_close */
+        return SB_EIO;
+    }
+    access_log(r, status, bytes, dur);
+    r->streaming = true;
+    c->h1.close_after = true;
+    /* Nothing else bounds a stream's life: no header/idle deadline; the write timeout still
+     * drops a client that stops reading, and the heartbeat deadline keeps proxies awake. */
+    if (hb_ms > 0)
+        sb_conn_set_deadline(c, SB_DL_PING, hb_ms);
+    else
+        sb_conn_set_deadline(c, SB_DL_NONE, 0);
+    sb_conn_pause_reading(c, false);
+    if (!c->in_callback)
+        sb_conn_flush(c);
+    return 0;
+}
+
+static int h1_stream_write(sb_req *req, const void *data, size_t len)
+{
+    sb_h1_req *r = (sb_h1_req *)req;
+    sb_conn *c = r->conn;
+    if (!r->streaming || !c || c->closing)
+        return SB_ECANCELED;
+    if (len == 0)
+        return 0;
+    if (c->out.len + c->wout.len > SB_STREAM_MAX_QUEUED) {
+        sb_stat_add(&c->loop->stats.timeouts, 1);
+        sb_conn_abort(c); /* on_close calls the abort callback and releases r */
+        return SB_EAGAIN;
+    }
+    sb_buf *o = sb_conn_write_begin(c);
+    int rc = 0;
+    if (r->chunked) {
+        rc = sb_buf_appendf(o, "%zx\r\n", len);
+        rc = rc ? rc : sb_buf_append(o, data, len);
+        rc = rc ? rc : sb_buf_append(o, "\r\n", 2);
+    } else {
+        rc = sb_buf_append(o, data, len);
+    }
+    if (rc || sb_conn_write_end(c) != 0) {
+        sb_buf_reset(&c->loop->staging);
+        sb_conn_abort(c);
+        return SB_ECANCELED;
+    }
+    if (r->hb_ms > 0)
+        sb_conn_set_deadline(c, SB_DL_PING, r->hb_ms);
+    if (!c->in_callback) {
+        sb_conn_flush(c); /* may close the connection (on_close: abort callback) */
+        if (c->closing)
+            return SB_ECANCELED;
+    }
+    return 0;
+}
+
+/* Ends the body cleanly and closes after it. notify: tell the handler (server drain). */
+static void stream_finish(sb_conn *c, sb_h1_req *r, bool notify)
+{
+    void (*fn)(sb_req *, void *) = notify ? r->abort_fn : NULL;
+    void *ud = r->abort_ud;
+    r->streaming = false;
+    r->abort_fn = NULL;
+    c->h1.req = NULL;
+    c->h1.state = H1_IDLE;
+    c->h1.close_after = true;
+    int rc = 0;
+    if (r->chunked) {
+        sb_buf *o = sb_conn_write_begin(c);
+        rc = sb_buf_append(o, "0\r\n\r\n", 5);
+        if (rc || sb_conn_write_end(c) != 0) {
+            sb_buf_reset(&c->loop->staging);
+            rc = SB_EIO;
+        }
+    }
+    if (fn)
+        fn(&r->req, ud);
+    req_release(c->loop, r);
+    sb_conn_set_deadline(c, SB_DL_NONE, 0);
+    if (rc)
+        sb_conn_abort(c);
+    else
+        sb_conn_close_after_write(c);
+}
+
+static void h1_stream_end(sb_req *req)
+{
+    sb_h1_req *r = (sb_h1_req *)req;
+    sb_conn *c = r->conn;
+    if (!r->streaming || !c || c->closing)
+        return;
+    stream_finish(c, r, false);
 }

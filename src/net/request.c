@@ -33,6 +33,33 @@ void sb_resp_send(sb_req *req, int status, const char *content_type, const void 
     req->ops->send(req, status, sb_str_from(content_type), body, len);
 }
 
+int sb_resp_stream_begin(sb_req *req, int status, const char *content_type, int64_t heartbeat_ms,
+                         const char *heartbeat)
+{
+    if (!req->ops->stream_begin)
+        return SB_ENOTSUP;
+    req->status = status;
+    return req->ops->stream_begin(req, status, sb_str_from(content_type), heartbeat_ms,
+                                  heartbeat ? sb_str_from(heartbeat) : SB_STR_NULL);
+}
+
+int sb_resp_stream_write(sb_req *req, const void *data, size_t len)
+{
+    return req->ops->stream_write ? req->ops->stream_write(req, data, len) : SB_ENOTSUP;
+}
+
+void sb_resp_stream_end(sb_req *req)
+{
+    if (req->ops->stream_end)
+        req->ops->stream_end(req);
+}
+
+void sb_req_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
+{
+    if (req->ops->on_abort)
+        req->ops->on_abort(req, fn, ud);
+}
+
 void sb_resp_json(sb_req *req, int status, const sb_buf *body)
 {
     sb_resp_send(req, status, "application/json", body->base, body->len);

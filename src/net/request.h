@@ -32,6 +32,12 @@ typedef struct sb_req_ops {
     /* Serializes and queues the response; status line, Date, Content-Length and
      * X-Request-Id are the adapter's to write. */
     void (*send)(sb_req *req, int status, sb_str content_type, const void *body, size_t len);
+    /* Optional (NULL: the adapter cannot stream): see sb_resp_stream_begin below. */
+    int (*stream_begin)(sb_req *req, int status, sb_str content_type, int64_t heartbeat_ms,
+                        sb_str heartbeat);
+    int (*stream_write)(sb_req *req, const void *data, size_t len);
+    void (*stream_end)(sb_req *req);
+    void (*on_abort)(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 } sb_req_ops;
 
 struct sb_req {
@@ -84,6 +90,39 @@ void sb_resp_json(sb_req *req, int status, const sb_buf *body);
  * shown to the caller: never put a secret in it.
  */
 void sb_resp_problem(sb_req *req, int status, const char *slug, const char *detail);
+
+/*
+ * Streaming responses (Server-Sent Events): a response whose body is written piece by piece
+ * for as long as the handler wants, instead of sb_resp_send.
+ *
+ * sb_resp_stream_begin sends the head (status, content type, headers added with
+ * sb_resp_header; HTTP/1.1 uses the chunked transfer coding, HTTP/1.0 `Connection: close`
+ * and a raw body) and returns 0; the request then stays open. When heartbeat_ms > 0 the
+ * adapter writes `heartbeat` whenever that long has passed without output (SSE keep-alive
+ * comments). SB_ENOTSUP if the adapter cannot stream (nothing sent: answer normally);
+ * SB_ECANCELED if the client is already gone, SB_EIO if the head could not be queued: in both
+ * cases the request is finished and must not be used again.
+ *
+ * Register sb_req_on_abort before (or right after) beginning: fn(req, ud) is called exactly
+ * once if the stream ends other than by sb_resp_stream_end: the client disconnected, a write
+ * failed, the output waiting for a slow client passed its bound, or the server is draining
+ * (SIGTERM; the adapter then ends the body cleanly). After fn returns req is gone: drop every
+ * pointer to it inside fn. fn may run from inside sb_resp_stream_write.
+ *
+ * sb_resp_stream_write queues len bytes as body (one chunk) and writes it out. Returns 0;
+ * SB_ECANCELED when the stream is over (fn has been called, possibly during this call);
+ * SB_EAGAIN when more than SB_STREAM_MAX_QUEUED bytes already wait for the client: the
+ * connection is closed and fn has been called. The client reconnects and resumes.
+ *
+ * sb_resp_stream_end ends the body and closes the connection after it; fn is not called and
+ * req must not be used again.
+ */
+#define SB_STREAM_MAX_QUEUED (1024 * 1024)
+int sb_resp_stream_begin(sb_req *req, int status, const char *content_type, int64_t heartbeat_ms,
+                         const char *heartbeat);
+int sb_resp_stream_write(sb_req *req, const void *data, size_t len);
+void sb_resp_stream_end(sb_req *req);
+void sb_req_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 
 /* The standard reason phrase for a status code ("Not Found"), or "Unknown". */
 const char *sb_http_reason(int status);

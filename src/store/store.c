@@ -45,6 +45,8 @@ struct sb_store {
     int space_waiters;
     bool stopping;
     sb_store_stats stats;
+    void (*commit_hook)(void *ud);
+    void *commit_ud;
 };
 
 static void set_err(char *err, size_t errlen, const char *what, sqlite3 *db)
@@ -298,7 +300,12 @@ static void *writer_main(void *arg)
             s->stats.jobs_failed += (uint64_t)n;
         if ((uint64_t)n > s->stats.max_batch_seen)
             s->stats.max_batch_seen = (uint64_t)n;
+        void (*hook)(void *) = ok ? s->commit_hook : NULL;
+        void *hook_ud = s->commit_ud;
         pthread_mutex_unlock(&s->lock);
+
+        if (hook)
+            hook(hook_ud); /* before the completions: a stream may see an event first */
 
         complete(first); /* outside the lock: done callbacks may submit */
         pthread_mutex_lock(&s->lock);
@@ -578,6 +585,14 @@ int sb_store_event_seq_next(sqlite3 *db, const char *project_id, int64_t *seq)
     }
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : rc == SQLITE_ROW ? SB_EIO : sb_store_errno(rc);
+}
+
+void sb_store_set_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud)
+{
+    pthread_mutex_lock(&s->lock);
+    s->commit_hook = fn;
+    s->commit_ud = ud;
+    pthread_mutex_unlock(&s->lock);
 }
 
 void sb_store_get_stats(sb_store *s, sb_store_stats *out)

@@ -164,6 +164,15 @@ int sb_store_event_seq_next(sqlite3 *db, const char *project_id, int64_t *seq);
  * into their return value. */
 int sb_store_errno(int sqlite_rc);
 
+/*
+ * Registers fn(ud), called on the writer thread right after each batch whose COMMIT
+ * succeeded, before that batch's done callbacks are posted (never after a failed batch).
+ * The event stream uses it to learn that new outbox rows may be visible to readers; it must
+ * be quick and must not call into the store. One hook per store; NULL removes it. Safe from
+ * any thread; the writer sees the change from its next batch on.
+ */
+void sb_store_set_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud);
+
 typedef struct sb_store_stats {
     uint64_t jobs_done;      /* jobs whose batch committed (kept or rolled back by the job) */
     uint64_t jobs_failed;    /* jobs that got SB_EIO because their batch failed */
