@@ -387,9 +387,10 @@ static bool h1_process(sb_conn *c)
     if (c->closing || c->proto != &h1_proto)
         return false; /* an upgraded connection's input is the new protocol's */
     if (h->state == H1_WAIT) {
-        /* A handler answers later: keep the request's bytes where they are. */
+        /* A handler answers later: keep the request's bytes where they are. A streamed
+         * response keeps reading, to notice the client leaving (h1_on_data). */
         h->prev_len = pos; /* reused as the request's offset while waiting */
-        sb_conn_pause_reading(c, true);
+        sb_conn_pause_reading(c, !(h->req && h->req->streaming));
         return false;
     }
     if (pos)

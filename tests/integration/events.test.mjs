@@ -227,6 +227,18 @@ describe('GET /v1/events', () => {
     ok.close();
   });
 
+  it('an SSE client that disconnects is noticed at once (its connection closes), not at the next write', async () => {
+    const active = async () => {
+      const t = await (await fetch(`${srv.plainUrl}/metrics`)).text();
+      return Number(/^switchboard_connections_active\S* (\d+)/m.exec(t)[1]);
+    };
+    const base = await active();
+    const subs = await Promise.all(Array.from({ length: 5 }, () => sseSub(srv)));
+    await waitFor(async () => (await active()) >= base + 5, { what: 'five streams open' });
+    for (const s of subs) s.close();
+    await waitFor(async () => (await active()) <= base, { what: 'streams closed by the server' });
+  });
+
   it('a burst of events arrives complete and in order on both transports', async () => {
     const ws = await wsSub(srv);
     const s = await sseSub(srv);
