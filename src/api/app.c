@@ -996,3 +996,55 @@ sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index)
 {
     return app->loops[loop_index].rtc;
 }
+
+void sb_app_bind_page(sqlite3_stmt *st, const sb_page *pg)
+{
+    sqlite3_bind_int(st, 2, pg->has_cursor);
+    sqlite3_bind_int64(st, 3, pg->after_ms);
+    sqlite3_bind_text(st, 4, pg->after_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 5, pg->limit + 1);
+}
+
+void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
+                      json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what)
+{
+    json_t *data = json_array();
+    int n = 0, rc;
+    int64_t last_ms = 0;
+    char last_id[SB_ID_MAX] = "";
+    bool more = false;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == pg->limit) {
+            more = true;
+            break;
+        }
+        if (!data || json_array_append_new(data, row(st)) != 0) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        last_ms = sqlite3_column_int64(st, ms_col);
+        snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, id_col));
+        n++;
+    }
+    sqlite3_reset(st);
+    if (!data || (rc != SQLITE_ROW && rc != SQLITE_DONE)) {
+        json_decref(data);
+        sb_app_internal_error(req, what, rc == SQLITE_NOMEM ? SB_ENOMEM : SB_EIO);
+        return;
+    }
+    json_t *resp = json_pack("{s:o}", "data", data);
+    if (resp && sb_app_page_next(resp, more, last_ms, last_id) != 0) {
+        json_decref(resp);
+        resp = NULL;
+    }
+    sb_app_send_json(req, 200, resp);
+}
+
+json_t *sb_app_time_or_null(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return json_null();
+    char t[32];
+    sb_time_rfc3339(sqlite3_column_int64(st, col), t);
+    return json_string(t);
+}
