@@ -80,6 +80,11 @@ typedef struct sb_config {
     char *log_file;         /* log.file: path, empty = stderr */
     bool metrics_enabled;   /* metrics.enabled: serve /metrics */
 
+    /* rate limits per credential */
+    bool ratelimit_enabled; /* ratelimit.enabled */
+    int ratelimit_rps;      /* ratelimit.requests_per_second */
+    int ratelimit_burst;    /* ratelimit.burst */
+
     /* test support */
     bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */
 } sb_config;

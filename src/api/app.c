@@ -1,6 +1,7 @@
 #include "api/app.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -13,6 +14,7 @@
 #include "api/rtc_token.h"
 #include "auth/scopes.h"
 #include "guard/ipallow.h"
+#include "guard/ratelimit.h"
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -33,7 +35,8 @@ typedef struct cred_entry {
     int64_t until_ms; /* cache expiry: min(key expiry, cached + TTL) */
     int64_t last_used_recorded_ms;
     sb_auth auth;
-    sb_ipallow *allow; /* the key's allowed_ips; NULL = any address */
+    sb_ipallow *allow;  /* the key's allowed_ips; NULL = any address */
+    sb_rl_policy limit; /* rate 0: the configured default */
 } cred_entry;
 
 #define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
@@ -76,6 +79,8 @@ struct sb_app {
     char *generated_admin_key;
     void *owned[64]; /* route data made at registration, freed with the app */
     int nowned;
+    sb_ratelimit *rl;
+    pthread_mutex_t rl_lock;
 };
 
 sb_store *sb__app_store(const sb_app *app)
@@ -188,6 +193,7 @@ typedef struct lookup_result {
     sb_auth auth;
     int64_t expires_at; /* 0 = never */
     sb_ipallow *allow;  /* owned by the caller */
+    sb_rl_policy limit;
 } lookup_result;
 
 /* The stored JSON array of CIDRs (validated when the key was made) as a matcher. */
@@ -231,7 +237,8 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
 {
     sqlite3_stmt *st =
         sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, revoked_at, "
-                          "allowed_ips FROM api_keys WHERE id = ?1");
+                          "allowed_ips, rate_limit_rps, rate_limit_burst FROM api_keys WHERE id = "
+                          "?1");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -253,6 +260,8 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
             const char *sc = (const char *)sqlite3_column_text(st, 2);
             sb_scopes_parse(sc, strlen(sc), &res->auth.scopes, NULL, NULL);
             res->expires_at = exp;
+            res->limit.rate_per_second = sqlite3_column_double(st, 6);
+            res->limit.burst = (uint32_t)sqlite3_column_int64(st, 7);
             res->allow = NULL;
             if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
                 res->allow = allow_from_json((const char *)sqlite3_column_text(st, 5));
@@ -313,6 +322,47 @@ static void unauthorized(sb_req *req, const char *detail)
     sb_resp_problem(req, 401, "unauthorized", detail);
 }
 
+/* A request authenticated twice (the Idempotency-Key wrapper, then the handler) counts once. */
+static bool rate_counted(const sb_req *req)
+{
+    for (int i = 0; i < req->num_resp_headers; i++)
+        if (sb_str_eq_lit(req->resp_headers[i].name, "RateLimit"))
+            return true;
+    return false;
+}
+
+/* Per credential, shared by every loop so that a client gets its limit however its
+ * connections are spread. The one lock on the request path, held for a table probe: the
+ * limiter is O(1) and never allocates after creation. */
+static bool rate_ok(sb_app *app, sb_req *req, const cred_entry *e)
+{
+    sb_rl_policy pol = e->limit;
+    if (pol.rate_per_second <= 0 || pol.burst == 0)
+        pol = (sb_rl_policy){(double)app->cfg->ratelimit_rps, (uint32_t)app->cfg->ratelimit_burst};
+    sb_rl_result r;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    const char *key = e->auth.credential_id;
+    pthread_mutex_lock(&app->rl_lock);
+    int rc = sb_ratelimit_check(app->rl, key, strlen(key), &pol, now, &r);
+    pthread_mutex_unlock(&app->rl_lock);
+    if (rc != 0)
+        return true; /* an invalid stored policy must not lock the caller out */
+    char policy[SB_RL_HEADER_MAX], limit[SB_RL_HEADER_MAX];
+    if (sb_ratelimit_format_headers(&r, &pol, policy, sizeof policy, limit, sizeof limit) == 0) {
+        sb_resp_header(req, "RateLimit-Policy", sb_str_from(policy));
+        sb_resp_header(req, "RateLimit", sb_str_from(limit));
+    }
+    if (r.allowed)
+        return true;
+    char retry[24];
+    snprintf(retry, sizeof retry, "%llu", (unsigned long long)r.retry_after_seconds);
+    sb_resp_header(req, "Retry-After", sb_str_from(retry));
+    sb_resp_problem(req, 429, "rate-limited", "this credential is over its rate limit");
+    return false;
+}
+
 bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
 {
     const sb_http_header *h = sb_req_header(req, "authorization");
@@ -356,6 +406,7 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         e->auth = res.auth;
         sb_ipallow_free(e->allow);
         e->allow = res.allow;
+        e->limit = res.limit;
         e->until_ms = now + CRED_CACHE_TTL_MS;
         if (res.expires_at && res.expires_at < e->until_ms)
             e->until_ms = res.expires_at;
@@ -367,6 +418,8 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         return false;
     }
     note_last_used(app, e, now);
+    if (app->cfg->ratelimit_enabled && !rate_counted(req) && !rate_ok(app, req, e))
+        return false;
     if ((e->auth.scopes & need) != need) {
         char want[256];
         sb_scopes_format(need & ~e->auth.scopes, want, sizeof want);
@@ -764,6 +817,11 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         goto fail;
     if ((rc = load_pepper(app, err, errlen)) != 0)
         goto fail;
+    pthread_mutex_init(&app->rl_lock, NULL);
+    uint64_t seed;
+    if ((rc = sb_random(&seed, sizeof seed)) != 0 ||
+        (rc = sb_ratelimit_new(65536, seed, &app->rl)) != 0)
+        goto fail;
 
     b.app = app;
     b.env_key = getenv("SWITCHBOARD_ADMIN_KEY");
@@ -828,6 +886,7 @@ void sb_app_free(sb_app *app)
         sb_free(app->generated_admin_key);
     }
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
+    sb_ratelimit_free(app->rl);
     for (int i = 0; i < app->nowned; i++)
         sb_free(app->owned[i]);
     for (int l = 0; app->loops && l < app->nloops; l++) {
@@ -996,4 +1055,56 @@ void sb_app_cache_bump(void)
 sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index)
 {
     return app->loops[loop_index].rtc;
+}
+
+void sb_app_bind_page(sqlite3_stmt *st, const sb_page *pg)
+{
+    sqlite3_bind_int(st, 2, pg->has_cursor);
+    sqlite3_bind_int64(st, 3, pg->after_ms);
+    sqlite3_bind_text(st, 4, pg->after_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 5, pg->limit + 1);
+}
+
+void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
+                      json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what)
+{
+    json_t *data = json_array();
+    int n = 0, rc;
+    int64_t last_ms = 0;
+    char last_id[SB_ID_MAX] = "";
+    bool more = false;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == pg->limit) {
+            more = true;
+            break;
+        }
+        if (!data || json_array_append_new(data, row(st)) != 0) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        last_ms = sqlite3_column_int64(st, ms_col);
+        snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, id_col));
+        n++;
+    }
+    sqlite3_reset(st);
+    if (!data || (rc != SQLITE_ROW && rc != SQLITE_DONE)) {
+        json_decref(data);
+        sb_app_internal_error(req, what, rc == SQLITE_NOMEM ? SB_ENOMEM : SB_EIO);
+        return;
+    }
+    json_t *resp = json_pack("{s:o}", "data", data);
+    if (resp && sb_app_page_next(resp, more, last_ms, last_id) != 0) {
+        json_decref(resp);
+        resp = NULL;
+    }
+    sb_app_send_json(req, 200, resp);
+}
+
+json_t *sb_app_time_or_null(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return json_null();
+    char t[32];
+    sb_time_rfc3339(sqlite3_column_int64(st, col), t);
+    return json_string(t);
 }

@@ -91,6 +91,18 @@ bool sb_app_page(sb_req *req, sb_page *p);
 /* Adds "next_cursor" (string, or null) to a list response object. */
 int sb_app_page_next(json_t *resp, bool more, int64_t last_ms, const char *last_id);
 
+/* Binds ?2..?5 of a keyset list query: has_cursor, after_ms, after_id, limit + 1 (the query
+ * orders by (ms, id) and filters "?2 = 0 OR ms > ?3 OR (ms = ?3 AND id > ?4)" LIMIT ?5). */
+void sb_app_bind_page(sqlite3_stmt *st, const sb_page *pg);
+
+/* Steps a bound list query and answers {data: [row(st)…], next_cursor}, the cursor taken
+ * from columns ms_col and id_col of the last row. `what` names the list in error logs. */
+void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
+                      json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what);
+
+/* An INTEGER ms column as an RFC 3339 string, or JSON null. */
+json_t *sb_app_time_or_null(sqlite3_stmt *st, int col);
+
 /* A query-string parameter, percent-decoded into the request arena; false if absent. */
 bool sb_req_query(sb_req *req, const char *name, sb_str *out);
 

@@ -29,15 +29,6 @@ static int new_secret(const char *id, char *out, size_t cap)
     return 0;
 }
 
-static json_t *time_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    char t[32];
-    sb_time_rfc3339(sqlite3_column_int64(st, col), t);
-    return json_string(t);
-}
-
 static json_t *text_json_or_null(sqlite3_stmt *st, int col)
 {
     if (sqlite3_column_type(st, col) == SQLITE_NULL)
@@ -61,9 +52,10 @@ static json_t *key_json(sqlite3_stmt *st)
                        (json_int_t)sqlite3_column_int64(st, 9));
     return json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
                      "name", sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes),
-                     "created_at", time_or_null(st, 3), "expires_at", time_or_null(st, 4),
-                     "revoked_at", time_or_null(st, 5), "last_used_at", time_or_null(st, 6),
-                     "allowed_ips", text_json_or_null(st, 7), "rate_limit", rl);
+                     "created_at", sb_app_time_or_null(st, 3), "expires_at",
+                     sb_app_time_or_null(st, 4), "revoked_at", sb_app_time_or_null(st, 5),
+                     "last_used_at", sb_app_time_or_null(st, 6), "allowed_ips",
+                     text_json_or_null(st, 7), "rate_limit", rl);
 }
 
 /* ---- POST /v1/keys ---------------------------------------------------------------- */
@@ -284,34 +276,8 @@ static void keys_list(sb_req *req, void *ud)
         return;
     }
     sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, pg.has_cursor);
-    sqlite3_bind_int64(st, 3, pg.after_ms);
-    sqlite3_bind_text(st, 4, pg.after_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 5, pg.limit + 1);
-    json_t *data = json_array();
-    int n = 0, rc;
-    int64_t last_ms = 0;
-    char last_id[SB_ID_MAX] = "";
-    bool more = false;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == pg.limit) {
-            more = true;
-            break;
-        }
-        json_array_append_new(data, key_json(st));
-        last_ms = sqlite3_column_int64(st, 3);
-        snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, 0));
-        n++;
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        json_decref(data);
-        sb_app_internal_error(req, "listing keys", SB_EIO);
-        return;
-    }
-    json_t *resp = json_pack("{s:o}", "data", data);
-    sb_app_page_next(resp, more, last_ms, last_id);
-    sb_app_send_json(req, 200, resp);
+    sb_app_bind_page(st, &pg);
+    sb_app_send_page(req, st, &pg, key_json, 3, 0, "listing keys");
 }
 
 static void keys_get(sb_req *req, void *ud)
@@ -499,6 +465,17 @@ static void projects_create(sb_req *req, void *ud)
 
 /* ---- GET /v1/audit ----------------------------------------------------------------- */
 
+static json_t *audit_json(sqlite3_stmt *st)
+{
+    char t[32];
+    sb_time_rfc3339(sqlite3_column_int64(st, 1), t);
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", sqlite3_column_text(st, 0), "at", t,
+                     "credential_id", sqlite3_column_text(st, 2), "request_id",
+                     sqlite3_column_text(st, 3), "action", sqlite3_column_text(st, 4),
+                     "target_type", sqlite3_column_text(st, 5), "target_id",
+                     sqlite3_column_text(st, 6));
+}
+
 static void audit_list(sb_req *req, void *ud)
 {
     sb_app *app = ud;
@@ -517,30 +494,7 @@ static void audit_list(sb_req *req, void *ud)
     sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, pg.has_cursor ? pg.after_ms : 0);
     sqlite3_bind_int(st, 3, pg.limit + 1);
-    json_t *data = json_array();
-    int n = 0, rc;
-    int64_t last = 0;
-    bool more = false;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == pg.limit) {
-            more = true;
-            break;
-        }
-        char t[32], seq[24];
-        sb_time_rfc3339(sqlite3_column_int64(st, 1), t);
-        last = sqlite3_column_int64(st, 0);
-        snprintf(seq, sizeof seq, "%lld", (long long)last);
-        json_array_append_new(
-            data, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", seq, "at", t, "credential_id",
-                            sqlite3_column_text(st, 2), "request_id", sqlite3_column_text(st, 3),
-                            "action", sqlite3_column_text(st, 4), "target_type",
-                            sqlite3_column_text(st, 5), "target_id", sqlite3_column_text(st, 6)));
-        n++;
-    }
-    sqlite3_reset(st);
-    json_t *resp = json_pack("{s:o}", "data", data);
-    sb_app_page_next(resp, more, last, "a");
-    sb_app_send_json(req, 200, resp);
+    sb_app_send_page(req, st, &pg, audit_json, 0, 0, "listing the audit log");
 }
 
 int sb_api_keys_register(sb_app *app, sb_router *r)

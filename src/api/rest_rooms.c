@@ -250,34 +250,8 @@ static void rooms_list(sb_req *req, void *ud)
         return;
     }
     sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, pg.has_cursor);
-    sqlite3_bind_int64(st, 3, pg.after_ms);
-    sqlite3_bind_text(st, 4, pg.after_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 5, pg.limit + 1);
-    json_t *data = json_array();
-    int n = 0, rc;
-    int64_t last_ms = 0;
-    char last_id[SB_ID_MAX] = "";
-    bool more = false;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == pg.limit) {
-            more = true;
-            break;
-        }
-        json_array_append_new(data, room_json(st));
-        last_ms = sqlite3_column_int64(st, 7);
-        snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, 0));
-        n++;
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        json_decref(data);
-        sb_app_internal_error(req, "listing rooms", SB_EIO);
-        return;
-    }
-    json_t *resp = json_pack("{s:o}", "data", data);
-    sb_app_page_next(resp, more, last_ms, last_id);
-    sb_app_send_json(req, 200, resp);
+    sb_app_bind_page(st, &pg);
+    sb_app_send_page(req, st, &pg, room_json, 7, 0, "listing rooms");
 }
 
 static void rooms_get(sb_req *req, void *ud)

@@ -56,15 +56,6 @@ static bool identity_valid(const char *s, size_t n)
     return true;
 }
 
-static json_t *time_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    char t[32];
-    sb_time_rfc3339(sqlite3_column_int64(st, col), t);
-    return json_string(t);
-}
-
 static json_t *text_or_null(sqlite3_stmt *st, int col)
 {
     if (sqlite3_column_type(st, col) == SQLITE_NULL)
@@ -83,9 +74,9 @@ static json_t *default_grants(void)
 static json_t *session_json(sqlite3_stmt *st)
 {
     return json_pack("{s:s,s:s,s:o,s:o,s:o,s:I}", "id", sqlite3_column_text(st, 0), "room",
-                     sqlite3_column_text(st, 1), "started_at", time_or_null(st, 2), "ended_at",
-                     time_or_null(st, 3), "end_reason", text_or_null(st, 4), "num_participants",
-                     (json_int_t)sqlite3_column_int64(st, 5));
+                     sqlite3_column_text(st, 1), "started_at", sb_app_time_or_null(st, 2),
+                     "ended_at", sb_app_time_or_null(st, 3), "end_reason", text_or_null(st, 4),
+                     "num_participants", (json_int_t)sqlite3_column_int64(st, 5));
 }
 
 /* A participant object from LIVE_COLS. */
@@ -93,7 +84,7 @@ static json_t *participant_json(sqlite3_stmt *st)
 {
     return json_pack("{s:s,s:o,s:o,s:o,s:o,s:s}", "identity", sqlite3_column_text(st, 1), "name",
                      text_or_null(st, 2), "metadata", text_or_null(st, 3), "grants",
-                     default_grants(), "joined_at", time_or_null(st, 4), "session_id",
+                     default_grants(), "joined_at", sb_app_time_or_null(st, 4), "session_id",
                      sqlite3_column_text(st, 5));
 }
 
@@ -170,49 +161,6 @@ static bool rowid_cursor(sb_req *req, const sb_page *pg, int64_t *rowid)
     return true;
 }
 
-/*
- * Steps a bound page statement and answers {data, next_cursor}. ms_col/id_col give the
- * cursor's key; id_is_rowid says the id column is an integer rowid.
- */
-static void send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
-                      json_t *(*row)(sqlite3_stmt *), int ms_col, int id_col, bool id_is_rowid,
-                      const char *what)
-{
-    json_t *data = json_array();
-    int n = 0, rc;
-    int64_t last_ms = 0;
-    char last_id[SB_ID_MAX] = "";
-    bool more = false;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == pg->limit) {
-            more = true;
-            break;
-        }
-        if (json_array_append_new(data, row(st)) != 0) {
-            rc = SQLITE_NOMEM;
-            break;
-        }
-        last_ms = sqlite3_column_int64(st, ms_col);
-        if (id_is_rowid)
-            snprintf(last_id, sizeof last_id, "%lld", (long long)sqlite3_column_int64(st, id_col));
-        else
-            snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, id_col));
-        n++;
-    }
-    sqlite3_reset(st);
-    if (!data || (rc != SQLITE_ROW && rc != SQLITE_DONE)) {
-        json_decref(data);
-        sb_app_internal_error(req, what, rc == SQLITE_NOMEM ? SB_ENOMEM : SB_EIO);
-        return;
-    }
-    json_t *resp = json_pack("{s:o}", "data", data);
-    if (resp && sb_app_page_next(resp, more, last_ms, last_id) != 0) {
-        json_decref(resp);
-        resp = NULL;
-    }
-    sb_app_send_json(req, 200, resp);
-}
-
 /* ---- GET /v1/sessions -------------------------------------------------------------- */
 
 /* Newest first: history is read from the recent end. Two texts so that the room filter can
@@ -250,7 +198,7 @@ static void sessions_list(sb_req *req, void *ud)
     sqlite3_bind_int(st, 5, pg.limit + 1);
     if (by_room)
         sqlite3_bind_text(st, 6, room.base, (int)room.len, SQLITE_STATIC);
-    send_page(req, st, &pg, session_json, 2, 0, false, "listing sessions");
+    sb_app_send_page(req, st, &pg, session_json, 2, 0, "listing sessions");
 }
 
 /* ---- GET /v1/sessions/{id}, GET /v1/sessions/{id}/participants -------------------- */
@@ -279,8 +227,8 @@ static json_t *history_json(sqlite3_stmt *st)
 {
     return json_pack("{s:s,s:o,s:o,s:o,s:o,s:o}", "identity", sqlite3_column_text(st, 1), "name",
                      text_or_null(st, 2), "metadata", text_or_null(st, 3), "joined_at",
-                     time_or_null(st, 4), "left_at", time_or_null(st, 5), "leave_reason",
-                     text_or_null(st, 6));
+                     sb_app_time_or_null(st, 4), "left_at", sb_app_time_or_null(st, 5),
+                     "leave_reason", text_or_null(st, 6));
 }
 
 static void sessions_participants(sb_req *req, void *ud)
@@ -320,7 +268,7 @@ static void sessions_participants(sb_req *req, void *ud)
     sqlite3_bind_int64(st, 4, after_rowid);
     sqlite3_bind_int(st, 5, pg.limit + 1);
     sqlite3_bind_text(st, 6, who.project_id, -1, SQLITE_STATIC);
-    send_page(req, st, &pg, history_json, 4, 0, true, "listing session participants");
+    sb_app_send_page(req, st, &pg, history_json, 4, 0, "listing session participants");
 }
 
 /* ---- POST /v1/sessions/{id}/end ---------------------------------------------------- */
@@ -469,7 +417,7 @@ static void participants_list(sb_req *req, void *ud)
     sqlite3_bind_int64(st, 4, pg.after_ms);
     sqlite3_bind_int64(st, 5, after_rowid);
     sqlite3_bind_int(st, 6, pg.limit + 1);
-    send_page(req, st, &pg, participant_json, 4, 0, true, "listing participants");
+    sb_app_send_page(req, st, &pg, participant_json, 4, 0, "listing participants");
 }
 
 static void participants_get(sb_req *req, void *ud)

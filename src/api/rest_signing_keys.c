@@ -16,15 +16,6 @@
 #define SECRET_BYTES 32
 #define NAME_MAX_LEN 256
 
-static json_t *time_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    char t[32];
-    sb_time_rfc3339(sqlite3_column_int64(st, col), t);
-    return json_string(t);
-}
-
 /* ---- POST /v1/signing-keys --------------------------------------------------------- */
 
 typedef struct skey_create {
@@ -121,6 +112,13 @@ static void skey_create_handler(sb_req *req, void *ud)
 
 /* ---- GET /v1/signing-keys ---------------------------------------------------------- */
 
+static json_t *skey_json(sqlite3_stmt *st)
+{
+    return json_pack("{s:s,s:s,s:o,s:o}", "kid", sqlite3_column_text(st, 0), "alg",
+                     sqlite3_column_text(st, 1), "created_at", sb_app_time_or_null(st, 2),
+                     "retired_at", sb_app_time_or_null(st, 3));
+}
+
 static void skey_list(sb_req *req, void *ud)
 {
     sb_app *app = ud;
@@ -139,43 +137,8 @@ static void skey_list(sb_req *req, void *ud)
         return;
     }
     sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, pg.has_cursor);
-    sqlite3_bind_int64(st, 3, pg.after_ms);
-    sqlite3_bind_text(st, 4, pg.after_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 5, pg.limit + 1);
-    json_t *data = json_array();
-    int n = 0, rc;
-    int64_t last_ms = 0;
-    char last_id[SB_ID_MAX] = "";
-    bool more = false;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == pg.limit) {
-            more = true;
-            break;
-        }
-        json_t *k = json_pack("{s:s,s:s,s:o,s:o}", "kid", sqlite3_column_text(st, 0), "alg",
-                              sqlite3_column_text(st, 1), "created_at", time_or_null(st, 2),
-                              "retired_at", time_or_null(st, 3));
-        if (json_array_append_new(data, k) != 0) {
-            rc = SQLITE_NOMEM;
-            break;
-        }
-        last_ms = sqlite3_column_int64(st, 2);
-        snprintf(last_id, sizeof last_id, "%s", (const char *)sqlite3_column_text(st, 0));
-        n++;
-    }
-    sqlite3_reset(st);
-    if (!data || (rc != SQLITE_ROW && rc != SQLITE_DONE)) {
-        json_decref(data);
-        sb_app_internal_error(req, "listing signing keys", rc == SQLITE_NOMEM ? SB_ENOMEM : SB_EIO);
-        return;
-    }
-    json_t *resp = json_pack("{s:o}", "data", data);
-    if (resp && sb_app_page_next(resp, more, last_ms, last_id) != 0) {
-        json_decref(resp);
-        resp = NULL;
-    }
-    sb_app_send_json(req, 200, resp);
+    sb_app_bind_page(st, &pg);
+    sb_app_send_page(req, st, &pg, skey_json, 2, 0, "listing signing keys");
 }
 
 /* ---- DELETE /v1/signing-keys/{kid} ------------------------------------------------- */
