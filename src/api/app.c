@@ -820,7 +820,7 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
     pthread_mutex_init(&app->rl_lock, NULL);
     uint64_t seed;
     if ((rc = sb_random(&seed, sizeof seed)) != 0 ||
-        (rc = sb_ratelimit_new(65536, seed, &app->rl)) != 0)
+        (rc = sb_ratelimit_new(SB_APP_RATELIMIT_KEYS, seed, &app->rl)) != 0)
         goto fail;
 
     b.app = app;
