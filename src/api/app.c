@@ -27,6 +27,9 @@
 #define LAST_USED_EVERY_MS 60000
 #define BOOTSTRAP_KEY_ID   "key_bootstrap"
 #define MAX_BEARER         4096
+/* Credentials tracked by the rate limiter at once (about 100 bytes each); past it the one
+ * furthest from being limited is forgotten, which loses nothing. */
+#define SB_APP_RATELIMIT_KEYS 8192
 
 typedef struct cred_entry {
     unsigned char digest[32]; /* SHA-256 of the bearer string */
