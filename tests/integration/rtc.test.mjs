@@ -164,6 +164,27 @@ describe('GET /v1/rtc', () => {
     }
   });
 
+  it('binary frames are relayed with the sender attributed; without publish they are refused', async () => {
+    for (const name of ['b-a', 'b-b']) {
+      await room(name);
+      const a = await join(name, 'ann');
+      const b = await join(name, 'ben', { grants: { publish: false } });
+      a.ws.send(Buffer.from([1, 2, 3]));
+      const m = await b.ws.next((x) => x.binary);
+      assert.deepEqual([...m.binary], [3, ...Buffer.from('ann'), 1, 2, 3]);
+      b.ws.send(Buffer.from([9]));
+      assert.equal((await b.ws.type('error')).code, 'forbidden');
+      a.ws.close();
+      b.ws.close();
+    }
+  });
+
+  it('a token that expires while connected closes with 4001', async () => {
+    await room('x-a');
+    const a = await join('x-a', 'short', { ttl_seconds: 2 });
+    assert.equal(await closeCode(a.ws, 6000), 4001);
+  });
+
   it('eject with ban → 4003 and the rejoin is refused with 4003', async () => {
     for (const name of ['e-a', 'e-b', 'e-c']) {
       await room(name);
