@@ -671,10 +671,15 @@ static void rtc_handler(sb_req *req, void *ud)
             }
         }
     }
+    if (tok.len == 0) {
+        sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Bearer realm=\"switchboard\""));
+        sb_resp_problem(req, 401, "unauthorized",
+                        "a participant token is required (access_token or Authorization)");
+        return;
+    }
     sb_rtc_claims claims;
     sb_jwt_reason why;
-    if (tok.len == 0 || tok.len > MAX_TOKEN ||
-        sb_rtc_verify(app, req, tok.base, tok.len, &claims, &why) != 0) {
+    if (tok.len > MAX_TOKEN || sb_rtc_verify(app, req, tok.base, tok.len, &claims, &why) != 0) {
         refuse(req, SB_CLOSE_TOKEN_EXPIRED, "invalid or expired token");
         return;
     }
