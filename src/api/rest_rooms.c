@@ -156,6 +156,30 @@ static void room_write_done(void *arg, int rc)
     sb_app_send_json(w->req, w->created ? 201 : 200, w->result);
 }
 
+static void room_updated_live(sb_rtc_call *c)
+{
+    room_write_done(c->arg, 0);
+}
+
+/* An update also reaches the live room: new limits, room_updated to every participant. */
+static void room_update_done(void *arg, int rc)
+{
+    room_write *w = arg;
+    sb_rtc_call *c = rc >= 0 && w->result ? sb_arena_alloc(&w->req->arena, sizeof *c) : NULL;
+    if (!c) {
+        room_write_done(w, rc);
+        return;
+    }
+    memset(c, 0, sizeof *c);
+    c->kind = SB_RTC_ROOM;
+    memcpy(c->project_id, w->who.project_id, sizeof c->project_id);
+    snprintf(c->room, sizeof c->room, "%s", w->name);
+    c->room_json = w->result;
+    c->done = room_updated_live;
+    c->arg = w;
+    sb_rtc_run(w->app, w->req, c);
+}
+
 /* Validates the writable fields common to create and update. */
 static bool room_fields(sb_req *req, json_t *body, room_write *w, char *why, size_t whylen)
 {
@@ -370,7 +394,8 @@ static void rooms_update(sb_req *req, void *ud)
     w->who = who;
     memcpy(w->name, name.base, name.len);
     w->name[name.len] = '\0';
-    sb_app_submit(app, req, room_update_run, room_write_done, w);
+    w->app = app;
+    sb_app_submit(app, req, room_update_run, room_update_done, w);
 }
 
 /* ---- DELETE /v1/rooms/{name} ------------------------------------------------------- */

@@ -278,6 +278,7 @@ enum { END_NOT_FOUND = 0, END_DONE = 1, END_ALREADY = 2 };
 
 typedef struct session_end {
     sb_req *req;
+    sb_app *app;
     sb_auth who;
     char id[SB_ID_MAX];
     json_t *result;
@@ -339,6 +340,12 @@ static int session_end_run(sqlite3 *db, void *arg)
     return rc ? rc : END_DONE;
 }
 
+static void session_ended_live(sb_rtc_call *c)
+{
+    session_end *e = c->arg;
+    sb_app_send_json(e->req, 200, e->result);
+}
+
 static void session_end_done(void *arg, int rc)
 {
     session_end *e = arg;
@@ -353,6 +360,21 @@ static void session_end_done(void *arg, int rc)
         return;
     }
     sb_app_cache_bump(); /* cached rooms show active_session_id and num_participants */
+    /* The live room's participants are disconnected (4004); a later join starts a new
+     * session. */
+    const char *room = json_string_value(json_object_get(e->result, "room"));
+    sb_rtc_call *c =
+        room && strlen(room) < sizeof c->room ? sb_arena_alloc(&e->req->arena, sizeof *c) : NULL;
+    if (c) {
+        memset(c, 0, sizeof *c);
+        c->kind = SB_RTC_CLOSE;
+        memcpy(c->project_id, e->who.project_id, sizeof c->project_id);
+        snprintf(c->room, sizeof c->room, "%s", room);
+        c->done = session_ended_live;
+        c->arg = e;
+        sb_rtc_run(e->app, e->req, c);
+        return;
+    }
     sb_app_send_json(e->req, 200, e->result);
 }
 
@@ -375,6 +397,7 @@ static void sessions_end(sb_req *req, void *ud)
     memset(e, 0, sizeof *e);
     e->req = req;
     e->who = who;
+    e->app = app;
     memcpy(e->id, id.base, id.len);
     e->id[id.len] = '\0';
     sb_app_submit(app, req, session_end_run, session_end_done, e);

@@ -806,6 +806,14 @@ static void call_home(sb_loop *loop, void *arg)
         c->result = sb_live_send_data(lp->rooms, c->project_id, c->room, c->data, c->data_len,
                                       c->topic, c->to, c->nto);
         break;
+    case SB_RTC_ROOM: {
+        sb_live_room_settings st = {
+            (uint32_t)json_integer_value(json_object_get(c->room_json, "max_participants")),
+            (uint32_t)json_integer_value(json_object_get(c->room_json, "empty_timeout_seconds")),
+            (json_t *)c->room_json};
+        c->result = sb_live_update_room(lp->rooms, c->project_id, c->room, &st);
+        break;
+    }
     case SB_RTC_LIST:
         c->json = sb_live_list(lp->rooms, c->project_id, c->room, false);
         c->result = c->json ? 0 : SB_ENOENT;

@@ -34,6 +34,7 @@ enum {
     SB_RTC_UPDATE,    /* identity, metadata/set_metadata, grants_on/grants_off */
     SB_RTC_SEND,      /* data, topic, to/nto; result = delivered */
     SB_RTC_LIST,      /* json = visible participants */
+    SB_RTC_ROOM,      /* room_json (borrowed): new settings; room_updated to everyone */
 };
 
 /* A control-plane effect on a live room, run on the room's home loop; done(c) then runs on
@@ -54,6 +55,7 @@ typedef struct sb_rtc_call {
     const char *topic;
     const char **to;
     size_t nto;
+    const json_t *room_json;
     int result;
     json_t *json;
     void (*done)(struct sb_rtc_call *c);

@@ -233,6 +233,26 @@ describe('GET /v1/rtc', () => {
     }
   });
 
+  it('PATCH the room → room_updated and new limits; POST /v1/sessions/{id}/end → 4004, a rejoin starts a new session', async () => {
+    for (const name of ['p-a', 'p-b']) {
+      await room(name);
+      const a = await join(name, 'a');
+      const r = await api('PATCH', `/v1/rooms/${name}`, { metadata: 'new', max_participants: 1 });
+      assert.equal(r.status, 200, r.text);
+      const u = await a.ws.type('room_updated');
+      assert.equal(u.room.metadata, 'new');
+      assert.equal(u.room.max_participants, 1);
+      assert.equal(u.room.num_participants, 1);
+      assert.equal(await closeCode(connect(await token(name, 'b'))), 4009);
+      const e = await api('POST', `/v1/sessions/${a.joined.session_id}/end`);
+      assert.equal(e.status, 200, e.text);
+      assert.equal(await closeCode(a.ws), 4004);
+      const again = await join(name, 'a');
+      assert.notEqual(again.joined.session_id, a.joined.session_id);
+      again.ws.close();
+    }
+  });
+
   it('GET /v1/sessions shows the session and its participants; events are recorded', async () => {
     await room('h-a', { empty_timeout_seconds: 1 });
     const a = await join('h-a', 'a');
