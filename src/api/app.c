@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/rtc.h"
 #include "api/rtc_token.h"
 #include "auth/scopes.h"
 #include "guard/ipallow.h"
@@ -84,7 +85,13 @@ struct sb_app {
     int nowned;
     sb_ratelimit *rl;
     pthread_mutex_t rl_lock;
+    sb_rtc *rtc;
 };
+
+sb_rtc *sb__app_rtc(const sb_app *app)
+{
+    return app->rtc;
+}
 
 sb_store *sb__app_store(const sb_app *app)
 {
@@ -499,6 +506,36 @@ bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_
     return true;
 }
 
+/* Jobs not tied to a request (the real-time layer's): the wrapper is malloc'd and freed
+ * after done. loop NULL (shutdown, every loop has stopped): runs the job synchronously. */
+static void loop_submit_done(void *arg, int rc)
+{
+    submit_ctx *c = arg;
+    sb_loop *loop = c->loop;
+    c->done(c->arg, rc);
+    sb_free(c);
+    sb_loop_job_done(loop);
+}
+
+bool sb_app_submit_loop(sb_app *app, sb_loop *loop, sb_store_job_fn job, sb_store_done_fn done,
+                        void *arg)
+{
+    if (!loop) {
+        done(arg, sb_store_run_sync(app->store, job, arg));
+        return true;
+    }
+    submit_ctx *c = sb_malloc(sizeof *c);
+    if (!c)
+        return false;
+    *c = (submit_ctx){job, done, arg, loop};
+    if (sb_store_submit(app->store, submit_job, loop_submit_done, c, post_to_loop, loop) != 0) {
+        sb_free(c);
+        return false;
+    }
+    loop->pending_jobs++;
+    return true;
+}
+
 void sb_app_internal_error(sb_req *req, const char *what, int rc)
 {
     sb_log(SB_LOG_ERROR, "internal error", "what", what, "reason", sb_strerror(rc), "request_id",
@@ -861,6 +898,8 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         OPENSSL_cleanse(b.pem, b.pem_len);
         sb_free(b.pem);
     }
+    if ((rc = sb_rtc_new(&app->rtc, app, server, nloops)) != 0)
+        goto fail;
     sb_free(dbpath);
     *out = app;
     return 0;
@@ -880,6 +919,7 @@ void sb_app_free(sb_app *app)
 {
     if (!app)
         return;
+    sb_rtc_free(app->rtc); /* its last hooks still write */
     sb_store_close(app->store);
     sb_jose_key_free(app->token_key);
     free(app->jwks_json); /* jansson's allocation */
@@ -940,6 +980,7 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_sessions_register(app, r);
     rc = rc ? rc : sb_api_signing_keys_register(app, r);
     rc = rc ? rc : sb_api_events_register(app, r);
+    rc = rc ? rc : sb_api_rtc_register(app, r);
     rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST so far */
     return rc;
 }

@@ -57,6 +57,12 @@ sqlite3 *sb_app_reader(sb_app *app, sb_req *req);
  * 503 itself and returns false (neither job nor done will run). */
 bool sb_app_submit(sb_app *app, sb_req *req, sb_store_job_fn job, sb_store_done_fn done, void *arg);
 
+/* The same for work not tied to a request: done(arg, rc) runs on `loop`, which stays alive
+ * (pending_jobs) until it has; NULL loop runs the job synchronously (at shutdown). Returns
+ * false when the job could not be queued (neither job nor done will run). */
+bool sb_app_submit_loop(sb_app *app, sb_loop *loop, sb_store_job_fn job, sb_store_done_fn done,
+                        void *arg);
+
 /* Answers 500 and logs why (never to the client). */
 void sb_app_internal_error(sb_req *req, const char *what, int rc);
 
@@ -120,6 +126,7 @@ int sb_api_idempotency_install(sb_app *app, sb_router *r);
 /* Internal: the store, and memory the app frees with itself (NULL if p is NULL or no room;
  * p is then freed). */
 sb_store *sb__app_store(const sb_app *app);
+struct sb_rtc *sb__app_rtc(const sb_app *app);
 struct sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index);
 void *sb__app_own(sb_app *app, void *p);
 

@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "api/app.h"
+#include "api/rtc.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
@@ -68,6 +69,11 @@ static int room_read(sqlite3 *db, const char *project, const char *name, size_t 
     return rc == SQLITE_DONE ? 0 : SB_EIO;
 }
 
+int sb_room_read_open(sqlite3 *db, const char *project, const char *name, size_t nlen, json_t **out)
+{
+    return room_read(db, project, name, nlen, out);
+}
+
 /* The {name} path parameter, checked; answers 404 for a name no room could have. */
 static bool room_param(sb_req *req, sb_str *name)
 {
@@ -83,6 +89,7 @@ static bool room_param(sb_req *req, sb_str *name)
 
 typedef struct room_write {
     sb_req *req;
+    sb_app *app;
     sb_auth who;
     char id[SB_ID_MAX];
     char name[129];
@@ -147,6 +154,30 @@ static void room_write_done(void *arg, int rc)
         return;
     }
     sb_app_send_json(w->req, w->created ? 201 : 200, w->result);
+}
+
+static void room_updated_live(sb_rtc_call *c)
+{
+    room_write_done(c->arg, 0);
+}
+
+/* An update also reaches the live room: new limits, room_updated to every participant. */
+static void room_update_done(void *arg, int rc)
+{
+    room_write *w = arg;
+    sb_rtc_call *c = rc >= 0 && w->result ? sb_arena_alloc(&w->req->arena, sizeof *c) : NULL;
+    if (!c) {
+        room_write_done(w, rc);
+        return;
+    }
+    memset(c, 0, sizeof *c);
+    c->kind = SB_RTC_ROOM;
+    memcpy(c->project_id, w->who.project_id, sizeof c->project_id);
+    snprintf(c->room, sizeof c->room, "%s", w->name);
+    c->room_json = w->result;
+    c->done = room_updated_live;
+    c->arg = w;
+    sb_rtc_run(w->app, w->req, c);
 }
 
 /* Validates the writable fields common to create and update. */
@@ -363,7 +394,8 @@ static void rooms_update(sb_req *req, void *ud)
     w->who = who;
     memcpy(w->name, name.base, name.len);
     w->name[name.len] = '\0';
-    sb_app_submit(app, req, room_update_run, room_write_done, w);
+    w->app = app;
+    sb_app_submit(app, req, room_update_run, room_update_done, w);
 }
 
 /* ---- DELETE /v1/rooms/{name} ------------------------------------------------------- */
@@ -431,11 +463,29 @@ static int room_close_run(sqlite3 *db, void *arg)
     return rc ? rc : 1;
 }
 
+static void room_closed_live(sb_rtc_call *c)
+{
+    sb_resp_send(c->arg, 204, NULL, NULL, 0);
+}
+
 static void room_close_done(void *arg, int rc)
 {
     room_write *w = arg;
-    if (rc > 0)
+    if (rc > 0) {
         sb_app_cache_bump();
+        /* Everyone connected is disconnected (4004) before the answer. */
+        sb_rtc_call *c = sb_arena_alloc(&w->req->arena, sizeof *c);
+        if (c) {
+            memset(c, 0, sizeof *c);
+            c->kind = SB_RTC_CLOSE;
+            memcpy(c->project_id, w->who.project_id, sizeof c->project_id);
+            snprintf(c->room, sizeof c->room, "%s", w->name);
+            c->done = room_closed_live;
+            c->arg = w->req;
+            sb_rtc_run(w->app, w->req, c);
+            return;
+        }
+    }
     if (rc < 0)
         sb_app_internal_error(w->req, "closing a room", rc);
     else if (rc == 0)
@@ -458,6 +508,7 @@ static void rooms_delete(sb_req *req, void *ud)
     }
     memset(w, 0, sizeof *w);
     w->req = req;
+    w->app = app;
     w->who = who;
     memcpy(w->name, name.base, name.len);
     w->name[name.len] = '\0';

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "api/app.h"
+#include "api/rtc.h"
 #include "events/outbox.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
@@ -277,6 +278,7 @@ enum { END_NOT_FOUND = 0, END_DONE = 1, END_ALREADY = 2 };
 
 typedef struct session_end {
     sb_req *req;
+    sb_app *app;
     sb_auth who;
     char id[SB_ID_MAX];
     json_t *result;
@@ -338,6 +340,12 @@ static int session_end_run(sqlite3 *db, void *arg)
     return rc ? rc : END_DONE;
 }
 
+static void session_ended_live(sb_rtc_call *c)
+{
+    session_end *e = c->arg;
+    sb_app_send_json(e->req, 200, e->result);
+}
+
 static void session_end_done(void *arg, int rc)
 {
     session_end *e = arg;
@@ -352,6 +360,21 @@ static void session_end_done(void *arg, int rc)
         return;
     }
     sb_app_cache_bump(); /* cached rooms show active_session_id and num_participants */
+    /* The live room's participants are disconnected (4004); a later join starts a new
+     * session. */
+    const char *room = json_string_value(json_object_get(e->result, "room"));
+    sb_rtc_call *c =
+        room && strlen(room) < sizeof c->room ? sb_arena_alloc(&e->req->arena, sizeof *c) : NULL;
+    if (c) {
+        memset(c, 0, sizeof *c);
+        c->kind = SB_RTC_CLOSE;
+        memcpy(c->project_id, e->who.project_id, sizeof c->project_id);
+        snprintf(c->room, sizeof c->room, "%s", room);
+        c->done = session_ended_live;
+        c->arg = e;
+        sb_rtc_run(e->app, e->req, c);
+        return;
+    }
     sb_app_send_json(e->req, 200, e->result);
 }
 
@@ -374,6 +397,7 @@ static void sessions_end(sb_req *req, void *ud)
     memset(e, 0, sizeof *e);
     e->req = req;
     e->who = who;
+    e->app = app;
     memcpy(e->id, id.base, id.len);
     e->id[id.len] = '\0';
     sb_app_submit(app, req, session_end_run, session_end_done, e);
@@ -447,6 +471,9 @@ static void participants_get(sb_req *req, void *ud)
 
 typedef struct participant_write {
     sb_req *req;
+    sb_app *app;
+    int db_rc;
+    int64_t ban;
     sb_auth who;
     char room[129];
     char identity[IDENTITY_MAX + 1];
@@ -519,9 +546,66 @@ static int participant_update_run(sqlite3 *db, void *arg)
                                  strlen(w->identity), &w->result);
 }
 
+static void participant_update_answer(participant_write *w, int rc);
+
+static unsigned grant_bit(const char *k)
+{
+    static const char *const names[] = {"publish", "subscribe", "publish_data",
+                                        "admin",   "hidden",    "record"};
+    for (unsigned i = 0; i < 6; i++)
+        if (strcmp(k, names[i]) == 0)
+            return 1u << i; /* the order of SB_GRANT_* */
+    return 0;
+}
+
+static void participant_updated_live(sb_rtc_call *c)
+{
+    participant_write *w = c->arg;
+    if (c->result == 0 && c->json) {
+        /* The live connection is the truth: answer with it. */
+        json_decref(w->result);
+        json_decref(w->grants);
+        sb_app_send_json(w->req, 200, c->json);
+        return;
+    }
+    json_decref(c->json);
+    participant_update_answer(w, w->db_rc);
+}
+
 static void participant_update_done(void *arg, int rc)
 {
     participant_write *w = arg;
+    if (rc >= 0) {
+        w->db_rc = rc;
+        sb_rtc_call *c = sb_arena_alloc(&w->req->arena, sizeof *c);
+        if (c) {
+            memset(c, 0, sizeof *c);
+            c->kind = SB_RTC_UPDATE;
+            memcpy(c->project_id, w->who.project_id, sizeof c->project_id);
+            memcpy(c->room, w->room, sizeof c->room);
+            memcpy(c->identity, w->identity, sizeof c->identity);
+            c->metadata = w->metadata;
+            c->set_metadata = w->set_metadata;
+            const char *k;
+            json_t *v;
+            json_object_foreach(w->grants, k, v)
+            {
+                if (json_is_true(v))
+                    c->grants_on |= grant_bit(k);
+                else
+                    c->grants_off |= grant_bit(k);
+            }
+            c->done = participant_updated_live;
+            c->arg = w;
+            sb_rtc_run(w->app, w->req, c);
+            return;
+        }
+    }
+    participant_update_answer(w, rc);
+}
+
+static void participant_update_answer(participant_write *w, int rc)
+{
     if (rc < 0 || !w->result) {
         json_decref(w->result);
         json_decref(w->grants);
@@ -578,6 +662,7 @@ static void participants_update(sb_req *req, void *ud)
     w->grants = json_incref(g);
     json_decref(body);
     w->req = req;
+    w->app = app;
     w->who = who;
     if (!participant_target(req, w)) {
         json_decref(w->grants);
@@ -613,9 +698,39 @@ static int participant_eject_run(sqlite3 *db, void *arg)
     return rc ? rc : 1;
 }
 
+static void participant_ejected_live(sb_rtc_call *c)
+{
+    participant_write *w = c->arg;
+    if (c->result == 0 && w->db_rc == 0)
+        sb_app_cache_bump();
+    if (w->db_rc < 0)
+        sb_app_internal_error(w->req, "ejecting a participant", w->db_rc);
+    else if (w->db_rc == 0 && c->result != 0)
+        sb_resp_problem(w->req, 404, "not-found", NO_PARTICIPANT);
+    else
+        sb_resp_send(w->req, 204, NULL, NULL, 0);
+}
+
 static void participant_eject_done(void *arg, int rc)
 {
     participant_write *w = arg;
+    if (rc > 0)
+        sb_app_cache_bump(); /* cached rooms show num_participants */
+    w->db_rc = rc;
+    sb_rtc_call *c = rc >= 0 ? sb_arena_alloc(&w->req->arena, sizeof *c) : NULL;
+    if (c) {
+        /* The connection goes (4003), and a ban refuses the identity's rejoin. */
+        memset(c, 0, sizeof *c);
+        c->kind = SB_RTC_EJECT;
+        memcpy(c->project_id, w->who.project_id, sizeof c->project_id);
+        memcpy(c->room, w->room, sizeof c->room);
+        memcpy(c->identity, w->identity, sizeof c->identity);
+        c->ban_seconds = w->ban;
+        c->done = participant_ejected_live;
+        c->arg = w;
+        sb_rtc_run(w->app, w->req, c);
+        return;
+    }
     if (rc < 0)
         sb_app_internal_error(w->req, "ejecting a participant", rc);
     else if (rc == 0)
@@ -655,8 +770,8 @@ static void participants_delete(sb_req *req, void *ud)
     int64_t ban;
     if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_WRITE, &who) || !ban_param(req, &ban))
         return;
-    /* The ban itself is the real-time layer's (it refuses the rejoin); nothing stores it. */
-    (void)ban;
+    /* The ban itself is the real-time layer's (it refuses the rejoin), kept in memory on the
+     * room's home loop; nothing stores it. */
     participant_write *w = sb_arena_alloc(&req->arena, sizeof *w);
     if (!w) {
         sb_app_internal_error(req, "ejecting a participant", SB_ENOMEM);
@@ -664,7 +779,9 @@ static void participants_delete(sb_req *req, void *ud)
     }
     memset(w, 0, sizeof *w);
     w->req = req;
+    w->app = app;
     w->who = who;
+    w->ban = ban;
     if (!participant_target(req, w)) {
         sb_resp_problem(req, 404, "not-found", NO_PARTICIPANT);
         return;
@@ -706,6 +823,17 @@ static bool message_valid(const json_t *body, char *why, size_t whylen)
     return true;
 }
 
+static void message_sent(sb_rtc_call *c)
+{
+    sb_req *req = c->arg;
+    if (c->result < 0 && c->result != SB_ENOENT) {
+        sb_resp_problem(req, 400, "invalid-request", "the message is too large");
+        return;
+    }
+    /* Not live (nobody connected): delivered to nobody. */
+    sb_app_send_json(req, 202, json_pack("{s:i}", "delivered", c->result > 0 ? c->result : 0));
+}
+
 static void messages_send(sb_req *req, void *ud)
 {
     sb_app *app = ud;
@@ -717,11 +845,39 @@ static void messages_send(sb_req *req, void *ud)
         return;
     char why[256] = "";
     bool ok = message_valid(body, why, sizeof why);
-    json_decref(body);
     if (!ok) {
+        json_decref(body);
         sb_resp_problem(req, 400, "invalid-request", why);
         return;
     }
+    sb_rtc_call *c = sb_arena_alloc(&req->arena, sizeof *c);
+    const json_t *d = json_object_get(body, "data"), *t = json_object_get(body, "topic"),
+                 *to = json_object_get(body, "to");
+    size_t nto = json_array_size(to);
+    const char **tov = nto ? sb_arena_alloc(&req->arena, nto * sizeof *tov) : NULL;
+    if (c) {
+        memset(c, 0, sizeof *c);
+        c->data_len = json_string_length(d);
+        c->data = sb_arena_strndup(&req->arena, json_string_value(d), c->data_len);
+        c->topic = json_is_string(t)
+                       ? sb_arena_strndup(&req->arena, json_string_value(t), json_string_length(t))
+                       : NULL;
+        for (size_t i = 0; tov && i < nto; i++)
+            tov[i] = sb_arena_strndup(&req->arena, json_string_value(json_array_get(to, i)),
+                                      json_string_length(json_array_get(to, i)));
+        c->to = tov;
+        c->nto = nto;
+    }
+    json_decref(body);
+    if (!c || !c->data || (nto && !tov)) {
+        sb_app_internal_error(req, "sending a message", SB_ENOMEM);
+        return;
+    }
+    for (size_t i = 0; i < nto; i++)
+        if (!tov[i]) {
+            sb_app_internal_error(req, "sending a message", SB_ENOMEM);
+            return;
+        }
     sb_str name = req->params[0];
     bool open = false;
     int rc = sb_room_name_valid(name.base, name.len)
@@ -735,8 +891,13 @@ static void messages_send(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", NO_ROOM);
         return;
     }
-    /* Nobody can be connected before the real-time layer exists. */
-    sb_app_send_json(req, 202, json_pack("{s:i}", "delivered", 0));
+    c->kind = SB_RTC_SEND;
+    snprintf(c->project_id, sizeof c->project_id, "%s", who.project_id);
+    memcpy(c->room, name.base, name.len);
+    c->room[name.len] = '\0';
+    c->done = message_sent;
+    c->arg = req;
+    sb_rtc_run(app, req, c);
 }
 
 int sb_api_sessions_register(sb_app *app, sb_router *r)

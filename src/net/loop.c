@@ -95,6 +95,7 @@ static void on_tick(uv_timer_t *t)
 {
     sb_loop *loop = t->data;
     sb_conn_sweep(loop);
+    sb__server_tick(loop);
     if (loop->logbuf.len)
         sb_log_submit_buf(&loop->logbuf);
 }

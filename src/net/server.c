@@ -30,6 +30,8 @@ struct sb_server {
     sb_loop *loops[MAX_LOOPS];
     sb_router *router;
     sb_app *app;
+    void (*tick_fn)(sb_loop *loop, void *ud); /* the app's per-loop tick, or NULL */
+    void *tick_ud;
     SSL_CTX *ssl_ctx;
     char *cert_path, *key_path, *dev_ca_path;
     listen_spec listen[SB_MAX_LISTENERS];
@@ -507,4 +509,17 @@ void sb_server_free(sb_server *s)
     sb_free(s->key_path);
     sb_free(s->dev_ca_path);
     sb_free(s);
+}
+
+void sb__server_set_tick(sb_server *s, void (*fn)(sb_loop *loop, void *ud), void *ud)
+{
+    s->tick_fn = fn;
+    s->tick_ud = ud;
+}
+
+void sb__server_tick(sb_loop *loop)
+{
+    sb_server *s = loop->server;
+    if (s && s->tick_fn)
+        s->tick_fn(loop, s->tick_ud);
 }

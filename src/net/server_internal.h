@@ -32,6 +32,11 @@ void sb__loop_apply_reload(sb_loop *loop, void *arg);
 /* A connection closed: a draining loop may now be done. */
 void sb__loop_conn_closed(sb_loop *loop);
 
+/* A hook the control plane runs on every loop's tick (set before the loops start), and the
+ * call loop.c makes on each tick. */
+void sb__server_set_tick(sb_server *s, void (*fn)(sb_loop *loop, void *ud), void *ud);
+void sb__server_tick(sb_loop *loop);
+
 /* Called by a loop's thread as it exits (any thread may call; wakes the main loop). */
 void sb__server_loop_exited(sb_server *s);
 

@@ -1,0 +1,933 @@
+/* GET /v1/rtc and the control plane's effects on live rooms (see rtc.h). */
+#include "api/rtc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/rtc_token.h"
+#include "core/alloc.h"
+#include "core/log.h"
+#include "events/outbox.h"
+#include "net/loop.h"
+#include "net/server_internal.h"
+#include "net/websocket.h"
+#include "rooms/live.h"
+#include "switchboard/error.h"
+
+#define RTC_BUCKETS   1024
+#define MAX_TOKEN     8192
+#define TICK_EVERY_MS 1000
+
+typedef struct rtc_loop rtc_loop;
+
+/* One WebSocket, on the loop that accepted it (its edge loop). */
+typedef struct rtc_edge {
+    struct rtc_edge *next; /* hash chain */
+    uint64_t id;
+    sb_ws *ws;
+    rtc_loop *lp;
+    int home;
+} rtc_edge;
+
+/* One participant, on its room's home loop: the sb_live_conn_ops conn. */
+typedef struct rtc_member {
+    struct rtc_member *next; /* hash chain */
+    uint64_t id;
+    rtc_loop *lp;
+    int edge;
+    sb_live_participant *p;
+} rtc_member;
+
+typedef struct rtc_ban {
+    struct rtc_ban *next;
+    char project_id[SB_ID_MAX];
+    char room[129];
+    char identity[129];
+    int64_t until_ms;
+} rtc_ban;
+
+struct rtc_loop {
+    sb_rtc *rtc;
+    int index;
+    sb_live_rooms *rooms;
+    rtc_edge *edges[RTC_BUCKETS];
+    rtc_member *members[RTC_BUCKETS];
+    rtc_ban *bans;
+    uint64_t seq;
+    int64_t last_tick_ms;
+};
+
+struct sb_rtc {
+    sb_app *app;
+    sb_server *server;
+    int nloops;
+    rtc_loop *loops;
+    bool shutdown; /* every loop has stopped: hooks run synchronously, nothing is posted */
+};
+
+/* ---- maps ------------------------------------------------------------------------------ */
+
+static size_t bucket(uint64_t id)
+{
+    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 54) % RTC_BUCKETS;
+}
+
+static rtc_edge *edge_find(rtc_loop *lp, uint64_t id)
+{
+    for (rtc_edge *e = lp->edges[bucket(id)]; e; e = e->next)
+        if (e->id == id)
+            return e;
+    return NULL;
+}
+
+static void edge_remove(rtc_loop *lp, rtc_edge *e)
+{
+    for (rtc_edge **pp = &lp->edges[bucket(e->id)]; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            return;
+        }
+}
+
+static rtc_member *member_find(rtc_loop *lp, uint64_t id)
+{
+    for (rtc_member *m = lp->members[bucket(id)]; m; m = m->next)
+        if (m->id == id)
+            return m;
+    return NULL;
+}
+
+static void member_remove(rtc_loop *lp, rtc_member *m)
+{
+    for (rtc_member **pp = &lp->members[bucket(m->id)]; *pp; pp = &(*pp)->next)
+        if (*pp == m) {
+            *pp = m->next;
+            return;
+        }
+}
+
+static int home_of(const sb_rtc *rtc, const char *project, const char *room)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a of "project/room" */
+    for (const char *s = project; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h = (h ^ '/') * 1099511628211ull;
+    for (const char *s = room; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return (int)(h % (uint64_t)rtc->nloops);
+}
+
+static sb_loop *loop_at(const sb_rtc *rtc, int i)
+{
+    return sb_server_loop(rtc->server, i);
+}
+
+/* ---- messages between loops -------------------------------------------------------------
+ * One malloc per message (a frame's bytes ride in the same allocation). Batching several
+ * frames per post is later work. */
+
+enum { M_JOIN = 1, M_FRAME, M_LEAVE, M_SEND, M_CLOSE };
+
+typedef struct rtc_msg {
+    sb_rtc *rtc;
+    int kind;
+    uint64_t id;
+    int from; /* the sending loop */
+    int opcode;
+    uint16_t code;
+    char reason[24];
+    json_t *room_json; /* M_JOIN */
+    uint32_t max_participants, empty_timeout;
+    size_t len;
+    unsigned char data[]; /* M_FRAME, M_SEND: bytes; M_JOIN: an sb_rtc_claims */
+} rtc_msg;
+
+static void dispatch(sb_loop *loop, void *arg);
+
+static rtc_msg *msg_new(sb_rtc *rtc, int kind, uint64_t id, int from, size_t len)
+{
+    rtc_msg *m = sb_malloc(sizeof *m + len);
+    if (m) {
+        memset(m, 0, sizeof *m);
+        m->rtc = rtc;
+        m->kind = kind;
+        m->id = id;
+        m->from = from;
+        m->len = len;
+    }
+    return m;
+}
+
+static void msg_free(rtc_msg *m)
+{
+    if (m) {
+        json_decref(m->room_json);
+        sb_free(m);
+    }
+}
+
+/* Posts m to loop `to`, or runs it at once when that is the current loop. Leaves must not be
+ * lost (the home loop counts its members), so a post is retried like a store completion. */
+static void deliver(sb_rtc *rtc, int to, rtc_msg *m, int current)
+{
+    if (rtc->shutdown) {
+        msg_free(m);
+        return;
+    }
+    if (to == current) {
+        dispatch(loop_at(rtc, to), m);
+        return;
+    }
+    for (int i = 0; i < 100; i++) {
+        if (sb_loop_post(loop_at(rtc, to), dispatch, m) == 0)
+            return;
+        if (m->kind != M_LEAVE)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    sb_log(SB_LOG_ERROR, "rtc: out of memory posting to a loop", NULL);
+    msg_free(m);
+}
+
+/* ---- connection ops (home loop) ------------------------------------------------------- */
+
+static int conn_send(void *conn, int opcode, const void *data, size_t len)
+{
+    rtc_member *m = conn;
+    rtc_loop *lp = m->lp;
+    if (lp->rtc->shutdown)
+        return SB_ECANCELED;
+    int op = opcode == SB_LIVE_OP_BINARY ? SB_WS_BINARY : SB_WS_TEXT;
+    if (m->edge == lp->index) {
+        rtc_edge *e = edge_find(lp, m->id);
+        return e ? sb_ws_send(e->ws, op, data, len) : SB_ECANCELED;
+    }
+    rtc_msg *msg = msg_new(lp->rtc, M_SEND, m->id, lp->index, len);
+    if (!msg)
+        return SB_ENOMEM;
+    msg->opcode = op;
+    memcpy(msg->data, data, len);
+    deliver(lp->rtc, m->edge, msg, lp->index);
+    return 0;
+}
+
+static void conn_close(void *conn, uint16_t code, const char *reason)
+{
+    rtc_member *m = conn;
+    rtc_loop *lp = m->lp;
+    if (lp->rtc->shutdown)
+        return;
+    if (m->edge == lp->index) {
+        rtc_edge *e = edge_find(lp, m->id);
+        if (e)
+            sb_ws_close(e->ws, code, reason);
+        return;
+    }
+    rtc_msg *msg = msg_new(lp->rtc, M_CLOSE, m->id, lp->index, 0);
+    if (!msg)
+        return;
+    msg->code = code;
+    snprintf(msg->reason, sizeof msg->reason, "%s", reason ? reason : "");
+    deliver(lp->rtc, m->edge, msg, lp->index);
+}
+
+static const sb_live_conn_ops conn_ops = {conn_send, conn_close};
+
+/* Closes edge WebSocket `id` from the home loop (join refused). */
+static void close_edge(rtc_loop *lp, int edge, uint64_t id, uint16_t code, const char *reason)
+{
+    rtc_member tmp = {.id = id, .lp = lp, .edge = edge};
+    conn_close(&tmp, code, reason);
+}
+
+static void send_error(rtc_member *m, const char *code, const char *message)
+{
+    json_t *j = json_pack("{s:s,s:s,s:s}", "type", "error", "code", code, "message", message);
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (s)
+        conn_send(m, SB_LIVE_OP_TEXT, s, strlen(s));
+    free(s);
+    json_decref(j);
+}
+
+/* ---- hooks: store jobs (home loop) ---------------------------------------------------- */
+
+enum { J_SESSION_START = 1, J_JOINED, J_LEFT, J_SESSION_END };
+
+typedef struct hook_job {
+    int kind;
+    char project_id[SB_ID_MAX];
+    char room[129];
+    char session[SB_ID_MAX];
+    char identity[129];
+    char name[257];
+    char metadata[4097];
+    char reason[32];
+    int64_t at, joined_at;
+} hook_job;
+
+static int step(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
+
+static int hook_run(sqlite3 *db, void *arg)
+{
+    hook_job *j = arg;
+    sqlite3_stmt *st;
+    int rc;
+    switch (j->kind) {
+    case J_SESSION_START:
+        st = sb_store_stmt(db, "INSERT INTO sessions (id, project_id, room_id, room_name, "
+                               "started_at) SELECT ?1, project_id, id, name, ?4 FROM rooms WHERE "
+                               "project_id = ?2 AND name = ?3 AND status = 'open'");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, j->session, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, j->project_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->room, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, j->at);
+        if ((rc = step(st)) != 0 || sqlite3_changes(db) == 0)
+            return rc; /* the room was closed meanwhile */
+        return sb_event_emit(db, j->project_id, "session.started", j->room,
+                             json_pack("{s:s,s:s}", "session_id", j->session, "room", j->room),
+                             NULL);
+    case J_JOINED:
+        st = sb_store_stmt(db, "INSERT INTO session_participants (session_id, identity, name, "
+                               "metadata, joined_at) SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS "
+                               "(SELECT 1 FROM sessions WHERE id = ?1 AND ended_at IS NULL)");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, j->session, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, j->identity, -1, SQLITE_STATIC);
+        if (j->name[0])
+            sqlite3_bind_text(st, 3, j->name, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 3);
+        if (j->metadata[0])
+            sqlite3_bind_text(st, 4, j->metadata, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 4);
+        sqlite3_bind_int64(st, 5, j->joined_at);
+        if ((rc = step(st)) != 0 || sqlite3_changes(db) == 0)
+            return rc;
+        return sb_event_emit(db, j->project_id, "participant.joined", j->room,
+                             json_pack("{s:s,s:s,s:s}", "room", j->room, "session_id", j->session,
+                                       "identity", j->identity),
+                             NULL);
+    case J_LEFT:
+        st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = ?2 "
+                               "WHERE session_id = ?3 AND identity = ?4 AND joined_at = ?5 AND "
+                               "left_at IS NULL");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, j->at);
+        sqlite3_bind_text(st, 2, j->reason, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->session, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, j->identity, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, j->joined_at);
+        if ((rc = step(st)) != 0)
+            return rc;
+        /* The event even when a REST call already closed the row (eject, room close). */
+        return sb_event_emit(
+            db, j->project_id,
+            strcmp(j->reason, "ejected") == 0 ? "participant.ejected" : "participant.left", j->room,
+            json_pack("{s:s,s:s,s:s,s:s}", "room", j->room, "session_id", j->session, "identity",
+                      j->identity, "reason", j->reason),
+            NULL);
+    case J_SESSION_END:
+        st = sb_store_stmt(db, "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3 "
+                               "AND ended_at IS NULL");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, j->at);
+        sqlite3_bind_text(st, 2, j->reason, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->session, -1, SQLITE_STATIC);
+        if ((rc = step(st)) != 0 || sqlite3_changes(db) == 0)
+            return rc; /* already ended through the API: its event exists */
+        st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = ?2 "
+                               "WHERE session_id = ?3 AND left_at IS NULL");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_int64(st, 1, j->at);
+        sqlite3_bind_text(st, 2, j->reason, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->session, -1, SQLITE_STATIC);
+        if ((rc = step(st)) != 0)
+            return rc;
+        return sb_event_emit(db, j->project_id, "session.ended", j->room,
+                             json_pack("{s:s,s:s,s:s}", "session_id", j->session, "room", j->room,
+                                       "reason", j->reason),
+                             NULL);
+    }
+    return SB_EINVAL;
+}
+
+static void hook_done(void *arg, int rc)
+{
+    hook_job *j = arg;
+    if (rc < 0)
+        sb_log(SB_LOG_ERROR, "rtc: recording a session change failed", "room", j->room,
+               "session_id", j->session, "reason", sb_strerror(rc), NULL);
+    sb_app_cache_bump(); /* rooms show num_participants and active_session_id */
+    sb_free(j);
+}
+
+static hook_job *hook_new(int kind, const sb_live_room *room)
+{
+    hook_job *j = sb_calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    j->at = sb_time_ms();
+    snprintf(j->project_id, sizeof j->project_id, "%s", sb_live_room_project(room));
+    snprintf(j->room, sizeof j->room, "%s", sb_live_room_name(room));
+    const char *s = sb_live_room_session(room);
+    snprintf(j->session, sizeof j->session, "%s", s ? s : "");
+    return j;
+}
+
+static void hook_submit(rtc_loop *lp, hook_job *j)
+{
+    if (!j) {
+        sb_log(SB_LOG_ERROR, "rtc: out of memory recording a session change", NULL);
+        return;
+    }
+    sb_rtc *rtc = lp->rtc;
+    if (!sb_app_submit_loop(rtc->app, rtc->shutdown ? NULL : loop_at(rtc, lp->index), hook_run,
+                            hook_done, j)) {
+        sb_log(SB_LOG_ERROR, "rtc: the write queue refused a session change", "room", j->room,
+               NULL);
+        sb_free(j);
+    }
+}
+
+static void on_session_started(void *ud, const sb_live_room *room, char *session_id)
+{
+    sb_id_new("ses", session_id);
+    hook_job *j = hook_new(J_SESSION_START, room);
+    if (j)
+        snprintf(j->session, sizeof j->session, "%s", session_id);
+    hook_submit(ud, j);
+}
+
+static void on_session_ended(void *ud, const sb_live_room *room, const char *reason)
+{
+    hook_job *j = hook_new(J_SESSION_END, room);
+    if (j)
+        snprintf(j->reason, sizeof j->reason, "%s", reason);
+    hook_submit(ud, j);
+}
+
+static void on_participant_joined(void *ud, const sb_live_room *room, const sb_live_participant *p)
+{
+    hook_job *j = hook_new(J_JOINED, room);
+    if (j) {
+        const sb_rtc_claims *c = sb_live_participant_claims(p);
+        memcpy(j->identity, c->identity, sizeof j->identity);
+        memcpy(j->name, c->name, sizeof j->name);
+        memcpy(j->metadata, c->metadata, sizeof j->metadata);
+        j->joined_at = sb_live_participant_joined_at(p);
+    }
+    hook_submit(ud, j);
+}
+
+static void on_participant_left(void *ud, const sb_live_room *room, const sb_live_participant *p,
+                                const char *reason)
+{
+    hook_job *j = hook_new(J_LEFT, room);
+    if (j) {
+        memcpy(j->identity, sb_live_participant_claims(p)->identity, sizeof j->identity);
+        j->joined_at = sb_live_participant_joined_at(p);
+        snprintf(j->reason, sizeof j->reason, "%s", reason ? reason : "left");
+    }
+    hook_submit(ud, j);
+}
+
+/* ---- bans (home loop) ------------------------------------------------------------------- */
+
+static bool banned(rtc_loop *lp, const sb_rtc_claims *c, int64_t now)
+{
+    for (rtc_ban **pp = &lp->bans; *pp;) {
+        rtc_ban *b = *pp;
+        if (b->until_ms <= now) {
+            *pp = b->next;
+            sb_free(b);
+            continue;
+        }
+        if (strcmp(b->project_id, c->project_id) == 0 && strcmp(b->room, c->room) == 0 &&
+            strcmp(b->identity, c->identity) == 0)
+            return true;
+        pp = &b->next;
+    }
+    return false;
+}
+
+static void ban_add(rtc_loop *lp, const sb_rtc_call *c, int64_t now)
+{
+    rtc_ban *b = sb_calloc(1, sizeof *b);
+    if (!b)
+        return;
+    memcpy(b->project_id, c->project_id, sizeof b->project_id);
+    memcpy(b->room, c->room, sizeof b->room);
+    memcpy(b->identity, c->identity, sizeof b->identity);
+    b->until_ms = now + c->ban_seconds * 1000;
+    b->next = lp->bans;
+    lp->bans = b;
+}
+
+/* ---- message handling ------------------------------------------------------------------- */
+
+static void home_join(rtc_loop *lp, rtc_msg *msg)
+{
+    const sb_rtc_claims *claims = (const sb_rtc_claims *)msg->data;
+    int64_t now = sb_time_ms();
+    if (banned(lp, claims, now)) {
+        close_edge(lp, msg->from, msg->id, SB_CLOSE_EJECTED, "banned");
+        return;
+    }
+    rtc_member *m = sb_calloc(1, sizeof *m);
+    if (!m) {
+        close_edge(lp, msg->from, msg->id, SB_WS_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    m->id = msg->id;
+    m->lp = lp;
+    m->edge = msg->from;
+    sb_live_room_settings st = {msg->max_participants, msg->empty_timeout, msg->room_json};
+    int code = SB_WS_CLOSE_INTERNAL;
+    m->next = lp->members[bucket(m->id)];
+    lp->members[bucket(m->id)] = m; /* before the join: `joined` goes out through the map */
+    int rc = sb_live_join(lp->rooms, claims, &st, m, &conn_ops, now, &m->p, &code);
+    if (rc != 0) {
+        member_remove(lp, m);
+        sb_free(m);
+        close_edge(lp, msg->from, msg->id, (uint16_t)(code ? code : SB_WS_CLOSE_INTERNAL),
+                   code == SB_CLOSE_ROOM_FULL ? "room full" : "cannot join");
+        return;
+    }
+    loop_at(lp->rtc, lp->index)->pending_jobs++; /* until the leave: draining waits for it */
+}
+
+static void home_frame(rtc_loop *lp, rtc_msg *msg)
+{
+    rtc_member *m = member_find(lp, msg->id);
+    if (!m || !m->p)
+        return;
+    int rc;
+    if (msg->opcode == SB_WS_TEXT)
+        rc = sb_live_on_text(lp->rooms, m->p, (const char *)msg->data, msg->len);
+    else
+        rc = sb_live_on_binary(lp->rooms, m->p, msg->data, msg->len);
+    if (rc == SB_EACCES)
+        send_error(m, "forbidden",
+                   msg->opcode == SB_WS_TEXT ? "sending data needs the publish_data grant"
+                                             : "sending binary frames needs the publish grant");
+    else if (rc == SB_EINVAL)
+        send_error(m, "invalid_message",
+                   "expected {\"type\":\"data\",\"data\":…,\"topic\"?,\"to\"?}");
+}
+
+static void home_leave(rtc_loop *lp, rtc_msg *msg)
+{
+    rtc_member *m = member_find(lp, msg->id);
+    if (!m)
+        return;
+    member_remove(lp, m);
+    sb_live_leave(lp->rooms, m->p, msg->reason[0] ? msg->reason : NULL);
+    sb_free(m);
+    sb_loop_job_done(loop_at(lp->rtc, lp->index));
+}
+
+static void dispatch(sb_loop *loop, void *arg)
+{
+    rtc_msg *msg = arg;
+    rtc_loop *lp = &msg->rtc->loops[loop->index];
+    switch (msg->kind) {
+    case M_JOIN:
+        home_join(lp, msg);
+        break;
+    case M_FRAME:
+        home_frame(lp, msg);
+        break;
+    case M_LEAVE:
+        home_leave(lp, msg);
+        break;
+    case M_SEND: {
+        rtc_edge *e = edge_find(lp, msg->id);
+        if (e)
+            sb_ws_send(e->ws, msg->opcode, msg->data, msg->len);
+        break;
+    }
+    case M_CLOSE: {
+        rtc_edge *e = edge_find(lp, msg->id);
+        if (e)
+            sb_ws_close(e->ws, msg->code, msg->reason[0] ? msg->reason : NULL);
+        break;
+    }
+    }
+    msg_free(msg);
+}
+
+/* ---- the edge: GET /v1/rtc --------------------------------------------------------------- */
+
+static void ws_open(sb_ws *ws, void *ud)
+{
+    (void)ws;
+    (void)ud;
+}
+
+static void ws_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t len)
+{
+    (void)ws;
+    rtc_edge *e = ud;
+    rtc_msg *m = msg_new(e->lp->rtc, M_FRAME, e->id, e->lp->index, len);
+    if (!m)
+        return; /* dropped: like a frame lost to a full queue */
+    m->opcode = opcode;
+    memcpy(m->data, data, len);
+    deliver(e->lp->rtc, e->home, m, e->lp->index);
+}
+
+static void ws_closed(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
+{
+    (void)ws;
+    (void)reason;
+    rtc_edge *e = ud;
+    rtc_loop *lp = e->lp;
+    edge_remove(lp, e);
+    rtc_msg *m = msg_new(lp->rtc, M_LEAVE, e->id, lp->index, 0);
+    if (m) {
+        snprintf(m->reason, sizeof m->reason, "%s",
+                 code == SB_WS_CLOSE_TOO_SLOW ? "too_slow"
+                 : code == SB_WS_CLOSE_ABNORMAL || code == SB_WS_CLOSE_PROTOCOL ||
+                         code == SB_WS_CLOSE_TOO_BIG || code == SB_WS_CLOSE_INVALID_DATA
+                     ? "error"
+                     : "left");
+        deliver(lp->rtc, e->home, m, lp->index);
+    } else {
+        sb_log(SB_LOG_ERROR, "rtc: out of memory; a participant stays until its room closes", NULL);
+    }
+    sb_free(e);
+}
+
+static const sb_ws_handler rtc_ws = {ws_open, ws_message, ws_closed};
+
+static void refused_open(sb_ws *ws, void *ud)
+{
+    (void)ws;
+    (void)ud;
+}
+static void refused_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t len)
+{
+    (void)ws, (void)ud, (void)opcode, (void)data, (void)len;
+}
+static void refused_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
+{
+    (void)ws, (void)ud, (void)code, (void)reason;
+}
+static const sb_ws_handler refused_ws = {refused_open, refused_message, refused_close};
+
+/* Accepts the upgrade only to close it with `code`, so that the client sees the code. */
+static void refuse(sb_req *req, uint16_t code, const char *reason)
+{
+    sb_ws *ws;
+    if (sb_ws_accept(req, &refused_ws, NULL, &ws) == 0)
+        sb_ws_close(ws, code, reason);
+}
+
+static bool is_upgrade(sb_req *req)
+{
+    const sb_http_header *h = sb_req_header(req, "upgrade");
+    if (!h)
+        return false;
+    for (size_t i = 0; i + 9 <= h->value.len; i++)
+        if (sb_str_case_eq((sb_str){h->value.base + i, 9}, "websocket"))
+            return true;
+    return false;
+}
+
+static void rtc_handler(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_rtc *rtc = sb__app_rtc(app);
+    if (!is_upgrade(req)) {
+        sb_resp_header(req, "Upgrade", SB_STR_LIT("websocket"));
+        sb_resp_problem(req, 426, "upgrade-required",
+                        "GET /v1/rtc is a WebSocket: send Upgrade: websocket");
+        return;
+    }
+    sb_str tok = {0};
+    if (!sb_req_query(req, "access_token", &tok)) {
+        const sb_http_header *h = sb_req_header(req, "authorization");
+        if (h && h->value.len > 7 && sb_str_case_eq((sb_str){h->value.base, 7}, "bearer ")) {
+            tok = (sb_str){h->value.base + 7, h->value.len - 7};
+            while (tok.len && *tok.base == ' ') {
+                tok.base++;
+                tok.len--;
+            }
+        }
+    }
+    if (tok.len == 0) {
+        sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Bearer realm=\"switchboard\""));
+        sb_resp_problem(req, 401, "unauthorized",
+                        "a participant token is required (access_token or Authorization)");
+        return;
+    }
+    sb_rtc_claims claims;
+    sb_jwt_reason why;
+    if (tok.len > MAX_TOKEN || sb_rtc_verify(app, req, tok.base, tok.len, &claims, &why) != 0) {
+        refuse(req, SB_CLOSE_TOKEN_EXPIRED, "invalid or expired token");
+        return;
+    }
+    json_t *room = NULL;
+    int rc = sb_room_read_open(sb_app_reader(app, req), claims.project_id, claims.room,
+                               strlen(claims.room), &room);
+    if (rc) {
+        sb_app_internal_error(req, "reading a room", rc);
+        return;
+    }
+    if (!room) {
+        sb_resp_problem(req, 404, "not-found", "no such open room in this project");
+        return;
+    }
+    rtc_loop *lp = &rtc->loops[req->loop->index];
+    rtc_edge *e = sb_calloc(1, sizeof *e);
+    rtc_msg *m = msg_new(rtc, M_JOIN, 0, lp->index, sizeof claims);
+    if (!e || !m) {
+        sb_free(e);
+        msg_free(m);
+        json_decref(room);
+        sb_app_internal_error(req, "joining a room", SB_ENOMEM);
+        return;
+    }
+    e->id = ((uint64_t)(unsigned)lp->index << 48) | ++lp->seq;
+    e->lp = lp;
+    e->home = home_of(rtc, claims.project_id, claims.room);
+    m->id = e->id;
+    memcpy(m->data, &claims, sizeof claims);
+    m->room_json = room;
+    m->max_participants = (uint32_t)json_integer_value(json_object_get(room, "max_participants"));
+    m->empty_timeout = (uint32_t)json_integer_value(json_object_get(room, "empty_timeout_seconds"));
+    if (sb_ws_accept(req, &rtc_ws, e, &e->ws) != 0) {
+        sb_free(e);
+        msg_free(m);
+        return;
+    }
+    e->next = lp->edges[bucket(e->id)];
+    lp->edges[bucket(e->id)] = e;
+    deliver(rtc, e->home, m, lp->index);
+}
+
+/* ---- tick ----------------------------------------------------------------------------- */
+
+static void rtc_tick(sb_loop *loop, void *ud)
+{
+    sb_rtc *rtc = ud;
+    if (loop->index >= rtc->nloops)
+        return;
+    rtc_loop *lp = &rtc->loops[loop->index];
+    int64_t now = sb_time_ms();
+    if (now - lp->last_tick_ms < TICK_EVERY_MS)
+        return;
+    lp->last_tick_ms = now;
+    sb_live_tick(lp->rooms, now);
+}
+
+/* ---- control-plane effects ------------------------------------------------------------ */
+
+static void call_back(void *arg)
+{
+    sb_rtc_call *c = arg;
+    sb_loop *origin = c->origin;
+    c->done(c);
+    sb_loop_job_done(origin);
+}
+
+static json_t *find_participant(json_t *list, const char *identity)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        if (strcmp(json_string_value(json_object_get(v, "identity")) ?: "", identity) == 0)
+            return json_incref(v);
+    }
+    return NULL;
+}
+
+static void call_home(sb_loop *loop, void *arg)
+{
+    sb_rtc_call *c = arg;
+    rtc_loop *lp = &c->rtc->loops[loop->index];
+    int64_t now = sb_time_ms();
+    switch (c->kind) {
+    case SB_RTC_EJECT:
+        if (c->ban_seconds > 0)
+            ban_add(lp, c, now);
+        c->result = sb_live_eject(lp->rooms, c->project_id, c->room, c->identity);
+        break;
+    case SB_RTC_CLOSE:
+        c->result = sb_live_close_room(lp->rooms, c->project_id, c->room);
+        break;
+    case SB_RTC_UPDATE: {
+        json_t *list = sb_live_list(lp->rooms, c->project_id, c->room, true);
+        c->result = SB_ENOENT;
+        unsigned grants = 0;
+        bool found = false;
+        for (size_t b = 0; b < RTC_BUCKETS && !found; b++)
+            for (rtc_member *m = lp->members[b]; m && !found; m = m->next) {
+                const sb_rtc_claims *cl = m->p ? sb_live_participant_claims(m->p) : NULL;
+                if (cl && strcmp(cl->project_id, c->project_id) == 0 &&
+                    strcmp(cl->room, c->room) == 0 && strcmp(cl->identity, c->identity) == 0) {
+                    grants = cl->grants;
+                    found = true;
+                }
+            }
+        json_decref(list);
+        if (!found)
+            break;
+        unsigned ng = (grants | c->grants_on) & ~c->grants_off;
+        c->result =
+            sb_live_update_participant(lp->rooms, c->project_id, c->room, c->identity,
+                                       c->set_metadata ? (c->metadata ? c->metadata : "") : NULL,
+                                       (c->grants_on | c->grants_off) ? &ng : NULL);
+        if (c->result == 0) {
+            list = sb_live_list(lp->rooms, c->project_id, c->room, true);
+            c->json = find_participant(list, c->identity);
+            json_decref(list);
+        }
+        break;
+    }
+    case SB_RTC_SEND:
+        c->result = sb_live_send_data(lp->rooms, c->project_id, c->room, c->data, c->data_len,
+                                      c->topic, c->to, c->nto);
+        break;
+    case SB_RTC_ROOM: {
+        sb_live_room_settings st = {
+            (uint32_t)json_integer_value(json_object_get(c->room_json, "max_participants")),
+            (uint32_t)json_integer_value(json_object_get(c->room_json, "empty_timeout_seconds")),
+            (json_t *)c->room_json};
+        c->result = sb_live_update_room(lp->rooms, c->project_id, c->room, &st);
+        break;
+    }
+    case SB_RTC_LIST:
+        c->json = sb_live_list(lp->rooms, c->project_id, c->room, false);
+        c->result = c->json ? 0 : SB_ENOENT;
+        break;
+    }
+    if (loop == c->origin)
+        return; /* run in place by sb_rtc_run */
+    sb_loop_post_plain(c->origin, call_back, c);
+}
+
+void sb_rtc_run(sb_app *app, sb_req *req, sb_rtc_call *c)
+{
+    sb_rtc *rtc = sb__app_rtc(app);
+    c->rtc = rtc;
+    c->origin = req->loop;
+    c->result = SB_ENOENT;
+    c->json = NULL;
+    int home = home_of(rtc, c->project_id, c->room);
+    if (home == req->loop->index) {
+        call_home(req->loop, c);
+        c->done(c);
+        return;
+    }
+    if (sb_loop_post(loop_at(rtc, home), call_home, c) != 0) {
+        c->result = SB_ENOMEM;
+        c->done(c);
+        return;
+    }
+    req->loop->pending_jobs++;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+int sb_rtc_new(sb_rtc **out, sb_app *app, sb_server *server, int nloops)
+{
+    sb_rtc *rtc = sb_calloc(1, sizeof *rtc);
+    if (!rtc)
+        return SB_ENOMEM;
+    rtc->app = app;
+    rtc->server = server;
+    rtc->nloops = nloops;
+    rtc->loops = sb_calloc((size_t)nloops, sizeof *rtc->loops);
+    if (!rtc->loops) {
+        sb_free(rtc);
+        return SB_ENOMEM;
+    }
+    for (int i = 0; i < nloops; i++) {
+        rtc_loop *lp = &rtc->loops[i];
+        lp->rtc = rtc;
+        lp->index = i;
+        sb_live_hooks h = {lp, on_session_started, on_session_ended, on_participant_joined,
+                           on_participant_left};
+        int rc = sb_live_rooms_new(&lp->rooms, &h);
+        if (rc) {
+            sb_rtc_free(rtc);
+            return rc;
+        }
+    }
+    if (server)
+        sb__server_set_tick(server, rtc_tick, rtc);
+    *out = rtc;
+    return 0;
+}
+
+/* Messages of ours still queued on a stopped loop (posted after it finished draining). */
+static void drop_queued(sb_loop *loop)
+{
+    for (sb_loop_msg *m = loop->mq_head; m; m = m->next)
+        if (m->fn == dispatch) {
+            msg_free(m->arg);
+            m->fn = NULL;
+            m->arg = NULL;
+        }
+}
+
+void sb_rtc_free(sb_rtc *rtc)
+{
+    if (!rtc)
+        return;
+    rtc->shutdown = true;
+    if (rtc->server)
+        sb__server_set_tick(rtc->server, NULL, NULL);
+    for (int i = 0; i < rtc->nloops; i++) {
+        sb_loop *loop = rtc->server ? sb_server_loop(rtc->server, i) : NULL;
+        if (loop)
+            drop_queued(loop);
+    }
+    for (int i = 0; rtc->loops && i < rtc->nloops; i++) {
+        rtc_loop *lp = &rtc->loops[i];
+        sb_live_rooms_free(lp->rooms); /* hooks run synchronously now */
+        for (size_t b = 0; b < RTC_BUCKETS; b++) {
+            while (lp->members[b]) {
+                rtc_member *m = lp->members[b];
+                lp->members[b] = m->next;
+                sb_live_leave(NULL, m->p, NULL); /* detached: only freed */
+                sb_free(m);
+            }
+            while (lp->edges[b]) {
+                rtc_edge *e = lp->edges[b];
+                lp->edges[b] = e->next;
+                sb_free(e);
+            }
+        }
+        while (lp->bans) {
+            rtc_ban *n = lp->bans->next;
+            sb_free(lp->bans);
+            lp->bans = n;
+        }
+    }
+    sb_free(rtc->loops);
+    sb_free(rtc);
+}
+
+int sb_api_rtc_register(sb_app *app, sb_router *r)
+{
+    return sb_router_add(r, "GET", "/v1/rtc", rtc_handler, app);
+}
