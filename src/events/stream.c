@@ -130,8 +130,7 @@ static bool pump(sb_events_hub *h, sub *s)
     for (;;) {
         int n = read_page(h, s, items);
         if (n < 0) {
-            sb_log(SB_LOG_ERROR, "events: cannot read the outbox", "reason", sb_strerror(n),
-                   NULL);
+            sb_log(SB_LOG_ERROR, "events: cannot read the outbox", "reason", sb_strerror(n), NULL);
             return true; /* the next wake-up tries again */
         }
         int i = 0;
@@ -367,8 +366,7 @@ static void events_get(sb_req *req, void *ud)
     if (!sb_app_auth(h->app, req, SB_SCOPE_EVENTS_READ, &who))
         return;
     if (!ws && !sse) {
-        sb_resp_problem(req, 406, "not-acceptable",
-                        "use WebSocket or Accept: text/event-stream");
+        sb_resp_problem(req, 406, "not-acceptable", "use WebSocket or Accept: text/event-stream");
         return;
     }
     sub *s = sub_new(h, req->loop, who.project_id);

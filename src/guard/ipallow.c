@@ -17,9 +17,10 @@
 #include "core/alloc.h"
 #include "switchboard/error.h"
 
-#define QUOTE_MAX   64 /* bytes of a bad entry quoted in a message */
-#define ELEMENT_MAX 64 /* longest X-Forwarded-For element worth parsing: "[v6 with v4 tail]:port"  \
-                        */
+#define QUOTE_MAX 64 /* bytes of a bad entry quoted in a message */
+#define ELEMENT_MAX                                                                                \
+    64 /* longest X-Forwarded-For element worth parsing: "[v6 with v4 tail]:port"                  \
+        */
 
 struct pfx {
     uint64_t hi, lo;   /* network, already masked */
