@@ -29,6 +29,11 @@ trap 'on_signal TERM' TERM
 
 shopt -s nullglob
 benches=("$here"/*.bench.sh)
+# fanout runs after the others (it holds thousands of connections; keep it away from the HTTP runs)
+ordered=()
+for b in "${benches[@]}"; do [ "$(basename "$b")" = fanout.bench.sh ] || ordered+=("$b"); done
+for b in "${benches[@]}"; do [ "$(basename "$b")" != fanout.bench.sh ] || ordered+=("$b"); done
+benches=("${ordered[@]+"${ordered[@]}"}")
 if [ ${#benches[@]} -eq 0 ]; then
     echo "bench/run.sh: no bench/*.bench.sh found" >&2
     exit 2
