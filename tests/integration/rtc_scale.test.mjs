@@ -54,7 +54,7 @@ async function token(srv, roomName, identity, extra = {}) {
 
 /** A participant. Text messages are parsed; unless `keep` is false, every one is queued.
  * `onMessage(m)` sees every message (binary ones as {binary}). */
-function connect(srv, tok, { keep = true, onMessage } = {}) {
+function connect(srv, tok, { keep = true, keepBinary = true, onMessage } = {}) {
   const ws = new WebSocket(`ws://127.0.0.1:${srv.plainPort}/v1/rtc?access_token=${encodeURIComponent(tok)}`);
   ws.queue = [];
   ws.waiters = [];
@@ -69,7 +69,7 @@ function connect(srv, tok, { keep = true, onMessage } = {}) {
       const [x] = ws.waiters.splice(w, 1);
       clearTimeout(x.t);
       x.resolve(m);
-    } else if (keep) ws.queue.push(m);
+    } else if (keep && (keepBinary || !isBinary)) ws.queue.push(m);
   });
   ws.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
   ws.on('error', () => {});
@@ -199,7 +199,7 @@ describe('GET /v1/rtc at scale', () => {
       await room(srv, name);
       const watcherFrames = [];
       const slow = await join(srv, name, 'slow');
-      const watcher = await join(srv, name, 'watcher', { onMessage: (m) => { if (m.binary) watcherFrames.push(m.binary); } });
+      const watcher = await join(srv, name, 'watcher', { keepBinary: false, onMessage: (m) => { if (m.binary) watcherFrames.push(m.binary); } });
       const flood = await join(srv, name, 'flooder', { grants: { publish: true, subscribe: true, publish_data: true } });
       await watcher.ws.type('participant_joined');
       await slow.ws.type('participant_joined');
@@ -215,14 +215,17 @@ describe('GET /v1/rtc at scale', () => {
         } catch { /* exited */ }
       }, 50);
 
-      // Flood 16 KiB frames, each with its sequence number in its first 4 bytes, pacing on
-      // the flooder's own buffer so that the test process does not buffer without end.
+      // Flood 16 KiB frames, each with its sequence number in its first 4 bytes. The flooder
+      // stays at most WINDOW frames (512 KiB, half of ws.max_send_queue) ahead of the watcher:
+      // the watcher reads in this same process, and a flood faster than it can read would
+      // (rightly) get the watcher closed as too slow as well. The paused one gets everything.
+      const WINDOW = 32;
       const FRAME = 16 * 1024;
       const MAX_FRAMES = 12288; // 192 MiB at most
       const DEADLINE = Date.now() + 6000;
       let sent = 0;
       while (sent < MAX_FRAMES && Date.now() < DEADLINE) {
-        if (flood.ws.bufferedAmount > 512 * 1024) {
+        if (flood.ws.bufferedAmount > 256 * 1024 || sent - watcherFrames.length >= WINDOW) {
           await new Promise((r) => setImmediate(r));
           continue;
         }
