@@ -126,6 +126,8 @@ describe('GET /v1/rtc at scale', () => {
             keep: false,
             onMessage: (m) => {
               if (m.type === 'data') received.get(id).push(m);
+              if (m.type === 'participant_joined') (ws.pj ??= new Set()).add(m.participant.identity);
+              if (m.type === 'joined') ws.jp = new Set(m.participants.map((x) => x.identity));
             },
           });
           ws.identity = id;
@@ -144,9 +146,17 @@ describe('GET /v1/rtc at scale', () => {
       for (const ws of clients) assert.equal(ws.counts.joined, 1, ws.identity);
       const r0 = await api(srv, 'GET', `/v1/rooms/${name}`);
       assert.equal(r0.json.num_participants, N, r0.text);
-      // Presence reaches everyone: the first participant is told about the 999 others.
-      await waitFor(() => clients[0].counts.participant_joined === N - 1,
-        { timeoutMs: 60000, what: `999 participant_joined at p0000 (has ${clients[0].counts.participant_joined})` });
+      // Presence reaches everyone exactly once: each participant learns of the 999 others,
+      // from its joined message (those there before it) or a participant_joined (later ones).
+      const others = (ws) => (ws.pj?.size ?? 0) + ws.jp.size;
+      await waitFor(() => clients.every((ws) => others(ws) === N - 1),
+        { timeoutMs: 60000, intervalMs: 100, what: `every one to know 999 others (p0000: ${others(clients[0])})` });
+      await sleep(300);
+      for (const ws of clients) {
+        assert.equal(ws.jp.size + (ws.counts.participant_joined ?? 0), N - 1, `${ws.identity}: a participant announced twice`);
+        for (const x of ws.jp) assert.ok(!ws.pj?.has(x), `${ws.identity}: ${x} both in joined and participant_joined`);
+        assert.ok(!ws.pj?.has(ws.identity) && !ws.jp.has(ws.identity), `${ws.identity} announced to itself`);
+      }
 
       // A data message from one participant reaches the 999 others exactly once.
       const sender = clients[17];
