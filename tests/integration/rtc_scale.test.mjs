@@ -228,7 +228,8 @@ describe('GET /v1/rtc at scale', () => {
       // Flood 16 KiB frames, each with its sequence number in its first 4 bytes. The flooder
       // stays at most WINDOW frames (512 KiB, half of ws.max_send_queue) ahead of the watcher:
       // the watcher reads in this same process, and a flood faster than it can read would
-      // (rightly) get the watcher closed as too slow as well. The paused one gets everything.
+      // (rightly) get the watcher closed as too slow as well. The paused one is sent everything
+      // until the server gives up on it.
       const WINDOW = 32;
       // As soon as the server gives up on the slow one (its 4008 counter moves), it reads
       // again: well within SB_WS_CLOSE_TIMEOUT_MS (5 s) of the Close the server queued behind
@@ -312,6 +313,10 @@ describe('GET /v1/rtc at scale', () => {
       assert.ok(c, 'the slow connection was not closed');
       process.stderr.write(`# slow reader: 4008 counted ${resumedAt - floodStart} ms into the flood (resumed then), participant_left after ${leftAt - floodStart} ms; ${slow.ws.counts.binary ?? 0} frames, then closed with ${c.code} ${c.reason}\n`);
       assert.equal(c.code, 4008, `close code ${c.code} ${c.reason}`);
+      // What it did get is the start of the flood, in order (later frames were dropped).
+      const slowFrames = slow.ws.queue.filter((m) => m.binary).map((m) => m.binary.readUInt32BE(prefix.length));
+      assert.ok(slowFrames.length > 0);
+      assert.deepEqual(slowFrames, slowFrames.map((_, i) => i));
 
       assert.equal(flood.ws.readyState, WebSocket.OPEN);
       assert.equal(watcher.ws.readyState, WebSocket.OPEN);
