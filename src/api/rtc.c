@@ -426,10 +426,10 @@ static void on_participant_joined(void *ud, const sb_live_room *room, const sb_l
 {
     hook_job *j = hook_new(J_JOINED, room);
     if (j) {
-        const sb_rtc_claims *c = sb_live_participant_claims(p);
+        const sb_live_claims *c = sb_live_participant_claims(p);
         memcpy(j->identity, c->identity, sizeof j->identity);
         memcpy(j->name, c->name, sizeof j->name);
-        memcpy(j->metadata, c->metadata, sizeof j->metadata);
+        snprintf(j->metadata, sizeof j->metadata, "%s", c->metadata);
         j->joined_at = sb_live_participant_joined_at(p);
     }
     hook_submit(ud, j);
@@ -780,7 +780,7 @@ static void call_home(sb_loop *loop, void *arg)
         bool found = false;
         for (size_t b = 0; b < RTC_BUCKETS && !found; b++)
             for (rtc_member *m = lp->members[b]; m && !found; m = m->next) {
-                const sb_rtc_claims *cl = m->p ? sb_live_participant_claims(m->p) : NULL;
+                const sb_live_claims *cl = m->p ? sb_live_participant_claims(m->p) : NULL;
                 if (cl && strcmp(cl->project_id, c->project_id) == 0 &&
                     strcmp(cl->room, c->room) == 0 && strcmp(cl->identity, c->identity) == 0) {
                     grants = cl->grants;

@@ -11,7 +11,7 @@
  * Messages are serialized once into a buffer and the same bytes go to every target; the
  * adapter copies them. Nothing here keeps memory per message: the buffers are freed before
  * returning. Tables and the heap grow with participants and rooms only; a participant is
- * its claims (about 4.7 KB, most of it the bounded metadata) plus a few pointers.
+ * its claims (about 600 bytes; metadata on the heap, sized to fit) plus a few pointers.
  *
  * Grant `subscribe` gates payloads (data and binary), not presence: a participant that only
  * publishes, such as a bot or a sensor, still needs to know who is in the room to address
@@ -157,7 +157,8 @@ struct sb_live_participant {
     uint64_t mark; /* the last targeted send that reached it (duplicates in `to`) */
     int64_t joined_at;
     char session_id[SB_ID_MAX]; /* kept here so the object reads the same once detached */
-    sb_rtc_claims claims;
+    sb_live_claims claims;
+    char *metadata; /* claims.metadata when not empty; freed with the participant */
 };
 
 struct sb_live_room {
@@ -676,6 +677,33 @@ static int session_start(sb_live_rooms *rs, sb_live_room *r)
     return 0;
 }
 
+static int set_claims(sb_live_participant *p, const sb_rtc_claims *c)
+{
+    sb_live_claims *l = &p->claims;
+    memcpy(l->project_id, c->project_id, sizeof l->project_id);
+    memcpy(l->room, c->room, sizeof l->room);
+    memcpy(l->identity, c->identity, sizeof l->identity);
+    memcpy(l->jti, c->jti, sizeof l->jti);
+    memcpy(l->name, c->name, sizeof l->name);
+    l->grants = c->grants;
+    l->exp = c->exp;
+    l->metadata = "";
+    if (c->metadata[0]) {
+        if (!(p->metadata = sb_strdup(c->metadata)))
+            return SB_ENOMEM;
+        l->metadata = p->metadata;
+    }
+    return 0;
+}
+
+static void participant_free(sb_live_participant *p)
+{
+    if (!p)
+        return;
+    sb_free(p->metadata);
+    sb_free(p);
+}
+
 int sb_live_join(sb_live_rooms *rs, const sb_rtc_claims *claims,
                  const sb_live_room_settings *settings, void *conn, const sb_live_conn_ops *ops,
                  int64_t now_ms, sb_live_participant **out, int *close_code)
@@ -717,7 +745,10 @@ int sb_live_join(sb_live_rooms *rs, const sb_rtc_claims *claims,
         rc = SB_ENOMEM;
         goto fail;
     }
-    p->claims = *claims;
+    if (set_claims(p, claims) != 0) {
+        rc = SB_ENOMEM;
+        goto fail;
+    }
     p->conn = conn;
     p->ops = ops;
     p->joined_at = now_ms;
@@ -787,7 +818,7 @@ fail:
     msg_free(&gone);
     msg_free(&hello);
     msg_free(&joined);
-    sb_free(p);
+    participant_free(p);
     if (created)
         room_free(r);
     else if (r)
@@ -801,7 +832,7 @@ void sb_live_leave(sb_live_rooms *rs, sb_live_participant *p, const char *reason
         return;
     if (p->room)
         depart(rs, p, reason ? reason : "left", true, NULL);
-    sb_free(p);
+    participant_free(p);
 }
 
 /* ---- Messages from participants and the server --------------------------------------- */
@@ -951,12 +982,16 @@ int sb_live_update_participant(sb_live_rooms *rs, const char *project_id, const 
         return SB_EINVAL;
     /* Applied first so that the messages show the new state; undone if they cannot be
      * built. Grants take effect for the very next frame. */
-    char old_metadata[sizeof p->claims.metadata];
+    char *old_heap = p->metadata, *new_heap = NULL;
+    const char *old_metadata = p->claims.metadata;
     unsigned old_grants = p->claims.grants;
     bool was_visible = is_visible(p);
-    memcpy(old_metadata, p->claims.metadata, sizeof old_metadata);
-    if (metadata)
-        copy_str(p->claims.metadata, sizeof p->claims.metadata, metadata);
+    if (metadata && *metadata && !(new_heap = sb_strdup(metadata)))
+        return SB_ENOMEM;
+    if (metadata) {
+        p->metadata = new_heap;
+        p->claims.metadata = new_heap ? new_heap : "";
+    }
     if (grants)
         p->claims.grants = *grants;
     bool now_visible = is_visible(p);
@@ -970,10 +1005,14 @@ int sb_live_update_participant(sb_live_rooms *rs, const char *project_id, const 
         build_with_participant(&others, "participant_joined", p);
     rc = self.err ? self.err : others.err;
     if (rc) {
-        memcpy(p->claims.metadata, old_metadata, sizeof old_metadata);
+        p->metadata = old_heap;
+        p->claims.metadata = old_metadata;
         p->claims.grants = old_grants;
+        sb_free(new_heap);
         goto out;
     }
+    if (metadata)
+        sb_free(old_heap);
 
     sb_live_room *r = p->room;
     if (was_visible && !now_visible)
@@ -1082,7 +1121,7 @@ size_t sb_live_room_count(const sb_live_room *r)
     return r->count;
 }
 
-const sb_rtc_claims *sb_live_participant_claims(const sb_live_participant *p)
+const sb_live_claims *sb_live_participant_claims(const sb_live_participant *p)
 {
     return &p->claims;
 }

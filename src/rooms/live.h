@@ -183,7 +183,19 @@ const char *sb_live_room_project(const sb_live_room *r);
 const char *sb_live_room_name(const sb_live_room *r);
 const char *sb_live_room_session(const sb_live_room *r);
 size_t sb_live_room_count(const sb_live_room *r); /* connected participants, hidden included */
-const sb_rtc_claims *sb_live_participant_claims(const sb_live_participant *p);
+/* A participant's claims as the room keeps them: the token's claims, with the metadata on
+ * the heap sized to fit instead of a 4 KiB buffer (an idle participant should cost little). */
+typedef struct sb_live_claims {
+    char project_id[SB_ID_MAX];
+    char room[129];
+    char identity[129];
+    char jti[SB_ID_MAX];
+    char name[257];
+    const char *metadata; /* never NULL ("" when none); owned by the participant */
+    unsigned grants;
+    int64_t exp;
+} sb_live_claims;
+const sb_live_claims *sb_live_participant_claims(const sb_live_participant *p);
 int64_t sb_live_participant_joined_at(const sb_live_participant *p);
 /* The participant object of API.md: {identity, name, metadata, grants, joined_at,
  * session_id}; name and metadata are null when empty. NULL when memory ran out. */
