@@ -521,7 +521,7 @@ static void h1_on_close(sb_conn *c)
     req_release(c->loop, r);
 }
 
-static void append_status_line(sb_buf *o, int status)
+static void head_begin(sb_buf *o, int status, sb_loop *loop)
 {
     char line[16] = "HTTP/1.1 000 ";
     line[9] = (char)('0' + status / 100 % 10);
@@ -530,6 +530,22 @@ static void append_status_line(sb_buf *o, int status)
     sb_buf_append(o, line, 13);
     sb_buf_append_str(o, sb_http_reason(status));
     sb_buf_append(o, "\r\n", 2);
+    sb_buf_append_str(o, "Date: ");
+    sb_buf_append_str(o, sb_loop_date(loop));
+}
+
+/* The end of every response head: the request id, the handler's headers, the blank line. */
+static int head_end(sb_buf *o, const sb_req *req)
+{
+    sb_buf_append_str(o, "\r\nX-Request-Id: ");
+    sb_buf_append(o, req->request_id, req->request_id_len);
+    for (int i = 0; i < req->num_resp_headers; i++) {
+        sb_buf_append(o, "\r\n", 2);
+        sb_buf_append(o, req->resp_headers[i].name.base, req->resp_headers[i].name.len);
+        sb_buf_append(o, ": ", 2);
+        sb_buf_append(o, req->resp_headers[i].value.base, req->resp_headers[i].value.len);
+    }
+    return sb_buf_append(o, "\r\n\r\n", 4);
 }
 
 static void access_log(sb_h1_req *r, int status, size_t bytes, uint64_t dur_ns)
@@ -585,9 +601,7 @@ static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, siz
 
     sb_buf *o = sb_conn_write_begin(c);
     size_t before = o->len;
-    append_status_line(o, status);
-    sb_buf_append_str(o, "Date: ");
-    sb_buf_append_str(o, sb_loop_date(loop));
+    head_begin(o, status, loop);
     if (ctype.len) {
         sb_buf_append_str(o, "\r\nContent-Type: ");
         sb_buf_append(o, ctype.base, ctype.len);
@@ -596,19 +610,11 @@ static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, siz
         sb_buf_append_str(o, "\r\nContent-Length: ");
         sb_buf_append_u64(o, len);
     }
-    sb_buf_append_str(o, "\r\nX-Request-Id: ");
-    sb_buf_append(o, req->request_id, req->request_id_len);
     if (close)
         sb_buf_append_str(o, "\r\nConnection: close");
     else if (r->parsed.minor_version == 0)
         sb_buf_append_str(o, "\r\nConnection: keep-alive");
-    for (int i = 0; i < req->num_resp_headers; i++) {
-        sb_buf_append(o, "\r\n", 2);
-        sb_buf_append(o, req->resp_headers[i].name.base, req->resp_headers[i].name.len);
-        sb_buf_append(o, ": ", 2);
-        sb_buf_append(o, req->resp_headers[i].value.base, req->resp_headers[i].value.len);
-    }
-    int rc = sb_buf_append(o, "\r\n\r\n", 4);
+    int rc = head_end(o, req);
     if (!no_body && !req->head && len)
         rc = rc ? rc : sb_buf_append(o, body, len);
     size_t bytes = o->len - before;
@@ -660,18 +666,8 @@ int sb_h1_upgrade(sb_req *req, const sb_proto *proto, void *state, sb_conn **out
 
     sb_buf *o = sb_conn_write_begin(c);
     size_t before = o->len;
-    append_status_line(o, 101);
-    sb_buf_append_str(o, "Date: ");
-    sb_buf_append_str(o, sb_loop_date(loop));
-    sb_buf_append_str(o, "\r\nX-Request-Id: ");
-    sb_buf_append(o, req->request_id, req->request_id_len);
-    for (int i = 0; i < req->num_resp_headers; i++) {
-        sb_buf_append(o, "\r\n", 2);
-        sb_buf_append(o, req->resp_headers[i].name.base, req->resp_headers[i].name.len);
-        sb_buf_append(o, ": ", 2);
-        sb_buf_append(o, req->resp_headers[i].value.base, req->resp_headers[i].value.len);
-    }
-    int rc = sb_buf_append(o, "\r\n\r\n", 4);
+    head_begin(o, 101, loop);
+    int rc = head_end(o, req);
     size_t bytes = o->len - before;
     if (rc || sb_conn_write_end(c) != 0) {
         sb_buf_reset(&loop->staging);
@@ -726,25 +722,15 @@ static int h1_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
 
     sb_buf *o = sb_conn_write_begin(c);
     size_t before = o->len;
-    append_status_line(o, status);
-    sb_buf_append_str(o, "Date: ");
-    sb_buf_append_str(o, sb_loop_date(loop));
+    head_begin(o, status, loop);
     if (ctype.len) {
         sb_buf_append_str(o, "\r\nContent-Type: ");
         sb_buf_append(o, ctype.base, ctype.len);
     }
     if (r->chunked)
         sb_buf_append_str(o, "\r\nTransfer-Encoding: chunked");
-    sb_buf_append_str(o, "\r\nX-Request-Id: ");
-    sb_buf_append(o, req->request_id, req->request_id_len);
     sb_buf_append_str(o, "\r\nConnection: close"); /* the stream is the connection's last use */
-    for (int i = 0; i < req->num_resp_headers; i++) {
-        sb_buf_append(o, "\r\n", 2);
-        sb_buf_append(o, req->resp_headers[i].name.base, req->resp_headers[i].name.len);
-        sb_buf_append(o, ": ", 2);
-        sb_buf_append(o, req->resp_headers[i].value.base, req->resp_headers[i].value.len);
-    }
-    int rc = sb_buf_append(o, "\r\n\r\n", 4);
+    int rc = head_end(o, req);
     size_t bytes = o->len - before;
     if (rc || sb_conn_write_end(c) != 0) {
         sb_buf_reset(&loop->staging);
