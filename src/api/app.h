@@ -148,6 +148,16 @@ void sb_app_cache_put(sb_app *app, sb_req *req, const char *key, size_t keylen, 
 uint64_t sb_app_cache_generation(void);
 void sb_app_cache_bump(void);
 
+/*
+ * Ends an active session inside a store job: sets ended_at/end_reason, closes the open
+ * participant rows with participant_reason, and emits session.ended — the one place a
+ * session ends, whoever ends it (API, room close, the real-time tick). Returns 1 when it
+ * ended the session, 0 when it had already ended (nothing written), or a negative error.
+ */
+int sb_app_session_end(sqlite3 *db, const char *project_id, const char *session_id,
+                       const char *room, const char *reason, const char *participant_reason,
+                       int64_t now_ms);
+
 /* Room names: ^[A-Za-z0-9_-]{1,128}$ (rest_rooms.c). */
 bool sb_room_name_valid(const char *s, size_t n);
 

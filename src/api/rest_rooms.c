@@ -417,34 +417,9 @@ static int room_close_run(sqlite3 *db, void *arg)
         snprintf(session, sizeof session, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_reset(st);
     int rc;
-    if (session[0]) {
-        st = sb_store_stmt(db, "UPDATE sessions SET ended_at = ?1, end_reason = 'room_closed' "
-                               "WHERE id = ?2");
-        if (!st)
-            return SB_EIO;
-        sqlite3_bind_int64(st, 1, now);
-        sqlite3_bind_text(st, 2, session, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        if ((rc = sb_store_errno(rc)) != 0)
-            return rc;
-        st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = "
-                               "'room_closed' WHERE session_id = ?2 AND left_at IS NULL");
-        if (!st)
-            return SB_EIO;
-        sqlite3_bind_int64(st, 1, now);
-        sqlite3_bind_text(st, 2, session, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        if ((rc = sb_store_errno(rc)) != 0)
-            return rc;
-        rc = sb_event_emit(db, w->who.project_id, "session.ended", w->name,
-                           json_pack("{s:s,s:s,s:s}", "session_id", session, "room", w->name,
-                                     "reason", "room_closed"),
-                           NULL);
-        if (rc)
-            return rc;
-    }
+    if (session[0] && (rc = sb_app_session_end(db, w->who.project_id, session, w->name,
+                                               "room_closed", "room_closed", now)) < 0)
+        return rc;
     st = sb_store_stmt(db, "UPDATE rooms SET status = 'closed', closed_at = ?1, updated_at = ?1 "
                            "WHERE project_id = ?2 AND name = ?3 AND status = 'open'");
     if (!st)

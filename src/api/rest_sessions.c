@@ -284,6 +284,56 @@ typedef struct session_end {
     json_t *result;
 } session_end;
 
+static int exec_end(sqlite3 *db, const char *sql, int64_t now, const char *reason,
+                    const char *session)
+{
+    sqlite3_stmt *st = sb_store_stmt(db, sql);
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, session, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
+int sb_app_session_end(sqlite3 *db, const char *project_id, const char *session_id,
+                       const char *room, const char *reason, const char *participant_reason,
+                       int64_t now_ms)
+{
+    /* The room name for the event, when the caller does not have it at hand. */
+    char name[129] = "";
+    if (!room) {
+        sqlite3_stmt *st = sb_store_stmt(db, "SELECT room_name FROM sessions WHERE id = ?1");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, session_id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_reset(st);
+        room = name;
+    }
+    int rc = exec_end(db,
+                      "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3 AND "
+                      "ended_at IS NULL",
+                      now_ms, reason, session_id);
+    if (rc)
+        return rc;
+    if (sqlite3_changes(db) == 0)
+        return 0;
+    rc = exec_end(db,
+                  "UPDATE session_participants SET left_at = ?1, leave_reason = ?2 WHERE "
+                  "session_id = ?3 AND left_at IS NULL",
+                  now_ms, participant_reason, session_id);
+    rc = rc ? rc
+            : sb_event_emit(db, project_id, "session.ended", room,
+                            json_pack("{s:s,s:s,s:s}", "session_id", session_id, "room", room,
+                                      "reason", reason),
+                            NULL);
+    return rc ? rc : 1;
+}
+
 static int session_end_run(sqlite3 *db, void *arg)
 {
     session_end *e = arg;
@@ -303,40 +353,16 @@ static int session_end_run(sqlite3 *db, void *arg)
     if (ended)
         return END_ALREADY;
 
-    int64_t now = sb_time_ms();
-    st = sb_store_stmt(db, "UPDATE sessions SET ended_at = ?1, end_reason = 'ended_by_api' "
-                           "WHERE id = ?2 AND project_id = ?3 AND ended_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_text(st, 2, e->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, e->who.project_id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0)
+    rc = sb_app_session_end(db, e->who.project_id, e->id, NULL, "ended_by_api", "session_ended",
+                            sb_time_ms());
+    if (rc < 0)
         return rc;
-    /* The session id was checked against the project above, in this same transaction. */
-    st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = "
-                           "'session_ended' WHERE session_id = ?2 AND left_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_text(st, 2, e->id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0)
-        return rc;
+    if (rc == 0)
+        return END_ALREADY;
     rc = sb_app_audit(db, &e->who, e->req->request_id, "session.end", "session", e->id);
     rc = rc ? rc : session_read(db, e->who.project_id, e->id, strlen(e->id), &e->result);
     if (rc == 0 && !e->result)
         rc = SB_EIO; /* we just updated it */
-    if (rc == 0) {
-        const char *room = json_string_value(json_object_get(e->result, "room"));
-        rc = sb_event_emit(db, e->who.project_id, "session.ended", room,
-                           json_pack("{s:s,s:s?,s:s}", "session_id", e->id, "room", room, "reason",
-                                     "ended_by_api"),
-                           NULL);
-    }
     return rc ? rc : END_DONE;
 }
 

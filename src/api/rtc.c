@@ -340,28 +340,10 @@ static int hook_run(sqlite3 *db, void *arg)
                       j->identity, "reason", j->reason),
             NULL);
     case J_SESSION_END:
-        st = sb_store_stmt(db, "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3 "
-                               "AND ended_at IS NULL");
-        if (!st)
-            return SB_EIO;
-        sqlite3_bind_int64(st, 1, j->at);
-        sqlite3_bind_text(st, 2, j->reason, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, j->session, -1, SQLITE_STATIC);
-        if ((rc = step(st)) != 0 || sqlite3_changes(db) == 0)
-            return rc; /* already ended through the API: its event exists */
-        st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = ?2 "
-                               "WHERE session_id = ?3 AND left_at IS NULL");
-        if (!st)
-            return SB_EIO;
-        sqlite3_bind_int64(st, 1, j->at);
-        sqlite3_bind_text(st, 2, j->reason, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, j->session, -1, SQLITE_STATIC);
-        if ((rc = step(st)) != 0)
-            return rc;
-        return sb_event_emit(db, j->project_id, "session.ended", j->room,
-                             json_pack("{s:s,s:s,s:s}", "session_id", j->session, "room", j->room,
-                                       "reason", j->reason),
-                             NULL);
+        /* 0: already ended through the API, whose event exists. */
+        rc =
+            sb_app_session_end(db, j->project_id, j->session, j->room, j->reason, j->reason, j->at);
+        return rc < 0 ? rc : 0;
     }
     return SB_EINVAL;
 }
