@@ -54,6 +54,14 @@ void sb_resp_stream_end(sb_req *req)
         req->ops->stream_end(req);
 }
 
+void sb_resp_stream_end_trailers(sb_req *req, const sb_http_header *trailers, size_t n)
+{
+    if (req->ops->stream_end_trailers)
+        req->ops->stream_end_trailers(req, trailers, n);
+    else
+        sb_resp_stream_end(req);
+}
+
 void sb_req_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
 {
     if (req->ops->on_abort)

@@ -37,6 +37,8 @@ typedef struct sb_req_ops {
                         sb_str heartbeat);
     int (*stream_write)(sb_req *req, const void *data, size_t len);
     void (*stream_end)(sb_req *req);
+    /* Optional (NULL: no trailers; HTTP/2 has them): ends a stream with trailer fields. */
+    void (*stream_end_trailers)(sb_req *req, const sb_http_header *trailers, size_t n);
     void (*on_abort)(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 } sb_req_ops;
 
@@ -122,6 +124,12 @@ int sb_resp_stream_begin(sb_req *req, int status, const char *content_type, int6
                          const char *heartbeat);
 int sb_resp_stream_write(sb_req *req, const void *data, size_t len);
 void sb_resp_stream_end(sb_req *req);
+/*
+ * Like sb_resp_stream_end, but ends the body with trailer fields (gRPC's grpc-status).
+ * Names and values are sent as given (lower-case names for HTTP/2). An adapter without
+ * trailers (HTTP/1.1 today) ends the stream as sb_resp_stream_end does.
+ */
+void sb_resp_stream_end_trailers(sb_req *req, const sb_http_header *trailers, size_t n);
 void sb_req_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 
 /* The standard reason phrase for a status code ("Not Found"), or "Unknown". */
