@@ -13,6 +13,7 @@
 
 #include "api/rtc.h"
 #include "api/rtc_token.h"
+#include "auth/revocations.h"
 #include "auth/scopes.h"
 #include "guard/ipallow.h"
 #include "guard/ratelimit.h"
@@ -86,7 +87,47 @@ struct sb_app {
     sb_ratelimit *rl;
     pthread_mutex_t rl_lock;
     sb_rtc *rtc;
+    sb_revocations *revoked; /* participant tokens' jti */
 };
+
+bool sb_app_token_revoked(sb_app *app, const char *project_id, const char *jti)
+{
+    return sb_revocations_has(app->revoked, project_id, jti, sb_time_ms());
+}
+
+int sb_app_revoke_token(sb_app *app, const char *project_id, const char *jti, int64_t until_ms)
+{
+    return sb_revocations_add(app->revoked, project_id, jti, until_ms, sb_time_ms());
+}
+
+/* Revocations still in force, from the database into memory (at start). */
+static int load_revocations(sqlite3 *db, void *arg)
+{
+    sb_app *app = arg;
+    int64_t now = sb_time_ms();
+    sqlite3_stmt *st = sb_store_stmt(db, "DELETE FROM revoked_tokens WHERE until_at <= ?1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, now);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (rc)
+        return rc;
+    st = sb_store_stmt(db, "SELECT project_id, jti, until_at FROM revoked_tokens");
+    if (!st)
+        return SB_EIO;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int r = sb_revocations_add(app->revoked, (const char *)sqlite3_column_text(st, 0),
+                                   (const char *)sqlite3_column_text(st, 1),
+                                   sqlite3_column_int64(st, 2), now);
+        if (r) {
+            sqlite3_reset(st);
+            return r;
+        }
+    }
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
 
 sb_rtc *sb__app_rtc(const sb_app *app)
 {
@@ -898,6 +939,11 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         OPENSSL_cleanse(b.pem, b.pem_len);
         sb_free(b.pem);
     }
+    if ((rc = sb_revocations_new(&app->revoked)) != 0 ||
+        (rc = sb_store_run_sync(app->store, load_revocations, app)) < 0) {
+        snprintf(err, errlen, "cannot load revoked tokens: %s", sb_strerror(rc));
+        goto fail;
+    }
     if ((rc = sb_rtc_new(&app->rtc, app, server, nloops)) != 0)
         goto fail;
     sb_free(dbpath);
@@ -920,6 +966,7 @@ void sb_app_free(sb_app *app)
     if (!app)
         return;
     sb_rtc_free(app->rtc); /* its last hooks still write */
+    sb_revocations_free(app->revoked);
     sb_store_close(app->store);
     sb_jose_key_free(app->token_key);
     free(app->jwks_json); /* jansson's allocation */

@@ -79,6 +79,11 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
 /* Drops cached credentials of key_id on every loop (after a revoke is committed). */
 void sb_app_forget_key(sb_app *app, const char *key_id);
 
+/* Participant tokens revoked by id (DELETE /v1/tokens/{jti}): checked on every join. An
+ * empty jti is never revoked. Revoking returns 0, SB_ENOMEM or SB_EAGAIN (the set is full). */
+bool sb_app_token_revoked(sb_app *app, const char *project_id, const char *jti);
+int sb_app_revoke_token(sb_app *app, const char *project_id, const char *jti, int64_t until_ms);
+
 /* The shared signing keys. */
 const sb_jose_key *sb_app_token_key(const sb_app *app);
 const char *sb_app_jwks_json(const sb_app *app, size_t *len);

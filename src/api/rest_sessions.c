@@ -431,20 +431,124 @@ static void sessions_end(sb_req *req, void *ud)
 
 /* ---- GET /v1/rooms/{name}/participants[/{identity}] -------------------------------- */
 
-static void participants_list(sb_req *req, void *ud)
-{
-    sb_app *app = ud;
-    sb_auth who;
+/* The live participants come from the room's home loop, so a join or leave shows at once
+ * (the session rows are written a moment later). Pages are ordered by (joined_at, identity);
+ * the cursor holds the last pair (identity cut to the cursor's size: only ties within the
+ * same millisecond between identities sharing that prefix could repeat). */
+typedef struct live_read {
+    sb_req *req;
     sb_page pg;
-    int64_t after_rowid;
-    if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who) || !sb_app_page(req, &pg) ||
-        !rowid_cursor(req, &pg, &after_rowid))
+    bool one; /* GET …/{identity} */
+    sb_rtc_call call;
+} live_read;
+
+typedef struct live_row {
+    int64_t ms;
+    const char *identity;
+    json_t *v;
+} live_row;
+
+static int live_row_cmp(const void *a, const void *b)
+{
+    const live_row *x = a, *y = b;
+    if (x->ms != y->ms)
+        return x->ms < y->ms ? -1 : 1;
+    return strcmp(x->identity, y->identity);
+}
+
+static void live_read_done(sb_rtc_call *c)
+{
+    live_read *lr = c->arg;
+    sb_req *req = lr->req;
+    json_t *list = c->json; /* NULL: nobody is connected */
+    if (c->result != 0 && c->result != SB_ENOENT) {
+        json_decref(list);
+        sb_app_internal_error(req, "listing participants", c->result);
+        return;
+    }
+    if (lr->one) {
+        json_t *found = NULL;
+        size_t i;
+        json_t *v;
+        json_array_foreach(list, i, v)
+        {
+            if (strcmp(json_string_value(json_object_get(v, "identity")) ?: "", c->identity) == 0)
+                found = json_incref(v);
+        }
+        json_decref(list);
+        if (!found)
+            sb_resp_problem(req, 404, "not-found", NO_PARTICIPANT);
+        else
+            sb_app_send_json(req, 200, found);
+        return;
+    }
+    size_t n = list ? json_array_size(list) : 0;
+    live_row *rows = n ? sb_arena_alloc(&req->arena, n * sizeof *rows) : NULL;
+    if (n && !rows) {
+        json_decref(list);
+        sb_app_internal_error(req, "listing participants", SB_ENOMEM);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(list, i);
+        rows[i].v = v;
+        rows[i].identity = json_string_value(json_object_get(v, "identity")) ?: "";
+        rows[i].ms = 0;
+        sb_time_parse_rfc3339(json_string_value(json_object_get(v, "joined_at")) ?: "",
+                              &rows[i].ms);
+    }
+    if (n)
+        qsort(rows, n, sizeof *rows, live_row_cmp);
+    json_t *data = json_array();
+    int64_t last_ms = 0;
+    const char *last_id = "";
+    bool more = false;
+    for (size_t i = 0; i < n && data; i++) {
+        if (lr->pg.has_cursor &&
+            (rows[i].ms < lr->pg.after_ms ||
+             (rows[i].ms == lr->pg.after_ms &&
+              strncmp(rows[i].identity, lr->pg.after_id, sizeof lr->pg.after_id - 1) <= 0)))
+            continue;
+        if ((int)json_array_size(data) == lr->pg.limit) {
+            more = true;
+            break;
+        }
+        json_array_append(data, rows[i].v);
+        last_ms = rows[i].ms;
+        last_id = rows[i].identity;
+    }
+    json_t *resp = data ? json_pack("{s:o}", "data", data) : NULL;
+    char cut[SB_ID_MAX];
+    snprintf(cut, sizeof cut, "%s", last_id);
+    if (!resp || sb_app_page_next(resp, more, last_ms, cut) != 0) {
+        json_decref(resp);
+        json_decref(list);
+        sb_app_internal_error(req, "listing participants", SB_ENOMEM);
+        return;
+    }
+    json_decref(list);
+    sb_app_send_json(req, 200, resp);
+}
+
+static void live_read_start(sb_app *app, sb_req *req, bool one)
+{
+    sb_auth who;
+    live_read *lr = NULL;
+    if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who))
+        return;
+    if (!(lr = sb_arena_alloc(&req->arena, sizeof *lr))) {
+        sb_app_internal_error(req, "listing participants", SB_ENOMEM);
+        return;
+    }
+    memset(lr, 0, sizeof *lr);
+    lr->req = req;
+    lr->one = one;
+    if (!one && !sb_app_page(req, &lr->pg))
         return;
     sb_str name = req->params[0];
-    sqlite3 *db = sb_app_reader(app, req);
     bool open = false;
     int rc = sb_room_name_valid(name.base, name.len)
-                 ? room_open(db, who.project_id, name.base, name.len, &open)
+                 ? room_open(sb_app_reader(app, req), who.project_id, name.base, name.len, &open)
                  : 0;
     if (rc) {
         sb_app_internal_error(req, "reading a room", rc);
@@ -454,43 +558,30 @@ static void participants_list(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", NO_ROOM);
         return;
     }
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "SELECT " LIVE_COLS LIVE_FROM " AND (?3 = 0 OR p.joined_at > ?4 OR (p.joined_at = "
-            "?4 AND p.rowid > ?5)) ORDER BY p.joined_at, p.rowid LIMIT ?6");
-    if (!st) {
-        sb_app_internal_error(req, "listing participants", SB_EIO);
-        return;
+    if (one) {
+        sb_str identity = req->params[1];
+        if (!identity_valid(identity.base, identity.len)) {
+            sb_resp_problem(req, 404, "not-found", NO_PARTICIPANT);
+            return;
+        }
+        memcpy(lr->call.identity, identity.base, identity.len);
     }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, name.base, (int)name.len, SQLITE_STATIC);
-    sqlite3_bind_int(st, 3, pg.has_cursor);
-    sqlite3_bind_int64(st, 4, pg.after_ms);
-    sqlite3_bind_int64(st, 5, after_rowid);
-    sqlite3_bind_int(st, 6, pg.limit + 1);
-    sb_app_send_page(req, st, &pg, participant_json, 4, 0, "listing participants");
+    lr->call.kind = SB_RTC_LIST;
+    snprintf(lr->call.project_id, sizeof lr->call.project_id, "%s", who.project_id);
+    memcpy(lr->call.room, name.base, name.len);
+    lr->call.done = live_read_done;
+    lr->call.arg = lr;
+    sb_rtc_run(app, req, &lr->call);
+}
+
+static void participants_list(sb_req *req, void *ud)
+{
+    live_read_start(ud, req, false);
 }
 
 static void participants_get(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who))
-        return;
-    sb_str name = req->params[0], identity = req->params[1];
-    json_t *p = NULL;
-    int rc = 0;
-    if (sb_room_name_valid(name.base, name.len) && identity_valid(identity.base, identity.len))
-        rc = participant_read(sb_app_reader(app, req), who.project_id, name.base, name.len,
-                              identity.base, identity.len, &p);
-    if (rc) {
-        sb_app_internal_error(req, "reading a participant", rc);
-        return;
-    }
-    if (!p) {
-        sb_resp_problem(req, 404, "not-found", NO_PARTICIPANT);
-        return;
-    }
-    sb_app_send_json(req, 200, p);
+    live_read_start(ud, req, true);
 }
 
 /* ---- PATCH, DELETE /v1/rooms/{name}/participants/{identity} ------------------------ */

@@ -1,7 +1,9 @@
 /* Participant tokens (API.md "Participant tokens"). */
 #include <stdio.h>
+#include <string.h>
 
 #include "api/app.h"
+#include "api/rtc.h"
 #include "auth/scopes.h"
 #include "core/json.h"
 #include "switchboard/error.h"
@@ -123,7 +125,90 @@ invalid:
     sb_resp_problem(req, 400, "invalid-request", why);
 }
 
+/* ---- DELETE /v1/tokens/{jti} ------------------------------------------------------------
+ * Revokes a participant token by id: joins with it are refused (4001) from the 204 on, and
+ * participants connected with it are closed (4001). Kept for the longest a token can live,
+ * so it also covers tokens a backend minted itself with a signing secret. */
+
+typedef struct token_revoke {
+    sb_app *app;
+    sb_req *req;
+    sb_auth who;
+    char jti[SB_ID_MAX];
+    int64_t until_ms;
+} token_revoke;
+
+static int token_revoke_run(sqlite3 *db, void *arg)
+{
+    token_revoke *t = arg;
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "INSERT INTO revoked_tokens (project_id, jti, revoked_at, until_at) VALUES "
+            "(?1, ?2, ?3, ?4) ON CONFLICT (project_id, jti) DO UPDATE SET until_at = ?4");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, t->who.project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->jti, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, sb_time_ms());
+    sqlite3_bind_int64(st, 4, t->until_ms);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc ? rc : sb_app_audit(db, &t->who, t->req->request_id, "token.revoke", "token", t->jti);
+}
+
+static void token_revoke_done(void *arg, int rc)
+{
+    token_revoke *t = arg;
+    if (rc < 0) {
+        sb_app_internal_error(t->req, "revoking a token", rc);
+        return;
+    }
+    rc = sb_app_revoke_token(t->app, t->who.project_id, t->jti, t->until_ms);
+    if (rc == SB_EAGAIN) {
+        /* Stored, so the next start enforces it; this node cannot hold more right now. */
+        sb_resp_header(t->req, "Retry-After", SB_STR_LIT("60"));
+        sb_resp_problem(t->req, 503, "unavailable", "too many revoked tokens are in force");
+        return;
+    }
+    if (rc) {
+        sb_app_internal_error(t->req, "revoking a token", rc);
+        return;
+    }
+    sb_rtc_kick_token(t->app, t->who.project_id, t->jti);
+    sb_resp_send(t->req, 204, NULL, NULL, 0);
+}
+
+static void tokens_revoke(sb_req *req, void *ud)
+{
+    sb_app *app = ud;
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_TOKENS_WRITE, &who))
+        return;
+    sb_str jti = req->params[0];
+    if (jti.len == 0 || jti.len >= SB_ID_MAX) {
+        sb_resp_problem(req, 400, "invalid-request", "a token id (jti) is 1 to 63 bytes");
+        return;
+    }
+    for (size_t i = 0; i < jti.len; i++)
+        if ((unsigned char)jti.base[i] < 0x20 || jti.base[i] == 0x7f) {
+            sb_resp_problem(req, 400, "invalid-request", "a token id has no control characters");
+            return;
+        }
+    token_revoke *t = sb_arena_alloc(&req->arena, sizeof *t);
+    if (!t) {
+        sb_app_internal_error(req, "revoking a token", SB_ENOMEM);
+        return;
+    }
+    t->app = app;
+    t->req = req;
+    t->who = who;
+    memcpy(t->jti, jti.base, jti.len);
+    t->jti[jti.len] = '\0';
+    t->until_ms = sb_time_ms() + (int64_t)TTL_MAX * 1000 + 60000; /* + the verifier's leeway */
+    sb_app_submit(app, req, token_revoke_run, token_revoke_done, t);
+}
+
 int sb_api_tokens_register(sb_app *app, sb_router *r)
 {
-    return sb_router_add(r, "POST", "/v1/tokens", tokens_create, app);
+    int rc = sb_router_add(r, "POST", "/v1/tokens", tokens_create, app);
+    return rc ? rc : sb_router_add(r, "DELETE", "/v1/tokens/{jti}", tokens_revoke, app);
 }

@@ -15,27 +15,16 @@
 #include "rooms/live.h"
 #include "switchboard/error.h"
 
-#define RTC_BUCKETS   1024
 #define MAX_TOKEN     8192
 #define TICK_EVERY_MS 1000
 
 typedef struct rtc_loop rtc_loop;
 
-/* One WebSocket, on the loop that accepted it (its edge loop). */
-typedef struct rtc_edge {
-    struct rtc_edge *next; /* hash chain */
-    uint64_t id;
+/* One participant: its WebSocket, served by its room's home loop, and its place in the room. */
+typedef struct rtc_member {
+    struct rtc_member *prev, *next; /* the loop's members */
     sb_ws *ws;
     rtc_loop *lp;
-    int home;
-} rtc_edge;
-
-/* One participant, on its room's home loop: the sb_live_conn_ops conn. */
-typedef struct rtc_member {
-    struct rtc_member *next; /* hash chain */
-    uint64_t id;
-    rtc_loop *lp;
-    int edge;
     sb_live_participant *p;
 } rtc_member;
 
@@ -51,10 +40,8 @@ struct rtc_loop {
     sb_rtc *rtc;
     int index;
     sb_live_rooms *rooms;
-    rtc_edge *edges[RTC_BUCKETS];
-    rtc_member *members[RTC_BUCKETS];
+    rtc_member *members;
     rtc_ban *bans;
-    uint64_t seq;
     int64_t last_tick_ms;
 };
 
@@ -63,49 +50,16 @@ struct sb_rtc {
     sb_server *server;
     int nloops;
     rtc_loop *loops;
-    bool shutdown; /* every loop has stopped: hooks run synchronously, nothing is posted */
+    bool shutdown; /* every loop has stopped: hooks run synchronously */
 };
 
-/* ---- maps ------------------------------------------------------------------------------ */
-
-static size_t bucket(uint64_t id)
-{
-    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 54) % RTC_BUCKETS;
-}
-
-static rtc_edge *edge_find(rtc_loop *lp, uint64_t id)
-{
-    for (rtc_edge *e = lp->edges[bucket(id)]; e; e = e->next)
-        if (e->id == id)
-            return e;
-    return NULL;
-}
-
-static void edge_remove(rtc_loop *lp, rtc_edge *e)
-{
-    for (rtc_edge **pp = &lp->edges[bucket(e->id)]; *pp; pp = &(*pp)->next)
-        if (*pp == e) {
-            *pp = e->next;
-            return;
-        }
-}
-
-static rtc_member *member_find(rtc_loop *lp, uint64_t id)
-{
-    for (rtc_member *m = lp->members[bucket(id)]; m; m = m->next)
-        if (m->id == id)
-            return m;
-    return NULL;
-}
-
-static void member_remove(rtc_loop *lp, rtc_member *m)
-{
-    for (rtc_member **pp = &lp->members[bucket(m->id)]; *pp; pp = &(*pp)->next)
-        if (*pp == m) {
-            *pp = m->next;
-            return;
-        }
-}
+/* A join on its way to the room's home loop. */
+typedef struct rtc_join {
+    sb_rtc *rtc;
+    json_t *room_json;
+    uint32_t max_participants, empty_timeout;
+    sb_rtc_claims claims;
+} rtc_join;
 
 static int home_of(const sb_rtc *rtc, const char *project, const char *room)
 {
@@ -123,72 +77,15 @@ static sb_loop *loop_at(const sb_rtc *rtc, int i)
     return sb_server_loop(rtc->server, i);
 }
 
-/* ---- messages between loops -------------------------------------------------------------
- * One malloc per message (a frame's bytes ride in the same allocation). Batching several
- * frames per post is later work. */
-
-enum { M_JOIN = 1, M_FRAME, M_LEAVE, M_SEND, M_CLOSE };
-
-typedef struct rtc_msg {
-    sb_rtc *rtc;
-    int kind;
-    uint64_t id;
-    int from; /* the sending loop */
-    int opcode;
-    uint16_t code;
-    char reason[24];
-    json_t *room_json; /* M_JOIN */
-    uint32_t max_participants, empty_timeout;
-    size_t len;
-    unsigned char data[]; /* M_FRAME, M_SEND: bytes; M_JOIN: an sb_rtc_claims */
-} rtc_msg;
-
-static void dispatch(sb_loop *loop, void *arg);
-
-static rtc_msg *msg_new(sb_rtc *rtc, int kind, uint64_t id, int from, size_t len)
+static void member_unlink(rtc_loop *lp, rtc_member *m)
 {
-    rtc_msg *m = sb_malloc(sizeof *m + len);
-    if (m) {
-        memset(m, 0, sizeof *m);
-        m->rtc = rtc;
-        m->kind = kind;
-        m->id = id;
-        m->from = from;
-        m->len = len;
-    }
-    return m;
-}
-
-static void msg_free(rtc_msg *m)
-{
-    if (m) {
-        json_decref(m->room_json);
-        sb_free(m);
-    }
-}
-
-/* Posts m to loop `to`, or runs it at once when that is the current loop. Leaves must not be
- * lost (the home loop counts its members), so a post is retried like a store completion. */
-static void deliver(sb_rtc *rtc, int to, rtc_msg *m, int current)
-{
-    if (rtc->shutdown) {
-        msg_free(m);
-        return;
-    }
-    if (to == current) {
-        dispatch(loop_at(rtc, to), m);
-        return;
-    }
-    for (int i = 0; i < 100; i++) {
-        if (sb_loop_post(loop_at(rtc, to), dispatch, m) == 0)
-            return;
-        if (m->kind != M_LEAVE)
-            break;
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    sb_log(SB_LOG_ERROR, "rtc: out of memory posting to a loop", NULL);
-    msg_free(m);
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        lp->members = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    m->prev = m->next = NULL;
 }
 
 /* ---- connection ops (home loop) ------------------------------------------------------- */
@@ -196,60 +93,32 @@ static void deliver(sb_rtc *rtc, int to, rtc_msg *m, int current)
 static int conn_send(void *conn, int opcode, const void *data, size_t len)
 {
     rtc_member *m = conn;
-    rtc_loop *lp = m->lp;
-    if (lp->rtc->shutdown)
+    if (!m->ws)
         return SB_ECANCELED;
-    int op = opcode == SB_LIVE_OP_BINARY ? SB_WS_BINARY : SB_WS_TEXT;
-    if (m->edge == lp->index) {
-        rtc_edge *e = edge_find(lp, m->id);
-        return e ? sb_ws_send(e->ws, op, data, len) : SB_ECANCELED;
-    }
-    rtc_msg *msg = msg_new(lp->rtc, M_SEND, m->id, lp->index, len);
-    if (!msg)
-        return SB_ENOMEM;
-    msg->opcode = op;
-    memcpy(msg->data, data, len);
-    deliver(lp->rtc, m->edge, msg, lp->index);
-    return 0;
+    return sb_ws_send(m->ws, opcode == SB_LIVE_OP_BINARY ? SB_WS_BINARY : SB_WS_TEXT, data, len);
 }
 
 static void conn_close(void *conn, uint16_t code, const char *reason)
 {
     rtc_member *m = conn;
-    rtc_loop *lp = m->lp;
-    if (lp->rtc->shutdown)
-        return;
-    if (m->edge == lp->index) {
-        rtc_edge *e = edge_find(lp, m->id);
-        if (e)
-            sb_ws_close(e->ws, code, reason);
-        return;
-    }
-    rtc_msg *msg = msg_new(lp->rtc, M_CLOSE, m->id, lp->index, 0);
-    if (!msg)
-        return;
-    msg->code = code;
-    snprintf(msg->reason, sizeof msg->reason, "%s", reason ? reason : "");
-    deliver(lp->rtc, m->edge, msg, lp->index);
+    if (m->ws)
+        sb_ws_close(m->ws, code, reason);
 }
 
 static const sb_live_conn_ops conn_ops = {conn_send, conn_close};
 
-/* Closes edge WebSocket `id` from the home loop (join refused). */
-static void close_edge(rtc_loop *lp, int edge, uint64_t id, uint16_t code, const char *reason)
+static void send_json(sb_ws *ws, json_t *j)
 {
-    rtc_member tmp = {.id = id, .lp = lp, .edge = edge};
-    conn_close(&tmp, code, reason);
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (s)
+        sb_ws_send(ws, SB_WS_TEXT, s, strlen(s));
+    free(s);
+    json_decref(j);
 }
 
 static void send_error(rtc_member *m, const char *code, const char *message)
 {
-    json_t *j = json_pack("{s:s,s:s,s:s}", "type", "error", "code", code, "message", message);
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (s)
-        conn_send(m, SB_LIVE_OP_TEXT, s, strlen(s));
-    free(s);
-    json_decref(j);
+    send_json(m->ws, json_pack("{s:s,s:s,s:s}", "type", "error", "code", code, "message", message));
 }
 
 /* ---- hooks: store jobs (home loop) ---------------------------------------------------- */
@@ -461,100 +330,10 @@ static void ban_add(rtc_loop *lp, const sb_rtc_call *c, int64_t now)
     lp->bans = b;
 }
 
-/* ---- message handling ------------------------------------------------------------------- */
+/* ---- the participant's WebSocket (home loop) ------------------------------------------- */
 
-static void home_join(rtc_loop *lp, rtc_msg *msg)
-{
-    const sb_rtc_claims *claims = (const sb_rtc_claims *)msg->data;
-    int64_t now = sb_time_ms();
-    if (banned(lp, claims, now)) {
-        close_edge(lp, msg->from, msg->id, SB_CLOSE_EJECTED, "banned");
-        return;
-    }
-    rtc_member *m = sb_calloc(1, sizeof *m);
-    if (!m) {
-        close_edge(lp, msg->from, msg->id, SB_WS_CLOSE_INTERNAL, "out of memory");
-        return;
-    }
-    m->id = msg->id;
-    m->lp = lp;
-    m->edge = msg->from;
-    sb_live_room_settings st = {msg->max_participants, msg->empty_timeout, msg->room_json};
-    int code = SB_WS_CLOSE_INTERNAL;
-    m->next = lp->members[bucket(m->id)];
-    lp->members[bucket(m->id)] = m; /* before the join: `joined` goes out through the map */
-    int rc = sb_live_join(lp->rooms, claims, &st, m, &conn_ops, now, &m->p, &code);
-    if (rc != 0) {
-        member_remove(lp, m);
-        sb_free(m);
-        close_edge(lp, msg->from, msg->id, (uint16_t)(code ? code : SB_WS_CLOSE_INTERNAL),
-                   code == SB_CLOSE_ROOM_FULL ? "room full" : "cannot join");
-        return;
-    }
-    loop_at(lp->rtc, lp->index)->pending_jobs++; /* until the leave: draining waits for it */
-}
-
-static void home_frame(rtc_loop *lp, rtc_msg *msg)
-{
-    rtc_member *m = member_find(lp, msg->id);
-    if (!m || !m->p)
-        return;
-    int rc;
-    if (msg->opcode == SB_WS_TEXT)
-        rc = sb_live_on_text(lp->rooms, m->p, (const char *)msg->data, msg->len);
-    else
-        rc = sb_live_on_binary(lp->rooms, m->p, msg->data, msg->len);
-    if (rc == SB_EACCES)
-        send_error(m, "forbidden",
-                   msg->opcode == SB_WS_TEXT ? "sending data needs the publish_data grant"
-                                             : "sending binary frames needs the publish grant");
-    else if (rc == SB_EINVAL)
-        send_error(m, "invalid_message",
-                   "expected {\"type\":\"data\",\"data\":…,\"topic\"?,\"to\"?}");
-}
-
-static void home_leave(rtc_loop *lp, rtc_msg *msg)
-{
-    rtc_member *m = member_find(lp, msg->id);
-    if (!m)
-        return;
-    member_remove(lp, m);
-    sb_live_leave(lp->rooms, m->p, msg->reason[0] ? msg->reason : NULL);
-    sb_free(m);
-    sb_loop_job_done(loop_at(lp->rtc, lp->index));
-}
-
-static void dispatch(sb_loop *loop, void *arg)
-{
-    rtc_msg *msg = arg;
-    rtc_loop *lp = &msg->rtc->loops[loop->index];
-    switch (msg->kind) {
-    case M_JOIN:
-        home_join(lp, msg);
-        break;
-    case M_FRAME:
-        home_frame(lp, msg);
-        break;
-    case M_LEAVE:
-        home_leave(lp, msg);
-        break;
-    case M_SEND: {
-        rtc_edge *e = edge_find(lp, msg->id);
-        if (e)
-            sb_ws_send(e->ws, msg->opcode, msg->data, msg->len);
-        break;
-    }
-    case M_CLOSE: {
-        rtc_edge *e = edge_find(lp, msg->id);
-        if (e)
-            sb_ws_close(e->ws, msg->code, msg->reason[0] ? msg->reason : NULL);
-        break;
-    }
-    }
-    msg_free(msg);
-}
-
-/* ---- the edge: GET /v1/rtc --------------------------------------------------------------- */
+static void on_refresh(rtc_member *m, json_t *msg);
+static void send_json(sb_ws *ws, json_t *j);
 
 static void ws_open(sb_ws *ws, void *ud)
 {
@@ -565,59 +344,163 @@ static void ws_open(sb_ws *ws, void *ud)
 static void ws_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t len)
 {
     (void)ws;
-    rtc_edge *e = ud;
-    rtc_msg *m = msg_new(e->lp->rtc, M_FRAME, e->id, e->lp->index, len);
-    if (!m)
-        return; /* dropped: like a frame lost to a full queue */
-    m->opcode = opcode;
-    memcpy(m->data, data, len);
-    deliver(e->lp->rtc, e->home, m, e->lp->index);
+    rtc_member *m = ud;
+    rtc_loop *lp = m->lp;
+    int rc;
+    if (opcode == SB_WS_TEXT && memmem(data, len, "\"refresh_token\"", 15)) {
+        /* Possibly the connection's own message rather than one for the room. */
+        json_t *j = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+        const char *type = json_string_value(json_object_get(j, "type"));
+        if (type && strcmp(type, "refresh_token") == 0) {
+            on_refresh(m, j);
+            json_decref(j);
+            return;
+        }
+        json_decref(j);
+    }
+    if (opcode == SB_WS_TEXT)
+        rc = sb_live_on_text(lp->rooms, m->p, data, len);
+    else
+        rc = sb_live_on_binary(lp->rooms, m->p, data, len);
+    if (rc == SB_EACCES)
+        send_error(m, "forbidden",
+                   opcode == SB_WS_TEXT ? "sending data needs the publish_data grant"
+                                        : "sending binary frames needs the publish grant");
+    else if (rc == SB_EINVAL)
+        send_error(m, "invalid_message",
+                   "expected {\"type\":\"data\",\"data\":…,\"topic\"?,\"to\"?} or "
+                   "{\"type\":\"refresh_token\",\"token\":…}");
+}
+
+/* {"type":"refresh_token","token":…}: a fresh token for the same participant (same project,
+ * room and identity) moves its expiry; anything else is refused without closing. */
+static void on_refresh(rtc_member *m, json_t *msg)
+{
+    rtc_loop *lp = m->lp;
+    const char *tok = json_string_value(json_object_get(msg, "token"));
+    size_t len = tok ? strlen(tok) : 0;
+    sb_rtc_claims c;
+    sb_jwt_reason why;
+    if (!tok || len > MAX_TOKEN ||
+        sb_rtc_verify_on(lp->rtc->app, lp->index, tok, len, &c, &why) != 0) {
+        send_error(m, "invalid_token", "the token is invalid or expired");
+        return;
+    }
+    const sb_live_claims *cur = sb_live_participant_claims(m->p);
+    if (strcmp(c.project_id, cur->project_id) != 0 || strcmp(c.room, cur->room) != 0 ||
+        strcmp(c.identity, cur->identity) != 0) {
+        send_error(m, "invalid_token", "the token is for another room or identity");
+        return;
+    }
+    if (sb_app_token_revoked(lp->rtc->app, c.project_id, c.jti)) {
+        send_error(m, "invalid_token", "the token has been revoked");
+        return;
+    }
+    if (sb_live_refresh(lp->rooms, m->p, c.exp) != 0)
+        return;
+    char exp[32];
+    sb_time_rfc3339(c.exp * 1000, exp);
+    send_json(m->ws, json_pack("{s:s,s:s}", "type", "token_refreshed", "expires_at", exp));
 }
 
 static void ws_closed(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
 {
     (void)ws;
     (void)reason;
-    rtc_edge *e = ud;
-    rtc_loop *lp = e->lp;
-    edge_remove(lp, e);
-    rtc_msg *m = msg_new(lp->rtc, M_LEAVE, e->id, lp->index, 0);
-    if (m) {
-        snprintf(m->reason, sizeof m->reason, "%s",
-                 code == SB_WS_CLOSE_TOO_SLOW ? "too_slow"
-                 : code == SB_WS_CLOSE_ABNORMAL || code == SB_WS_CLOSE_PROTOCOL ||
-                         code == SB_WS_CLOSE_TOO_BIG || code == SB_WS_CLOSE_INVALID_DATA
-                     ? "error"
-                     : "left");
-        deliver(lp->rtc, e->home, m, lp->index);
-    } else {
-        sb_log(SB_LOG_ERROR, "rtc: out of memory; a participant stays until its room closes", NULL);
-    }
-    sb_free(e);
+    rtc_member *m = ud;
+    rtc_loop *lp = m->lp;
+    m->ws = NULL;
+    member_unlink(lp, m);
+    const char *why = code == SB_WS_CLOSE_TOO_SLOW ? "too_slow"
+                      : code == SB_WS_CLOSE_ABNORMAL || code == SB_WS_CLOSE_PROTOCOL ||
+                              code == SB_WS_CLOSE_TOO_BIG || code == SB_WS_CLOSE_INVALID_DATA
+                          ? "error"
+                          : "left";
+    sb_live_leave(lp->rtc->shutdown ? NULL : lp->rooms, m->p, why);
+    sb_free(m);
+    if (!lp->rtc->shutdown)
+        sb_loop_job_done(loop_at(lp->rtc, lp->index));
 }
 
 static const sb_ws_handler rtc_ws = {ws_open, ws_message, ws_closed};
 
-static void refused_open(sb_ws *ws, void *ud)
+/* The handler of a WebSocket that is not (yet) a participant: owns nothing. */
+static void idle_open(sb_ws *ws, void *ud)
 {
     (void)ws;
     (void)ud;
 }
-static void refused_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t len)
+static void idle_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t len)
 {
     (void)ws, (void)ud, (void)opcode, (void)data, (void)len;
 }
-static void refused_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
+static void idle_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
 {
     (void)ws, (void)ud, (void)code, (void)reason;
 }
-static const sb_ws_handler refused_ws = {refused_open, refused_message, refused_close};
+static const sb_ws_handler idle_ws = {idle_open, idle_message, idle_close};
+
+static void join_free(rtc_join *j)
+{
+    if (j) {
+        json_decref(j->room_json);
+        sb_free(j);
+    }
+}
+
+/* On the room's home loop: the participant joins (or is refused with a close code). */
+static void join_here(rtc_loop *lp, sb_ws *ws, rtc_join *j)
+{
+    int64_t now = sb_time_ms();
+    if (banned(lp, &j->claims, now)) {
+        sb_ws_close(ws, SB_CLOSE_EJECTED, "banned");
+        return;
+    }
+    if (sb_app_token_revoked(lp->rtc->app, j->claims.project_id, j->claims.jti)) {
+        sb_ws_close(ws, SB_CLOSE_TOKEN_EXPIRED, "token revoked");
+        return;
+    }
+    rtc_member *m = sb_calloc(1, sizeof *m);
+    if (!m) {
+        sb_ws_close(ws, SB_WS_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    m->ws = ws;
+    m->lp = lp;
+    sb_live_room_settings st = {j->max_participants, j->empty_timeout, j->room_json};
+    int code = SB_WS_CLOSE_INTERNAL;
+    int rc = sb_live_join(lp->rooms, &j->claims, &st, m, &conn_ops, now, &m->p, &code);
+    if (rc != 0) {
+        sb_free(m);
+        sb_ws_close(ws, (uint16_t)(code ? code : SB_WS_CLOSE_INTERNAL),
+                    code == SB_CLOSE_ROOM_FULL ? "room full" : "cannot join");
+        return;
+    }
+    m->next = lp->members;
+    if (lp->members)
+        lp->members->prev = m;
+    lp->members = m;
+    sb_ws_set_handler(ws, &rtc_ws, m);
+    loop_at(lp->rtc, lp->index)->pending_jobs++; /* until the leave: draining waits for it */
+}
+
+static void join_moved(sb_ws *ws, void *ud, int rc)
+{
+    rtc_join *j = ud;
+    if (rc == 0) {
+        sb_rtc *rtc = j->rtc;
+        join_here(&rtc->loops[sb_ws_loop(ws)->index], ws, j);
+    }
+    join_free(j);
+}
+
+/* ---- the edge: GET /v1/rtc --------------------------------------------------------------- */
 
 /* Accepts the upgrade only to close it with `code`, so that the client sees the code. */
 static void refuse(sb_req *req, uint16_t code, const char *reason)
 {
     sb_ws *ws;
-    if (sb_ws_accept(req, &refused_ws, NULL, &ws) == 0)
+    if (sb_ws_accept(req, &idle_ws, NULL, &ws) == 0)
         sb_ws_close(ws, code, reason);
 }
 
@@ -665,6 +548,10 @@ static void rtc_handler(sb_req *req, void *ud)
         refuse(req, SB_CLOSE_TOKEN_EXPIRED, "invalid or expired token");
         return;
     }
+    if (sb_app_token_revoked(app, claims.project_id, claims.jti)) {
+        refuse(req, SB_CLOSE_TOKEN_EXPIRED, "token revoked");
+        return;
+    }
     json_t *room = NULL;
     int rc = sb_room_read_open(sb_app_reader(app, req), claims.project_id, claims.room,
                                strlen(claims.room), &room);
@@ -676,32 +563,29 @@ static void rtc_handler(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", "no such open room in this project");
         return;
     }
-    rtc_loop *lp = &rtc->loops[req->loop->index];
-    rtc_edge *e = sb_calloc(1, sizeof *e);
-    rtc_msg *m = msg_new(rtc, M_JOIN, 0, lp->index, sizeof claims);
-    if (!e || !m) {
-        sb_free(e);
-        msg_free(m);
+    rtc_join *j = sb_malloc(sizeof *j);
+    if (!j) {
         json_decref(room);
         sb_app_internal_error(req, "joining a room", SB_ENOMEM);
         return;
     }
-    e->id = ((uint64_t)(unsigned)lp->index << 48) | ++lp->seq;
-    e->lp = lp;
-    e->home = home_of(rtc, claims.project_id, claims.room);
-    m->id = e->id;
-    memcpy(m->data, &claims, sizeof claims);
-    m->room_json = room;
-    m->max_participants = (uint32_t)json_integer_value(json_object_get(room, "max_participants"));
-    m->empty_timeout = (uint32_t)json_integer_value(json_object_get(room, "empty_timeout_seconds"));
-    if (sb_ws_accept(req, &rtc_ws, e, &e->ws) != 0) {
-        sb_free(e);
-        msg_free(m);
+    j->rtc = rtc;
+    j->room_json = room;
+    j->max_participants = (uint32_t)json_integer_value(json_object_get(room, "max_participants"));
+    j->empty_timeout = (uint32_t)json_integer_value(json_object_get(room, "empty_timeout_seconds"));
+    memcpy(&j->claims, &claims, sizeof claims);
+    sb_ws *ws;
+    if (sb_ws_accept(req, &idle_ws, NULL, &ws) != 0) {
+        join_free(j);
         return;
     }
-    e->next = lp->edges[bucket(e->id)];
-    lp->edges[bucket(e->id)] = e;
-    deliver(rtc, e->home, m, lp->index);
+    /* The connection moves to the room's home loop: everything in a room is loop-local. */
+    int home = home_of(rtc, claims.project_id, claims.room);
+    rc = sb_ws_move(ws, loop_at(rtc, home), join_moved, j);
+    if (rc) {
+        sb_ws_close(ws, SB_WS_CLOSE_INTERNAL, "cannot join");
+        join_free(j);
+    }
 }
 
 /* ---- tick ----------------------------------------------------------------------------- */
@@ -760,15 +644,14 @@ static void call_home(sb_loop *loop, void *arg)
         c->result = SB_ENOENT;
         unsigned grants = 0;
         bool found = false;
-        for (size_t b = 0; b < RTC_BUCKETS && !found; b++)
-            for (rtc_member *m = lp->members[b]; m && !found; m = m->next) {
-                const sb_live_claims *cl = m->p ? sb_live_participant_claims(m->p) : NULL;
-                if (cl && strcmp(cl->project_id, c->project_id) == 0 &&
-                    strcmp(cl->room, c->room) == 0 && strcmp(cl->identity, c->identity) == 0) {
-                    grants = cl->grants;
-                    found = true;
-                }
+        for (rtc_member *m = lp->members; m && !found; m = m->next) {
+            const sb_live_claims *cl = m->p ? sb_live_participant_claims(m->p) : NULL;
+            if (cl && strcmp(cl->project_id, c->project_id) == 0 &&
+                strcmp(cl->room, c->room) == 0 && strcmp(cl->identity, c->identity) == 0) {
+                grants = cl->grants;
+                found = true;
             }
+        }
         json_decref(list);
         if (!found)
             break;
@@ -827,6 +710,41 @@ void sb_rtc_run(sb_app *app, sb_req *req, sb_rtc_call *c)
     req->loop->pending_jobs++;
 }
 
+/* ---- revoked tokens ------------------------------------------------------------------- */
+
+typedef struct rtc_kick {
+    sb_rtc *rtc;
+    char project_id[SB_ID_MAX];
+    char jti[SB_ID_MAX];
+} rtc_kick;
+
+static void kick_here(sb_loop *loop, void *arg)
+{
+    rtc_kick *k = arg;
+    rtc_loop *lp = &k->rtc->loops[loop->index];
+    for (rtc_member *m = lp->members; m; m = m->next) {
+        const sb_live_claims *c = m->p ? sb_live_participant_claims(m->p) : NULL;
+        if (c && m->ws && strcmp(c->jti, k->jti) == 0 && strcmp(c->project_id, k->project_id) == 0)
+            sb_ws_close(m->ws, SB_CLOSE_TOKEN_EXPIRED, "token revoked");
+    }
+    sb_free(k);
+}
+
+void sb_rtc_kick_token(sb_app *app, const char *project_id, const char *jti)
+{
+    sb_rtc *rtc = sb__app_rtc(app);
+    for (int i = 0; i < rtc->nloops && !rtc->shutdown; i++) {
+        rtc_kick *k = sb_malloc(sizeof *k);
+        if (!k)
+            break;
+        k->rtc = rtc;
+        snprintf(k->project_id, sizeof k->project_id, "%s", project_id);
+        snprintf(k->jti, sizeof k->jti, "%s", jti);
+        if (sb_loop_post(loop_at(rtc, i), kick_here, k) != 0)
+            sb_free(k);
+    }
+}
+
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
 int sb_rtc_new(sb_rtc **out, sb_app *app, sb_server *server, int nloops)
@@ -860,17 +778,6 @@ int sb_rtc_new(sb_rtc **out, sb_app *app, sb_server *server, int nloops)
     return 0;
 }
 
-/* Messages of ours still queued on a stopped loop (posted after it finished draining). */
-static void drop_queued(sb_loop *loop)
-{
-    for (sb_loop_msg *m = loop->mq_head; m; m = m->next)
-        if (m->fn == dispatch) {
-            msg_free(m->arg);
-            m->fn = NULL;
-            m->arg = NULL;
-        }
-}
-
 void sb_rtc_free(sb_rtc *rtc)
 {
     if (!rtc)
@@ -878,26 +785,16 @@ void sb_rtc_free(sb_rtc *rtc)
     rtc->shutdown = true;
     if (rtc->server)
         sb__server_set_tick(rtc->server, NULL, NULL);
-    for (int i = 0; i < rtc->nloops; i++) {
-        sb_loop *loop = rtc->server ? sb_server_loop(rtc->server, i) : NULL;
-        if (loop)
-            drop_queued(loop);
-    }
     for (int i = 0; rtc->loops && i < rtc->nloops; i++) {
         rtc_loop *lp = &rtc->loops[i];
         sb_live_rooms_free(lp->rooms); /* hooks run synchronously now */
-        for (size_t b = 0; b < RTC_BUCKETS; b++) {
-            while (lp->members[b]) {
-                rtc_member *m = lp->members[b];
-                lp->members[b] = m->next;
-                sb_live_leave(NULL, m->p, NULL); /* detached: only freed */
-                sb_free(m);
-            }
-            while (lp->edges[b]) {
-                rtc_edge *e = lp->edges[b];
-                lp->edges[b] = e->next;
-                sb_free(e);
-            }
+        while (lp->members) {
+            rtc_member *m = lp->members;
+            member_unlink(lp, m);
+            if (m->ws)
+                sb_ws_set_handler(m->ws, &idle_ws, NULL);
+            sb_live_leave(NULL, m->p, NULL); /* detached: only freed */
+            sb_free(m);
         }
         while (lp->bans) {
             rtc_ban *n = lp->bans->next;

@@ -3,12 +3,14 @@
  * connection"), and the control plane's effects on live rooms.
  *
  * Threads: every loop owns one sb_live_rooms registry. A room lives on its HOME loop,
- * hash(project_id "/" room) % nloops; a participant's WebSocket stays on the loop that
- * accepted it (its EDGE loop). When the two differ, the participant's connection ops on the
- * home loop post each frame to the edge loop and frames from the peer are posted to the home
- * loop; ids (not pointers) name the WebSocket and the participant across loops, so either
- * side may already be gone (the message is then dropped). Store writes for sessions and
- * participants are fire-and-forget jobs whose completions come back to the home loop.
+ * hash(project_id "/" room) % nloops. A participant's connection is accepted by any loop;
+ * once the token is verified and the 101 written, the connection itself (socket, TLS
+ * session, buffers) is handed to the home loop (sb_ws_move), so every frame in and out of a
+ * room is handled by one thread with no message between loops: fan-out is a loop-local walk
+ * and each connection's writes are batched once per loop iteration. Control-plane effects
+ * (eject, close, update, send, list) are posted to the home loop (sb_rtc_run). Store writes
+ * for sessions and participants are fire-and-forget jobs whose completions come back to the
+ * home loop.
  */
 #ifndef SB_API_RTC_H
 #define SB_API_RTC_H
@@ -66,6 +68,11 @@ typedef struct sb_rtc_call {
 } sb_rtc_call;
 
 void sb_rtc_run(sb_app *app, sb_req *req, sb_rtc_call *c);
+
+/* Closes (4001) every live participant that joined with token `jti` of the project, on
+ * every loop (posted; returns before they are closed). The revocation itself is
+ * sb_app_revoke_token's: joins are refused from then on. */
+void sb_rtc_kick_token(sb_app *app, const char *project_id, const char *jti);
 
 /* The open room `name` as the API shows it (rest_rooms.c); *out NULL if none. */
 int sb_room_read_open(sqlite3 *db, const char *project, const char *name, size_t nlen,

@@ -115,6 +115,12 @@ json_t *sb_rtc_grants_json(unsigned g)
 int sb_rtc_verify(sb_app *app, sb_req *req, const char *token, size_t len, sb_rtc_claims *out,
                   sb_jwt_reason *why)
 {
+    return sb_rtc_verify_on(app, req->loop->index, token, len, out, why);
+}
+
+int sb_rtc_verify_on(sb_app *app, int loop_index, const char *token, size_t len, sb_rtc_claims *out,
+                     sb_jwt_reason *why)
+{
     unsigned char digest[32];
     if (sb_jwt_token_hash(token, len, digest) != 0) {
         *why = SB_JWT_TOO_LARGE;
@@ -122,7 +128,7 @@ int sb_rtc_verify(sb_app *app, sb_req *req, const char *token, size_t len, sb_rt
     }
     int64_t now = sb_time_ms() / 1000;
     uint64_t gen = sb_app_cache_generation();
-    sb_rtc_cache_entry *cache = sb__app_rtc_cache(app, req->loop->index);
+    sb_rtc_cache_entry *cache = sb__app_rtc_cache(app, loop_index);
     sb_rtc_cache_entry *e = &cache[(digest[0] | (unsigned)digest[1] << 8) % SB_RTC_CACHE_SIZE];
     if (e->valid && e->gen == gen && memcmp(e->digest, digest, 32) == 0) {
         if (now >= e->claims.exp + LEEWAY_S) {
@@ -135,7 +141,7 @@ int sb_rtc_verify(sb_app *app, sb_req *req, const char *token, size_t len, sb_rt
         return 0;
     }
 
-    lookup_ctx lc = {.app = app, .db = sb_app_reader(app, req)};
+    lookup_ctx lc = {.app = app, .db = sb_store_reader(sb__app_store(app), loop_index)};
     sb_jwt_expect expect = {
         .aud = "switchboard:rtc", .now = now, .leeway = LEEWAY_S, .max_lifetime = MAX_LIFETIME_S};
     json_t *claims = NULL;

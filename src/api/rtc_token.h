@@ -53,6 +53,10 @@ typedef struct sb_rtc_cache_entry {
 int sb_rtc_verify(sb_app *app, sb_req *req, const char *token, size_t len, sb_rtc_claims *out,
                   sb_jwt_reason *why);
 
+/* The same from loop `loop_index` without a request (a fresh token sent over /v1/rtc). */
+int sb_rtc_verify_on(sb_app *app, int loop_index, const char *token, size_t len, sb_rtc_claims *out,
+                     sb_jwt_reason *why);
+
 /* Grants as the API shows them. */
 json_t *sb_rtc_grants_json(unsigned grants);
 

@@ -110,6 +110,15 @@ int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t st
             : metric(o, "switchboard_websockets_active", "gauge", "WebSocket connections open.",
                      SUM(ws_active));
     rc = rc ? rc
+            : sb_buf_append_str(o, "# HELP switchboard_loop_websockets_active WebSocket "
+                                   "connections served by each event loop (a participant's "
+                                   "moves to its room's home loop).\n"
+                                   "# TYPE switchboard_loop_websockets_active gauge\n");
+    for (int i = 0; i < n && !rc; i++)
+        rc = sb_buf_appendf(
+            o, "switchboard_loop_websockets_active{loop=\"%d\"} %llu\n", i,
+            (unsigned long long)atomic_load_explicit(&loops[i]->ws_active, memory_order_relaxed));
+    rc = rc ? rc
             : metric(o, "switchboard_websockets_total", "counter", "WebSocket upgrades accepted.",
                      SUM(ws_total));
     rc = rc ? rc

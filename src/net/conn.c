@@ -1,6 +1,8 @@
 #include "net/conn.h"
 
+#include <fcntl.h>
 #include <openssl/err.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -13,6 +15,14 @@
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void close_now(sb_conn *c);
+static void start_move(sb_conn *c);
+
+typedef struct sb_conn_move {
+    sb_loop *to;
+    void (*cb)(sb_conn *c, void *ud, int rc);
+    void *ud;
+    int fd; /* the duplicated socket, -1 until the handle is closed */
+} conn_move;
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -175,6 +185,8 @@ static void deliver(sb_conn *c)
     c->in_callback = false;
     if (!c->closing || c->close_after_write)
         sb_conn_flush(c);
+    if (c->move && !c->writing && !c->closing)
+        start_move(c);
 }
 
 static void tls_read(sb_conn *c)
@@ -318,6 +330,10 @@ static void on_write(uv_write_t *req, int status)
         linger_close(c);
         return;
     }
+    if (c->move && !c->closing) {
+        start_move(c);
+        return;
+    }
     if (!c->closing && c->proto && c->proto->on_writable)
         c->proto->on_writable(c);
 }
@@ -366,7 +382,7 @@ void sb_conn_pause_reading(sb_conn *c, bool pause)
     if (pause && c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
-    } else if (!pause && !c->reading && !c->eof && !c->closing) {
+    } else if (!pause && !c->reading && !c->eof && !c->closing && !c->move) {
         c->reading = true;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     }
@@ -396,6 +412,12 @@ static void close_now(sb_conn *c)
     if (c->ssl) {
         SSL_free(c->ssl);
         c->ssl = NULL;
+    }
+    if (c->move) {
+        conn_move *mv = c->move;
+        c->move = NULL;
+        mv->cb(NULL, mv->ud, SB_ECANCELED);
+        sb_free(mv);
     }
     sb_loop *loop = c->loop;
     unlink_conn(loop, c);
@@ -468,4 +490,118 @@ void sb_conn_abort_all(sb_loop *loop)
 {
     while (loop->conns)
         close_now(loop->conns);
+}
+
+/* ---- moving a connection to another loop ------------------------------------------------ */
+
+int sb_conn_move(sb_conn *c, sb_loop *to, void (*cb)(sb_conn *c, void *ud, int rc), void *ud)
+{
+    if (c->closing)
+        return SB_ECANCELED;
+    if (c->move)
+        return SB_EBUSY;
+    conn_move *mv = sb_malloc(sizeof *mv);
+    if (!mv)
+        return SB_ENOMEM;
+    *mv = (conn_move){.to = to, .cb = cb, .ud = ud, .fd = -1};
+    c->move = mv;
+    sb_conn_pause_reading(c, true);
+    c->deadline_ms = 0;
+    c->deadline_kind = SB_DL_NONE;
+    /* From inside a read callback the move starts once the output is flushed (deliver);
+     * with a write in flight, when it completes (on_write). */
+    if (!c->in_callback && !c->writing) {
+        sb_conn_flush(c);
+        if (!c->writing && !c->closing)
+            start_move(c);
+    }
+    return 0;
+}
+
+/* Closes and frees a connection whose handle is already closed (moving, off every loop). */
+static void move_fail(sb_conn *c, int rc)
+{
+    conn_move *mv = c->move;
+    c->move = NULL;
+    if (mv->fd >= 0)
+        close(mv->fd);
+    c->closing = true;
+    if (c->proto && c->proto->on_close)
+        c->proto->on_close(c);
+    c->proto = NULL;
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    mv->cb(NULL, mv->ud, rc);
+    sb_free(mv);
+    sb_buf_free(&c->in);
+    sb_buf_free(&c->out);
+    sb_buf_free(&c->wout);
+    sb_free(c);
+}
+
+static void on_move_closed(uv_handle_t *h)
+{
+    sb_conn *c = (sb_conn *)h;
+    if (sb_loop_post(c->move->to, sb__conn_move_arrive, c) != 0)
+        move_fail(c, SB_ENOMEM);
+}
+
+static void start_move(sb_conn *c)
+{
+    sb_loop *loop = c->loop;
+    uv_os_fd_t fd;
+    int nfd = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (nfd < 0) {
+        sb_log(SB_LOG_WARN, "cannot hand a connection to another loop", "reason", "dup failed",
+               NULL);
+        close_now(c);
+        return;
+    }
+    c->move->fd = nfd;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    unlink_conn(loop, c);
+    sb_stat_sub(&loop->stats.connections_active, 1);
+    uv_close((uv_handle_t *)&c->tcp, on_move_closed);
+    sb__loop_conn_closed(loop);
+}
+
+static void on_open_failed_closed(uv_handle_t *h)
+{
+    move_fail((sb_conn *)h, SB_EIO);
+}
+
+void sb__conn_move_arrive(sb_loop *loop, void *arg)
+{
+    sb_conn *c = arg;
+    conn_move *mv = c->move;
+    c->loop = loop;
+    if (loop->draining || loop->stopped) {
+        move_fail(c, SB_ECANCELED);
+        return;
+    }
+    uv_tcp_init(&loop->uv, &c->tcp);
+    if (uv_tcp_open(&c->tcp, mv->fd) != 0) {
+        close(mv->fd);
+        mv->fd = -1;
+        uv_close((uv_handle_t *)&c->tcp, on_open_failed_closed);
+        return;
+    }
+    mv->fd = -1;
+    c->move = NULL;
+    link_conn(loop, c);
+    sb_stat_add(&loop->stats.connections_active, 1);
+    mv->cb(c, mv->ud, 0);
+    sb_free(mv);
+    if (c->closing)
+        return;
+    sb_conn_pause_reading(c, false);
+    sb_conn_flush(c);
+}
+
+void sb__conn_move_drop(void *arg)
+{
+    move_fail(arg, SB_ECANCELED);
 }

@@ -105,6 +105,8 @@ struct sb_conn {
     bool closing; /* close requested: no more input processed */
     bool close_after_write;
     bool in_callback; /* inside on_data: flush happens on the way out */
+
+    struct sb_conn_move *move; /* being handed to another loop (sb_conn_move) */
 };
 
 /* Accepts a pending connection on listener l. */
@@ -132,6 +134,30 @@ void sb_conn_set_deadline(sb_conn *c, sb_deadline_kind kind, int64_t timeout_ms)
 
 /* Pauses or resumes reading from the socket (the adapter's backpressure). */
 void sb_conn_pause_reading(sb_conn *c, bool pause);
+
+/*
+ * Hands the connection to loop `to` (a participant's WebSocket moves to its room's home loop),
+ * so that everything on it afterwards runs on `to` without crossing threads.
+ *
+ * Reading stops at once. When the output already queued has been handed to the kernel (at
+ * the end of the current read callback, or when a write in flight completes), the socket is
+ * duplicated, its handle closed on this loop, and the connection (same sb_conn, same SSL
+ * session, same buffers and adapter state) posted to `to`, which opens the socket there.
+ * cb(c, ud, 0) then runs on `to` before reading resumes: the adapter and its owner re-home
+ * their state there (c->loop is already `to`). Input that arrived with the request is kept
+ * in c->in and handed to the adapter after cb.
+ *
+ * On failure after this returned 0 (`to` draining or stopped, out of memory or file
+ * descriptors, the peer gone first) the connection is closed, the adapter's on_close runs,
+ * and cb(NULL, ud, rc < 0) runs on whichever loop found out; ud is the caller's to free.
+ * Returns SB_ECANCELED (connection already closing), SB_EBUSY (already moving) or SB_ENOMEM
+ * without calling cb. The caller must not touch c after a 0 return except through cb.
+ */
+int sb_conn_move(sb_conn *c, sb_loop *to, void (*cb)(sb_conn *c, void *ud, int rc), void *ud);
+
+/* Internal: a move message left on a loop that stopped; closes and frees the connection. */
+void sb__conn_move_arrive(sb_loop *loop, void *arg);
+void sb__conn_move_drop(void *arg);
 
 /* Loop-wide: checks every connection's deadline (called from the loop tick). */
 void sb_conn_sweep(sb_loop *loop);

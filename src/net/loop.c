@@ -209,6 +209,8 @@ void sb__loop_destroy(sb_loop *loop)
             sb__reload_msg *rm = m->arg;
             SSL_CTX_free(rm->ctx);
             sb_free(rm);
+        } else if (m->fn == sb__conn_move_arrive) {
+            sb__conn_move_drop(m->arg); /* a connection handed to this loop after it stopped */
         }
         sb_free(m);
         m = n;

@@ -36,6 +36,7 @@ struct sb_ws {
     bool notified;    /* on_close called */
     bool tcp_closing; /* the transport was told to close after writing */
     bool released;    /* idle buffers dropped */
+    bool moving;      /* between loops (sb_ws_move): counted on neither */
     uint16_t close_code;
     uint8_t close_reason_len;
     char close_reason[SB_WS_MAX_REASON + 1];
@@ -822,7 +823,8 @@ static void ws_on_close(sb_conn *c)
         set_reason(ws, SB_WS_CLOSE_ABNORMAL, NULL, 0);
     ws->state = WS_CLOSED;
     notify_close(ws);
-    sb_stat_sub(&c->loop->stats.ws_active, 1);
+    if (!ws->moving)
+        sb_stat_sub(&c->loop->stats.ws_active, 1);
     ws_free(ws);
 }
 
@@ -965,6 +967,71 @@ int sb_ws_accept(sb_req *req, const sb_ws_handler *h, void *ud, sb_ws **out)
     if (h->on_open)
         h->on_open(ws, ud);
     return 0;
+}
+
+/* ---- handing a WebSocket to another loop ---------------------------------------------------- */
+
+typedef struct ws_move {
+    sb_ws *ws;
+    void (*done)(sb_ws *ws, void *ud, int rc);
+    void *ud;
+} ws_move;
+
+static void ws_moved(sb_conn *c, void *arg, int rc)
+{
+    ws_move *mv = arg;
+    void (*done)(sb_ws *, void *, int) = mv->done;
+    void *ud = mv->ud;
+    sb_ws *ws = mv->ws;
+    sb_free(mv);
+    if (rc) {
+        done(NULL, ud, rc); /* ws went with the connection */
+        return;
+    }
+    sb_loop *loop = c->loop;
+    ws->moving = false;
+    ws->loop = loop;
+    ws->last_active_ms = uv_now(&loop->uv);
+    sb_stat_add(&loop->stats.ws_active, 1);
+    sb_conn_set_deadline(c, SB_DL_PING, loop->live.ws_ping_interval_ms);
+    done(ws, ud, 0);
+    wake(ws); /* input that came along, output queued meanwhile */
+}
+
+int sb_ws_move(sb_ws *ws, sb_loop *to, void (*done)(sb_ws *ws, void *ud, int rc), void *ud)
+{
+    if (!ws->conn || ws->state != WS_OPEN || ws->moving)
+        return SB_ECANCELED;
+    if (to == ws->loop) {
+        done(ws, ud, 0);
+        return 0;
+    }
+    ws_move *mv = sb_malloc(sizeof *mv);
+    if (!mv)
+        return SB_ENOMEM;
+    *mv = (ws_move){ws, done, ud};
+    list_remove(ws);
+    int rc = sb_conn_move(ws->conn, to, ws_moved, mv);
+    if (rc) {
+        sb_free(mv);
+        wake(ws);
+        return rc;
+    }
+    sb_stat_sub(&ws->loop->stats.ws_active, 1);
+    ws->moving = true;
+    ws->loop = NULL; /* nothing is scheduled while in transit */
+    return 0;
+}
+
+void sb_ws_set_handler(sb_ws *ws, const sb_ws_handler *h, void *ud)
+{
+    ws->h = h;
+    ws->ud = ud;
+}
+
+sb_loop *sb_ws_loop(const sb_ws *ws)
+{
+    return ws->loop;
 }
 
 /* ---- the test transport -------------------------------------------------------------------- */

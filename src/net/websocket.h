@@ -126,6 +126,24 @@ int sb_ws_send(sb_ws *ws, int opcode, const void *data, size_t len);
  */
 int sb_ws_close(sb_ws *ws, uint16_t code, const char *reason);
 
+/*
+ * Hands the WebSocket and its connection to loop `to` (see sb_conn_move): done(ws, ud, 0)
+ * runs on `to` once it is served there, before any of its input is read; from then on every
+ * call on ws belongs to `to`. On failure the connection is closed and done(NULL, ud, rc)
+ * runs (on either loop); the handler's on_close runs too, so a handler set for the transit
+ * must not own anything. With `to` the current loop, done runs before this returns. Returns
+ * SB_ECANCELED (closing, or already moving) or SB_ENOMEM without calling done. Between the
+ * call and done, ws must not be used.
+ */
+typedef struct sb_loop sb_loop;
+int sb_ws_move(sb_ws *ws, sb_loop *to, void (*done)(sb_ws *ws, void *ud, int rc), void *ud);
+
+/* Replaces the handler and its user data (from the loop that serves ws). */
+void sb_ws_set_handler(sb_ws *ws, const sb_ws_handler *h, void *ud);
+
+/* The loop that serves ws (NULL under the test transport or while moving). */
+sb_loop *sb_ws_loop(const sb_ws *ws);
+
 /* Bytes queued toward the peer and not yet accepted by the kernel. */
 size_t sb_ws_queued(const sb_ws *ws);
 

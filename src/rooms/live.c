@@ -837,6 +837,21 @@ void sb_live_leave(sb_live_rooms *rs, sb_live_participant *p, const char *reason
 
 /* ---- Messages from participants and the server --------------------------------------- */
 
+int sb_live_refresh(sb_live_rooms *rs, sb_live_participant *p, int64_t exp)
+{
+    if (!rs || !p)
+        return SB_EINVAL;
+    if (!p->room)
+        return SB_ENOENT;
+    int64_t old = p->claims.exp;
+    p->claims.exp = exp;
+    if (exp < old)
+        heap_up(rs, p->heap_i);
+    else
+        heap_down(rs, p->heap_i);
+    return 0;
+}
+
 int sb_live_on_text(sb_live_rooms *rs, sb_live_participant *p, const char *msgtext, size_t len)
 {
     static const char *const members[] = {"type", "data", "topic", "to", NULL};

@@ -150,6 +150,11 @@ void sb_live_leave(sb_live_rooms *rs, sb_live_participant *p, const char *reason
  */
 int sb_live_on_text(sb_live_rooms *rs, sb_live_participant *p, const char *msg, size_t len);
 
+/* A fresh token for the same participant: its expiry becomes exp (Unix seconds). The
+ * caller has verified the token and that it names the same project, room and identity.
+ * SB_ENOENT when p is detached. */
+int sb_live_refresh(sb_live_rooms *rs, sb_live_participant *p, int64_t exp);
+
 /* A binary frame: relayed to every other participant that may subscribe, framed as above.
  * Needs grant publish. Returns the number delivered, SB_EACCES, or SB_ENOENT when p is
  * detached. */

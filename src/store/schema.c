@@ -135,9 +135,20 @@ static const char migration_1[] =
 static const char migration_2[] =
     "CREATE INDEX sessions_project_started ON sessions(project_id, started_at, id);";
 
+/* Revoked participant tokens (DELETE /v1/tokens/{jti}); loaded into memory at start. */
+static const char migration_5[] = "CREATE TABLE revoked_tokens ("
+                                  "  project_id TEXT NOT NULL,"
+                                  "  jti TEXT NOT NULL,"
+                                  "  revoked_at INTEGER NOT NULL,"
+                                  "  until_at INTEGER NOT NULL,"
+                                  "  PRIMARY KEY (project_id, jti)"
+                                  ") STRICT, WITHOUT ROWID;"
+                                  "CREATE INDEX revoked_tokens_until ON revoked_tokens(until_at);";
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
+    {5, "revoked participant tokens", migration_5},
 };
 
 const char *const sb__store_sql_event_seq_next =

@@ -1,15 +1,18 @@
 // Sessions, live participants, server messages and project signing keys over the REST API.
 //
-// Nothing creates sessions through the API yet (the real-time layer will), so the suite
-// starts a node, creates projects, keys and rooms through the API, stops it, writes session
-// and participant rows straight into DATA_DIR/switchboard.db with the sqlite3 CLI, and
-// starts the node again on the same data directory.
+// Session history is seeded: the suite starts a node, creates projects, keys and rooms
+// through the API, stops it, writes session and participant rows straight into
+// DATA_DIR/switchboard.db with the sqlite3 CLI, and starts the node again on the same data
+// directory. Live participants are real: they join over WebSocket (/v1/rtc), because the
+// participants API reads the rooms' live state, not those rows.
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { run, startServer, tempDir } from './lib/server.mjs';
+import WebSocket from 'ws';
+
+import { run, startServer, tempDir, waitFor } from './lib/server.mjs';
 
 const ADMIN = 'sessions-itest-admin-key-0123456789abcdefghij';
 const env = { SWITCHBOARD_ADMIN_KEY: ADMIN };
@@ -65,6 +68,27 @@ async function allPages(first, key = ADMIN) {
     url = `${first}${first.includes('?') ? '&' : '?'}cursor=${encodeURIComponent(r.json.next_cursor)}`;
   }
   assert.fail('pagination did not end');
+}
+
+// A participant of room `room` joined with a token minted by `key`; resolves once `joined`.
+async function join(room, identity, { key = ADMIN, ...extra } = {}) {
+  const t = await api('POST', '/v1/tokens', { key, body: { room, identity, ...extra } });
+  assert.equal(t.status, 201, t.text);
+  const ws = new WebSocket(`ws://127.0.0.1:${srv.plainPort}/v1/rtc?access_token=${encodeURIComponent(t.json.token)}`);
+  ws.on('error', () => {});
+  ws.closed = new Promise((resolve) => ws.on('close', (code) => resolve(code)));
+  const joined = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${identity} did not join`)), 5000);
+    ws.on('message', (d, bin) => {
+      const m = bin ? null : JSON.parse(d.toString());
+      if (m?.type === 'joined') {
+        clearTimeout(timer);
+        resolve(m);
+      }
+    });
+  });
+  ws.joined = joined;
+  return ws;
 }
 
 before(async () => {
@@ -234,78 +258,122 @@ describe('GET /v1/sessions/{id} and its participants', () => {
 });
 
 describe('live participants', () => {
-  it('lists the active session\'s present participants with default grants', async () => {
-    const r = await api('GET', '/v1/rooms/alpha/participants');
-    assert.equal(r.status, 200, r.text);
-    assert.equal(r.json.next_cursor, null);
-    assert.deepEqual(r.json.data, [
-      { identity: 'alice', name: 'Alice', metadata: '{"role":"host"}', grants: DEFAULT_GRANTS, joined_at: iso(T - 900), session_id: 'ses_a2' },
-      { identity: 'bob', name: 'Bob', metadata: null, grants: DEFAULT_GRANTS, joined_at: iso(T - 600), session_id: 'ses_a2' },
-      { identity: 'carol', name: null, metadata: 'c', grants: DEFAULT_GRANTS, joined_at: iso(T - 500), session_id: 'ses_a2' },
-    ]);
-    const paged = await allPages('/v1/rooms/alpha/participants?limit=2');
-    assert.deepEqual(paged, r.json.data);
-    const room = await api('GET', '/v1/rooms/alpha');
-    assert.equal(room.json.num_participants, 3);
-    assert.equal(room.json.active_session_id, 'ses_a2');
+  const live = {};
+  before(async () => {
+    let r = await api('POST', '/v1/rooms', { body: { name: 'delta' } });
+    assert.equal(r.status, 201, r.text);
+    r = await api('POST', '/v1/rooms', { key: keyB, body: { name: 'delta' } });
+    assert.equal(r.status, 201, r.text);
+    live.alice = await join('delta', 'alice', { name: 'Alice', metadata: '{"role":"host"}' });
+    live.bob = await join('delta', 'bob', { name: 'Bob' });
+    live.carol = await join('delta', 'carol', { metadata: 'c', grants: { publish: false } });
+    live.eve = await join('delta', 'eve', { key: keyB });
+    await waitFor(async () => (await api('GET', '/v1/rooms/delta')).json.num_participants === 3);
+  });
+  after(() => {
+    for (const ws of Object.values(live)) ws.terminate();
   });
 
-  it('an open room without an active session has none; 404 when the room is not open', async () => {
+  it('lists the present participants in join order with their grants, at once', async () => {
+    const r = await api('GET', '/v1/rooms/delta/participants');
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.next_cursor, null);
+    const room = await api('GET', '/v1/rooms/delta');
+    const ses = room.json.active_session_id;
+    assert.match(ses, /^ses_/);
+    const rows = r.json.data.map(({ joined_at, ...rest }) => {
+      assert.match(joined_at, RFC3339);
+      return rest;
+    });
+    assert.deepEqual(rows, [
+      { identity: 'alice', name: 'Alice', metadata: '{"role":"host"}', grants: DEFAULT_GRANTS, session_id: ses },
+      { identity: 'bob', name: 'Bob', metadata: null, grants: DEFAULT_GRANTS, session_id: ses },
+      { identity: 'carol', name: null, metadata: 'c', grants: { ...DEFAULT_GRANTS, publish: false }, session_id: ses },
+    ]);
+    const paged = await allPages('/v1/rooms/delta/participants?limit=2');
+    assert.deepEqual(paged, r.json.data);
+    const one = await allPages('/v1/rooms/delta/participants?limit=1');
+    assert.deepEqual(one, r.json.data);
+
+    // A join shows in the list as soon as the joiner has its `joined`, not a write later.
+    const dan = await join('delta', 'dan');
+    const after = await api('GET', '/v1/rooms/delta/participants');
+    assert.deepEqual(after.json.data.map((p) => p.identity), ['alice', 'bob', 'carol', 'dan']);
+    dan.close();
+    assert.equal(await dan.closed, 1005);
+    await waitFor(async () => (await api('GET', '/v1/rooms/delta/participants')).json.data.length === 3);
+  });
+
+  it('an open room without participants has none; 404 when the room is not open', async () => {
     const r = await api('GET', '/v1/rooms/gamma/participants');
     assert.deepEqual(r.json, { data: [], next_cursor: null });
     assertProblem(await api('GET', '/v1/rooms/nowhere/participants'), 404);
     assertProblem(await api('GET', '/v1/rooms/bad%20name/participants'), 404);
+    assertProblem(await api('GET', '/v1/rooms/delta/participants?limit=0'), 400);
   });
 
   it('GET one participant, 404 when absent', async () => {
-    const r = await api('GET', '/v1/rooms/alpha/participants/bob');
+    const r = await api('GET', '/v1/rooms/delta/participants/bob');
     assert.equal(r.status, 200, r.text);
-    assert.equal(r.json.joined_at, iso(T - 600));
+    assert.equal(r.json.name, 'Bob');
+    assert.equal(r.json.joined_at, live.bob.joined.participant.joined_at);
     assert.deepEqual(r.json.grants, DEFAULT_GRANTS);
-    assertProblem(await api('GET', '/v1/rooms/alpha/participants/dave'), 404); // in beta
-    assertProblem(await api('GET', '/v1/rooms/alpha/participants/zed'), 404); // left (ended session)
+    assertProblem(await api('GET', '/v1/rooms/delta/participants/dave'), 404);
+    assertProblem(await api('GET', '/v1/rooms/delta/participants/eve'), 404); // another project's
     assertProblem(await api('GET', '/v1/rooms/nowhere/participants/alice'), 404);
-    assertProblem(await api('GET', '/v1/rooms/alpha/participants/bad%20id'), 404);
+    assertProblem(await api('GET', '/v1/rooms/delta/participants/bad%20id'), 404);
   });
 
   it('PATCH validates the body before looking for the participant', async () => {
     for (const body of [{ nope: 1 }, { metadata: 5 }, { metadata: 'x'.repeat(4097) }, { grants: 'all' },
       { grants: { admin: 'yes' } }, { grants: { superuser: true } }]) {
-      assertProblem(await api('PATCH', '/v1/rooms/alpha/participants/alice', { body }), 400);
+      assertProblem(await api('PATCH', '/v1/rooms/delta/participants/alice', { body }), 400);
       assertProblem(await api('PATCH', '/v1/rooms/nowhere/participants/nobody', { body }), 400);
     }
-    assertProblem(await api('PATCH', '/v1/rooms/alpha/participants/alice', { rawBody: '{bad', headers: { 'content-type': 'application/json' } }), 400);
-    assertProblem(await api('PATCH', '/v1/rooms/alpha/participants/nobody', { body: { metadata: 'x' } }), 404);
+    assertProblem(await api('PATCH', '/v1/rooms/delta/participants/alice', { rawBody: '{bad', headers: { 'content-type': 'application/json' } }), 400);
+    assertProblem(await api('PATCH', '/v1/rooms/delta/participants/nobody', { body: { metadata: 'x' } }), 404);
     assertProblem(await api('PATCH', '/v1/rooms/nowhere/participants/alice', { body: {} }), 404);
   });
 
   it('PATCH updates a present participant', async () => {
-    const r = await api('PATCH', '/v1/rooms/alpha/participants/alice', { body: { metadata: 'new', grants: { admin: true } } });
+    const r = await api('PATCH', '/v1/rooms/delta/participants/alice', { body: { metadata: 'new', grants: { admin: true } } });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.metadata, 'new');
     assert.deepEqual(r.json.grants, { ...DEFAULT_GRANTS, admin: true });
-    const g = await api('GET', '/v1/rooms/alpha/participants/alice');
+    const g = await api('GET', '/v1/rooms/delta/participants/alice');
     assert.equal(g.json.metadata, 'new');
-    const cleared = await api('PATCH', '/v1/rooms/alpha/participants/alice', { body: { metadata: null } });
+    assert.deepEqual(g.json.grants, { ...DEFAULT_GRANTS, admin: true });
+    const cleared = await api('PATCH', '/v1/rooms/delta/participants/alice', { body: { metadata: null } });
     assert.equal(cleared.json.metadata, null);
   });
 
   it('DELETE validates ban_seconds, 404 when absent, ejects when present', async () => {
     for (const q of ['-1', 'abc', '604801', '', '1e3', '99999999999999999999']) {
-      assertProblem(await api('DELETE', `/v1/rooms/alpha/participants/carol?ban_seconds=${q}`), 400);
+      assertProblem(await api('DELETE', `/v1/rooms/delta/participants/carol?ban_seconds=${q}`), 400);
     }
-    assert.equal((await api('GET', '/v1/rooms/alpha')).json.num_participants, 3);
-    assertProblem(await api('DELETE', '/v1/rooms/alpha/participants/nobody?ban_seconds=604800'), 404);
+    assert.equal((await api('GET', '/v1/rooms/delta')).json.num_participants, 3);
+    assertProblem(await api('DELETE', '/v1/rooms/delta/participants/nobody?ban_seconds=604800'), 404);
     assertProblem(await api('DELETE', '/v1/rooms/nowhere/participants/carol'), 404);
-    const r = await api('DELETE', '/v1/rooms/alpha/participants/carol?ban_seconds=60');
+    const ses = (await api('GET', '/v1/rooms/delta')).json.active_session_id;
+    const r = await api('DELETE', '/v1/rooms/delta/participants/carol?ban_seconds=60');
     assert.equal(r.status, 204, r.text);
-    assertProblem(await api('GET', '/v1/rooms/alpha/participants/carol'), 404);
-    assert.equal((await api('GET', '/v1/rooms/alpha')).json.num_participants, 2, 'room read not stale');
-    assertProblem(await api('DELETE', '/v1/rooms/alpha/participants/carol'), 404);
-    const h = await api('GET', '/v1/sessions/ses_a2/participants');
+    assert.equal(await live.carol.closed, 4003);
+    assertProblem(await api('GET', '/v1/rooms/delta/participants/carol'), 404);
+    assert.equal((await api('GET', '/v1/rooms/delta')).json.num_participants, 2, 'room read not stale');
+    assertProblem(await api('DELETE', '/v1/rooms/delta/participants/carol'), 404);
+    const h = await api('GET', `/v1/sessions/${ses}/participants`);
     const carol = h.json.data.find((p) => p.identity === 'carol');
     assert.equal(carol.leave_reason, 'ejected');
     assert.match(carol.left_at, RFC3339);
+  });
+
+  it('a room of the same name in another project has its own participants', async () => {
+    const r = await api('GET', '/v1/rooms/delta/participants', { key: keyB });
+    assert.deepEqual(r.json.data.map((p) => p.identity), ['eve']);
+    assertProblem(await api('GET', '/v1/rooms/delta/participants/alice', { key: keyB }), 404);
+    assertProblem(await api('PATCH', '/v1/rooms/delta/participants/alice', { key: keyB, body: { metadata: 'pwned' } }), 404);
+    assertProblem(await api('DELETE', '/v1/rooms/delta/participants/alice', { key: keyB }), 404);
+    assert.equal((await api('GET', '/v1/rooms/delta/participants/alice')).json.metadata, null, 'untouched');
   });
 });
 
@@ -369,8 +437,8 @@ describe('POST /v1/sessions/{id}/end', () => {
     const a = await api('GET', '/v1/audit?limit=200');
     const actions = a.json.data.map((e) => `${e.action} ${e.target_id}`);
     assert.ok(actions.includes('session.end ses_b1'), actions.join('\n'));
-    assert.ok(actions.includes('participant.eject alpha/carol'), actions.join('\n'));
-    assert.ok(actions.includes('participant.update alpha/alice'), actions.join('\n'));
+    assert.ok(actions.includes('participant.eject delta/carol'), actions.join('\n'));
+    assert.ok(actions.includes('participant.update delta/alice'), actions.join('\n'));
   });
 });
 
@@ -452,7 +520,10 @@ describe('project isolation', () => {
   it('another project sees only its own sessions', async () => {
     let r = await api('GET', '/v1/sessions', { key: keyB });
     assert.equal(r.status, 200, r.text);
-    assert.deepEqual(r.json.data.map((s) => s.id), ['ses_x1']);
+    const ids = r.json.data.map((s) => s.id);
+    assert.ok(ids.includes('ses_x1'), ids.join());
+    assert.ok(!ids.some((id) => ['ses_a1', 'ses_a2', 'ses_b1'].includes(id)), ids.join());
+    assert.deepEqual(r.json.data.map((s) => s.room).sort(), ['alpha', 'delta']);
     r = await api('GET', '/v1/sessions?room=alpha', { key: keyB });
     assert.deepEqual(r.json.data.map((s) => s.id), ['ses_x1']);
     assertProblem(await api('GET', '/v1/sessions/ses_a2', { key: keyB }), 404);
@@ -464,17 +535,9 @@ describe('project isolation', () => {
     assert.deepEqual(own.json.data.map((p) => p.identity), ['eve']);
   });
 
-  it('a room of the same name in another project has its own participants', async () => {
-    let r = await api('GET', '/v1/rooms/alpha/participants', { key: keyB });
-    assert.deepEqual(r.json.data.map((p) => [p.identity, p.session_id]), [['eve', 'ses_x1']]);
-    assertProblem(await api('GET', '/v1/rooms/alpha/participants/alice', { key: keyB }), 404);
-    assertProblem(await api('PATCH', '/v1/rooms/alpha/participants/alice', { key: keyB, body: { metadata: 'pwned' } }), 404);
-    assertProblem(await api('DELETE', '/v1/rooms/alpha/participants/alice', { key: keyB }), 404);
-    assert.equal((await api('GET', '/v1/rooms/alpha/participants/alice')).json.metadata, null, 'untouched');
+  it('another project cannot reach this project\'s rooms', async () => {
     assertProblem(await api('GET', '/v1/rooms/beta/participants', { key: keyB }), 404);
     assertProblem(await api('POST', '/v1/rooms/beta/messages', { key: keyB, body: { data: 'x' } }), 404);
-    r = await api('GET', '/v1/rooms/alpha/participants/eve');
-    assertProblem(r, 404);
   });
 
   it('another project sees only its own signing keys', async () => {
