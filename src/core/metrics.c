@@ -1,5 +1,7 @@
 #include "core/metrics.h"
 
+#include <malloc.h>
+
 #include "switchboard/error.h"
 
 /* Upper bounds in nanoseconds of the latency histogram, from 50 µs to 10 s. */
@@ -138,5 +140,16 @@ int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t st
     rc = rc ? rc
             : metric(o, "switchboard_start_time_seconds", "gauge",
                      "Unix time when the server started.", start_time_s);
+    /* The allocator's own view: what is in use versus what it holds from the system (the
+     * difference is fragmentation and free lists). A scrape walks the arenas once. */
+    struct mallinfo2 mi = mallinfo2();
+    rc = rc ? rc
+            : metric(o, "switchboard_heap_in_use_bytes", "gauge",
+                     "Heap bytes allocated and not freed (malloc).",
+                     (uint64_t)(mi.uordblks + mi.hblkhd));
+    rc = rc ? rc
+            : metric(o, "switchboard_heap_held_bytes", "gauge",
+                     "Heap bytes the allocator holds from the system (malloc arenas and mmaps).",
+                     (uint64_t)(mi.arena + mi.hblkhd));
     return rc;
 }
