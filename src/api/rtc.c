@@ -422,7 +422,8 @@ static void ws_closed(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
         sb_loop_job_done(loop_at(lp->rtc, lp->index));
 }
 
-static const sb_ws_handler rtc_ws = {ws_open, ws_message, ws_closed};
+static const sb_ws_handler rtc_ws = {
+    .on_open = ws_open, .on_message = ws_message, .on_close = ws_closed};
 
 /* The handler of a WebSocket that is not (yet) a participant: owns nothing. */
 static void idle_open(sb_ws *ws, void *ud)
@@ -438,7 +439,8 @@ static void idle_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
 {
     (void)ws, (void)ud, (void)code, (void)reason;
 }
-static const sb_ws_handler idle_ws = {idle_open, idle_message, idle_close};
+static const sb_ws_handler idle_ws = {
+    .on_open = idle_open, .on_message = idle_message, .on_close = idle_close};
 
 static void join_free(rtc_join *j)
 {

@@ -122,12 +122,25 @@ static int read_page(sb_events_hub *h, sub *s, item *items)
     return n;
 }
 
-/* Sends s every event it has not seen. Returns false if s is gone (freed: an SSE stream
- * that ended while writing) or stopped (a WebSocket now closing). */
+/* Whether s has enough output waiting: a long backlog (a resume from an old id) is sent as
+ * the client reads it, continuing from the writable callback, instead of overflowing the
+ * send bound and being closed again and again. */
+static bool backed_up(const sub *s)
+{
+    if (s->ws)
+        return sb_ws_queued(s->ws) > sb_ws_send_capacity(s->ws) / 4;
+    return sb_resp_stream_queued(s->req) > SB_STREAM_MAX_QUEUED / 4;
+}
+
+/* Sends s the events it has not seen, as far as its client keeps up. Returns false if s is
+ * gone (freed: an SSE stream that ended while writing) or stopped (a WebSocket now
+ * closing). */
 static bool pump(sb_events_hub *h, sub *s)
 {
     item items[SB_EVENTS_PAGE];
     for (;;) {
+        if (backed_up(s))
+            return true; /* the writable callback continues */
         int n = read_page(h, s, items);
         if (n < 0) {
             sb_log(SB_LOG_ERROR, "events: cannot read the outbox", "reason", sb_strerror(n), NULL);
@@ -135,7 +148,7 @@ static bool pump(sb_events_hub *h, sub *s)
         }
         int i = 0;
         bool alive = true;
-        for (; i < n && alive; i++) {
+        for (; i < n && alive && !backed_up(s); i++) {
             int rc = s->ws ? sb_ws_send(s->ws, SB_WS_TEXT, items[i].text, items[i].len)
                            : sb_resp_stream_write(s->req, items[i].text, items[i].len);
             if (rc == 0)
@@ -148,7 +161,7 @@ static bool pump(sb_events_hub *h, sub *s)
             sb_free(items[i].text);
         if (!alive)
             return false;
-        if (n < SB_EVENTS_PAGE)
+        if (n < SB_EVENTS_PAGE && i == n)
             return true;
     }
 }
@@ -287,16 +300,31 @@ static void ws_on_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
     sub_free(ud, true);
 }
 
+static void ws_on_writable(sb_ws *ws, void *ud)
+{
+    sub *s = ud;
+    (void)ws;
+    pump(s->slot->hub, s);
+}
+
 static const sb_ws_handler ws_handler = {
     .on_open = ws_on_open,
     .on_message = ws_on_message,
     .on_close = ws_on_close,
+    .on_writable = ws_on_writable,
 };
 
 static void sse_on_abort(sb_req *req, void *ud)
 {
     (void)req;
     sub_free(ud, true);
+}
+
+static void sse_on_writable(sb_req *req, void *ud)
+{
+    sub *s = ud;
+    (void)req;
+    pump(s->slot->hub, s);
 }
 
 /* ---- GET /v1/events ------------------------------------------------------------------- */
@@ -387,6 +415,7 @@ static void events_get(sb_req *req, void *ud)
         sb_resp_header(req, "Cache-Control", SB_STR_LIT("no-store"));
         sb_resp_header(req, "X-Accel-Buffering", SB_STR_LIT("no"));
         sb_req_on_abort(req, sse_on_abort, s);
+        sb_req_on_writable(req, sse_on_writable, s);
         int rc = sb_resp_stream_begin(req, 200, "text/event-stream", SB_EVENTS_HEARTBEAT_MS,
                                       ": keep-alive\n\n");
         if (rc != 0) {

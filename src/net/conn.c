@@ -187,6 +187,10 @@ static void deliver(sb_conn *c)
         sb_conn_flush(c);
     if (c->move && !c->writing && !c->closing)
         start_move(c);
+    else if (c->want_writable && !c->writing && !c->closing && c->proto && c->proto->on_writable) {
+        c->want_writable = false;
+        c->proto->on_writable(c);
+    }
 }
 
 static void tls_read(sb_conn *c)

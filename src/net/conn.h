@@ -104,7 +104,8 @@ struct sb_conn {
     bool eof;     /* peer finished sending */
     bool closing; /* close requested: no more input processed */
     bool close_after_write;
-    bool in_callback; /* inside on_data: flush happens on the way out */
+    bool in_callback;   /* inside on_data: flush happens on the way out */
+    bool want_writable; /* call on_writable after that flush even if it wrote everything */
 
     struct sb_conn_move *move; /* being handed to another loop (sb_conn_move) */
 };

@@ -28,6 +28,8 @@ typedef struct sb_h1_req {
     bool chunked; /* HTTP/1.1: chunked body; HTTP/1.0: raw body ended by closing */
     void (*abort_fn)(sb_req *req, void *ud);
     void *abort_ud;
+    void (*writable_fn)(sb_req *req, void *ud);
+    void *writable_ud;
     int64_t hb_ms;
     sb_str hb; /* in the arena */
     _Alignas(16) char arena_first[REQ_ARENA_INLINE];
@@ -43,6 +45,8 @@ static int h1_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
 static int h1_stream_write(sb_req *req, const void *data, size_t len);
 static void h1_stream_end(sb_req *req);
 static void h1_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
+static size_t h1_stream_queued(sb_req *req);
+static void h1_on_req_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 static void stream_finish(sb_conn *c, sb_h1_req *r, bool notify);
 
 static const sb_proto h1_proto = {
@@ -61,6 +65,8 @@ static const sb_req_ops h1_ops = {
     .stream_write = h1_stream_write,
     .stream_end = h1_stream_end,
     .on_abort = h1_on_abort,
+    .stream_queued = h1_stream_queued,
+    .on_writable = h1_on_req_writable,
 };
 
 static sb_h1_req *req_acquire(sb_conn *c)
@@ -83,6 +89,7 @@ static sb_h1_req *req_acquire(sb_conn *c)
     r->streaming = false;
     r->chunked = false;
     r->abort_fn = NULL;
+    r->writable_fn = NULL;
     r->abort_ud = NULL;
     r->hb_ms = 0;
     r->hb = SB_STR_NULL;
@@ -443,6 +450,8 @@ static void h1_on_writable(sb_conn *c)
     sb_h1_state *h = &c->h1;
     if (h->state == H1_WAIT && h->req && h->req->streaming) {
         sb_conn_pause_reading(c, false); /* to notice the client leaving */
+        if (h->req->writable_fn)
+            h->req->writable_fn(&h->req->req, h->req->writable_ud);
         return;
     }
     if (h->state == H1_WAIT)
@@ -700,6 +709,19 @@ static void h1_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud
     r->abort_ud = ud;
 }
 
+static size_t h1_stream_queued(sb_req *req)
+{
+    sb_h1_req *r = (sb_h1_req *)req;
+    return r->conn ? r->conn->out.len + r->conn->wout.len : 0;
+}
+
+static void h1_on_req_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
+{
+    sb_h1_req *r = (sb_h1_req *)req;
+    r->writable_fn = fn;
+    r->writable_ud = ud;
+}
+
 static int h1_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms, sb_str hb)
 {
     sb_h1_req *r = (sb_h1_req *)req;
@@ -787,6 +809,8 @@ static int h1_stream_write(sb_req *req, const void *data, size_t len)
         sb_conn_flush(c); /* may close the connection (on_close: abort callback) */
         if (c->closing)
             return SB_ECANCELED;
+    } else if (r->writable_fn) {
+        c->want_writable = true; /* the flush on the way out may write it all at once */
     }
     return 0;
 }

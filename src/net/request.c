@@ -185,3 +185,14 @@ void sb_req_peer_str(const struct sockaddr_in6 *peer, char *out, size_t outlen)
         snprintf(out, outlen, "-");
     }
 }
+
+size_t sb_resp_stream_queued(sb_req *req)
+{
+    return req->ops->stream_queued ? req->ops->stream_queued(req) : 0;
+}
+
+void sb_req_on_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
+{
+    if (req->ops->on_writable)
+        req->ops->on_writable(req, fn, ud);
+}

@@ -40,6 +40,10 @@ typedef struct sb_req_ops {
     /* Optional (NULL: no trailers; HTTP/2 has them): ends a stream with trailer fields. */
     void (*stream_end_trailers)(sb_req *req, const sb_http_header *trailers, size_t n);
     void (*on_abort)(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
+    /* Optional: bytes of a streamed body still waiting for the client, and a callback for
+     * when they have been written out (see sb_resp_stream_queued). */
+    size_t (*stream_queued)(sb_req *req);
+    void (*on_writable)(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 } sb_req_ops;
 
 struct sb_req {
@@ -131,6 +135,16 @@ void sb_resp_stream_end(sb_req *req);
  */
 void sb_resp_stream_end_trailers(sb_req *req, const sb_http_header *trailers, size_t n);
 void sb_req_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
+
+/*
+ * Pacing a long stream: sb_resp_stream_queued is how many bytes already written wait for the
+ * client (0 when the adapter cannot tell), and fn(req, ud) registered with
+ * sb_req_on_writable runs on the loop each time that output has been written out, until the
+ * stream ends. A writer that stops at a threshold and continues from fn never reaches
+ * SB_STREAM_MAX_QUEUED. An adapter without the notification never calls fn.
+ */
+size_t sb_resp_stream_queued(sb_req *req);
+void sb_req_on_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 
 /* The standard reason phrase for a status code ("Not Found"), or "Unknown". */
 const char *sb_http_reason(int status);

@@ -340,6 +340,11 @@ static size_t transport_queued(const sb_ws *ws)
     return ws->conn ? ws->conn->out.len + ws->conn->wout.len : 0;
 }
 
+size_t sb_ws_send_capacity(const sb_ws *ws)
+{
+    return ws->max_send_queue;
+}
+
 size_t sb_ws_queued(const sb_ws *ws)
 {
     return ws->pend.len + transport_queued(ws);
@@ -768,6 +773,16 @@ static void take_input(sb_ws *ws)
     }
 }
 
+/* A handler pacing its output hears when the queue has room again; this also covers output
+ * the kernel took at once, which no write completion would report. */
+static void tell_writable(sb_ws *ws)
+{
+    sb_conn *c = ws->conn;
+    if (!c->closing && ws->state == WS_OPEN && ws->h && ws->h->on_writable &&
+        sb_ws_queued(ws) < ws->max_send_queue / 2)
+        ws->h->on_writable(ws, ws->ud);
+}
+
 static void service(sb_ws *ws)
 {
     sb_conn *c = ws->conn;
@@ -776,6 +791,8 @@ static void service(sb_ws *ws)
     if (c->in.len || c->eof)
         take_input(ws); /* bytes that came with the upgrade request */
     settle(ws);
+    if (!c->closing)
+        tell_writable(ws);
 }
 
 static void ws_on_data(sb_conn *c)
@@ -787,7 +804,10 @@ static void ws_on_data(sb_conn *c)
 
 static void ws_on_writable(sb_conn *c)
 {
-    settle(c->proto_data);
+    sb_ws *ws = c->proto_data;
+    settle(ws);
+    if (!c->closing)
+        tell_writable(ws);
 }
 
 /* Ends the WebSocket now, without a closing handshake. */

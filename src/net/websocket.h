@@ -87,6 +87,9 @@ typedef struct sb_ws_handler {
     /* opcode: SB_WS_TEXT or SB_WS_BINARY. */
     void (*on_message)(sb_ws *ws, void *ud, int opcode, const void *data, size_t len);
     void (*on_close)(sb_ws *ws, void *ud, uint16_t code, sb_str reason);
+    /* Optional: what was queued has been written out (sb_ws_queued is under half of
+     * ws.max_send_queue again); a sender pacing a long backlog continues from here. */
+    void (*on_writable)(sb_ws *ws, void *ud);
 } sb_ws_handler;
 
 /*
@@ -143,6 +146,9 @@ void sb_ws_set_handler(sb_ws *ws, const sb_ws_handler *h, void *ud);
 
 /* The loop that serves ws (NULL under the test transport or while moving). */
 sb_loop *sb_ws_loop(const sb_ws *ws);
+
+/* ws.max_send_queue as this WebSocket applies it. */
+size_t sb_ws_send_capacity(const sb_ws *ws);
 
 /* Bytes queued toward the peer and not yet accepted by the kernel. */
 size_t sb_ws_queued(const sb_ws *ws);

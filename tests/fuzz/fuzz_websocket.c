@@ -80,7 +80,8 @@ static void on_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
     CHECK(sb_utf8_validate(SB_UTF8_ACCEPT, reason.base, reason.len) == SB_UTF8_ACCEPT);
 }
 
-static const sb_ws_handler handler = {on_open, on_message, on_close};
+static const sb_ws_handler handler = {
+    .on_open = on_open, .on_message = on_message, .on_close = on_close};
 
 /* The server's output: whole frames, unmasked, no reserved bits, known opcodes, control
  * frames within 125 bytes, a valid Close (if any) last. */

@@ -277,3 +277,59 @@ describe('GET /v1/events on shutdown', () => {
     }
   });
 });
+
+describe('a resume far behind is paced, not dropped', () => {
+  // A small send bound (64 KiB) and ~1.3 MB of backlog (400 updates with 3 KB of metadata):
+  // more than both the WebSocket bound and the 1 MiB SSE bound. Sent all at once it would
+  // overflow them (4008 / a closed stream) on every reconnect; paced, it arrives whole and
+  // in order even to a reader that stalls first.
+  let srv;
+  let firstId;
+  const room = uniq('backlog');
+  before(async () => {
+    srv = await startServer({ plain: true, workers: 2, env: { SWITCHBOARD_ADMIN_KEY: ADMIN }, args: ['--ws.max-send-queue', '64KiB'] });
+    const probe = await wsSub(srv);
+    assert.equal((await api(srv, 'POST', '/v1/rooms', { json: { name: room } })).status, 201);
+    await waitFor(() => probe.events.length >= 1, { what: 'room.created' });
+    firstId = probe.events[0].id;
+    probe.close();
+    const meta = 'x'.repeat(3000);
+    for (let i = 0; i < 400; i++) {
+      const r = await api(srv, 'PATCH', `/v1/rooms/${room}`, { json: { metadata: `${i}:${meta}` } });
+      assert.equal(r.status, 200, r.text);
+    }
+  });
+  after(async () => {
+    await srv?.cleanup();
+  });
+
+  const check = (envs) => {
+    assert.equal(envs.length, 400);
+    envs.forEach((e, i) => {
+      assert.equal(e.type, 'room.updated');
+      assert.ok(e.data.room.metadata.startsWith(`${i}:`), `event ${i} out of order`);
+    });
+  };
+
+  it('WebSocket with since=: a reader that stalls for a second still gets all 400, in order', async () => {
+    const ws = await wsSub(srv, { since: firstId });
+    ws._socket.pause();
+    await sleep(1000);
+    ws._socket.resume();
+    await waitFor(() => ws.events.length >= 400, { what: '400 events', timeoutMs: 20000 });
+    check(ws.events.slice(0, 400));
+    assert.equal(ws.readyState, WebSocket.OPEN);
+    ws.close();
+  });
+
+  it('SSE with Last-Event-ID: the same over 1 MiB, without the stream being cut', async () => {
+    const s = await sseSub(srv, { lastEventId: firstId });
+    s.res.pause();
+    await sleep(1000);
+    s.res.resume();
+    await waitFor(() => s.events.length >= 400, { what: '400 events', timeoutMs: 20000 });
+    check(s.events.slice(0, 400).map((e) => e.data));
+    assert.equal(s.ended, false);
+    s.close();
+  });
+});

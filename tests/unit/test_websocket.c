@@ -216,7 +216,8 @@ static void r_close(sb_ws *ws, void *ud, uint16_t code, sb_str reason)
     assert_int_equal(reason.base[reason.len], '\0');
 }
 
-static const sb_ws_handler handler = {r_open, r_message, r_close};
+static const sb_ws_handler handler = {
+    .on_open = r_open, .on_message = r_message, .on_close = r_close};
 
 /* A masked client frame. */
 static size_t cframe(uint8_t *out, int fin, int rsv, int opcode, const void *payload, size_t n,
@@ -780,7 +781,8 @@ static void oom_message(sb_ws *ws, void *ud, int opcode, const void *data, size_
     assert_true(rc == 0 || rc == SB_ENOMEM);
 }
 
-static const sb_ws_handler oom_handler = {r_open, oom_message, r_close};
+static const sb_ws_handler oom_handler = {
+    .on_open = r_open, .on_message = oom_message, .on_close = r_close};
 
 /* Failing each allocation in turn: the engine refuses cleanly (NULL, SB_ENOMEM, or close 1011)
  * and leaks nothing (LeakSanitizer checks at exit). */
