@@ -579,6 +579,11 @@ bool sb_app_submit_loop(sb_app *app, sb_loop *loop, sb_store_job_fn job, sb_stor
 
 void sb_app_internal_error(sb_req *req, const char *what, int rc)
 {
+    if (rc == SB_ECANCELED) { /* the loop that owns the work has shut down */
+        sb_resp_header(req, "Retry-After", SB_STR_LIT("1"));
+        sb_resp_problem(req, 503, "shutting-down", "the server is shutting down; retry");
+        return;
+    }
     sb_log(SB_LOG_ERROR, "internal error", "what", what, "reason", sb_strerror(rc), "request_id",
            req->request_id, NULL);
     sb_resp_problem(req, 500, "internal", "an internal error occurred; see the server log");

@@ -704,8 +704,9 @@ void sb_rtc_run(sb_app *app, sb_req *req, sb_rtc_call *c)
         c->done(c);
         return;
     }
-    if (sb_loop_post(loop_at(rtc, home), call_home, c) != 0) {
-        c->result = SB_ENOMEM;
+    int rc = sb_loop_post(loop_at(rtc, home), call_home, c);
+    if (rc != 0) {
+        c->result = rc; /* SB_ECANCELED: the home loop has shut down */
         c->done(c);
         return;
     }

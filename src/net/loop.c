@@ -14,6 +14,8 @@
 
 #define TICK_MS 200
 
+static void finish_if_drained(sb_loop *loop);
+
 static void on_wakeup(uv_async_t *a)
 {
     sb_loop *loop = a->data;
@@ -30,6 +32,8 @@ static void on_wakeup(uv_async_t *a)
         sb_free(m);
         m = next;
     }
+    if (loop->draining)
+        finish_if_drained(loop); /* what ran may have been the last work */
 }
 
 static void enqueue(sb_loop *loop, sb_loop_msg *m)
@@ -50,7 +54,21 @@ int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg)
     if (!m)
         return SB_ENOMEM;
     *m = (sb_loop_msg){.fn = fn, .arg = arg};
-    enqueue(loop, m);
+    pthread_mutex_lock(&loop->mq_lock);
+    bool closed = loop->mq_closed;
+    if (!closed) {
+        if (loop->mq_tail)
+            loop->mq_tail->next = m;
+        else
+            loop->mq_head = m;
+        loop->mq_tail = m;
+    }
+    pthread_mutex_unlock(&loop->mq_lock);
+    if (closed) {
+        sb_free(m);
+        return SB_ECANCELED;
+    }
+    uv_async_send(&loop->wakeup);
     return 0;
 }
 
@@ -232,6 +250,17 @@ static void finish_if_drained(sb_loop *loop)
 {
     if (!loop->draining || loop->num_conns > 0 || loop->pending_jobs > 0)
         return;
+    /* Messages already queued still run (another loop may wait on their answer); once the
+     * queue is empty it closes, and sb_loop_post tells later senders. */
+    pthread_mutex_lock(&loop->mq_lock);
+    bool queued = loop->mq_head != NULL;
+    if (!queued)
+        loop->mq_closed = true;
+    pthread_mutex_unlock(&loop->mq_lock);
+    if (queued) {
+        uv_async_send(&loop->wakeup);
+        return;
+    }
     /* Everything is closed: let uv_run return. */
     close_if_open((uv_handle_t *)&loop->tick);
     close_if_open((uv_handle_t *)&loop->wakeup);

@@ -64,6 +64,7 @@ struct sb_loop {
     uv_async_t wakeup;
     pthread_mutex_t mq_lock;
     sb_loop_msg *mq_head, *mq_tail;
+    bool mq_closed; /* the loop has finished: sb_loop_post refuses (under mq_lock) */
 
     sb_listener listeners[SB_MAX_LISTENERS];
     int num_listeners;
@@ -99,7 +100,8 @@ struct sb_loop {
     char rbuf[SB_LOOP_RBUF_SIZE]; /* socket reads land here, TLS decrypts from here */
 };
 
-/* Queues fn(loop, arg) to run on loop's thread. Safe from any thread. Returns SB_ENOMEM. */
+/* Queues fn(loop, arg) to run on loop's thread. Safe from any thread. Returns SB_ENOMEM, or
+ * SB_ECANCELED once the loop has finished (drained and stopped): fn will never run there. */
 int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg);
 
 /* Same, for callbacks that take only their argument (store completions). Never fails: on
