@@ -205,3 +205,38 @@ describe('revoked tokens', () => {
     fine.terminate();
   });
 });
+
+describe('moves in flight at shutdown', () => {
+  it('SIGTERM while 300 participants are joining (moves in transit) exits 0 with nothing leaked', async () => {
+    const dir = await tempDir('itest-switchboard-handoff-term-');
+    const s = await startServer({ plain: true, workers: 2, env, dataDir: dir });
+    try {
+      const call = (method, p, body) => fetch(`${s.plainUrl}${p}`, {
+        method, headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' }, body: JSON.stringify(body),
+      }).then((r) => r.json());
+      const rooms = ['t0', 't1', 't2', 't3'];
+      for (const name of rooms) await call('POST', '/v1/rooms', { name });
+      const toks = [];
+      for (let i = 0; i < 300; i++) toks.push((await call('POST', '/v1/tokens', { room: rooms[i % 4], identity: `m${i}` })).token);
+      let joined = 0;
+      const conns = toks.map((t) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${s.plainPort}/v1/rtc?access_token=${encodeURIComponent(t)}`);
+        ws.on('error', () => {});
+        ws.on('message', (d) => { if (JSON.parse(d.toString()).type === 'joined') joined++; });
+        ws.closed = new Promise((resolve) => ws.on('close', (code) => resolve(code)));
+        return ws;
+      });
+      // Some joined, the others upgrading or on their way to their room's loop.
+      await waitFor(() => joined >= 60, { what: '60 joins', timeoutMs: 10000 });
+      const r = await s.stop(); // asserts exit 0 and no sanitizer report (leaks included)
+      assert.equal(r.code, 0);
+      const codes = await Promise.all(conns.map((c) => c.closed));
+      if (process.env.SB_DEBUG_CODES) console.log(JSON.stringify(codes.reduce((m, c) => ((m[c] = (m[c] ?? 0) + 1), m), {})));
+      for (const code of codes) assert.ok([1001, 1006].includes(code), `close code ${code}`);
+      assert.ok(codes.filter((c) => c === 1001).length >= 60, 'the joined ones were told the server is going away');
+    } finally {
+      await s.cleanup();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
