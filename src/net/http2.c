@@ -53,14 +53,17 @@ struct h2_conn {
     nghttp2_session *s;
     h2_stream *streams; /* every stream with an sb_req, until released */
     size_t max_body, max_hdr_list, max_headers, conn_window;
+    size_t max_streams; /* ours to enforce: nghttp2 is told "unlimited" (see patch_settings) */
+    size_t nopen;       /* streams with an sb_req that nghttp2 has not closed */
     int max_resets;
     size_t held;                      /* request-body bytes buffered across streams */
     size_t owed;                      /* connection-window bytes not yet given back */
     size_t block_bytes, block_frames; /* header block being received */
     uint64_t rst_window_ms;
     int rst_count;
-    int busy;   /* inside nghttp2 (recv or send): do not re-enter */
-    bool fatal; /* close once the queued output is out */
+    int busy;          /* inside nghttp2 (recv or send): do not re-enter */
+    bool fatal;        /* close once the queued output is out */
+    bool settings_out; /* the first SETTINGS frame went through pump */
     bool draining;
 };
 
@@ -153,6 +156,7 @@ static h2_stream *stream_new(h2_conn *h2, int32_t id)
     if (h2->streams)
         h2->streams->prev = s;
     h2->streams = s;
+    h2->nopen++;
     return s;
 }
 
@@ -528,6 +532,13 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         return 0;
     if (h2->fatal || h2->draining)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (h2->nopen >= h2->max_streams) {
+        /* RFC 9113 §5.1.2: a stream error, not a connection error; the client may retry it.
+         * The stream gets no sb_req: its headers and body are ignored. */
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_REFUSED_STREAM);
+        return 0;
+    }
     h2_stream *s = stream_new(h2, frame->hd.stream_id);
     if (!s)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM INTERNAL_ERROR */
@@ -692,6 +703,7 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
     if (!s)
         return 0;
     s->closed = true;
+    h2->nopen--;
     if (s->streaming)
         stream_abort(s, NGHTTP2_NO_ERROR); /* closed: nothing is sent */
     if (!s->dispatched || s->req.responded)
@@ -744,6 +756,7 @@ int sb_h2_attach(sb_conn *c)
     h2->max_hdr_list = cfg->http2_max_header_list_size;
     h2->max_headers = cfg->http_max_headers;
     h2->max_resets = cfg->http2_max_resets_per_second;
+    h2->max_streams = cfg->http2_max_concurrent_streams;
     size_t win = cfg->http2_connection_window_size;
     if (win < h2->max_body + 65536)
         win = h2->max_body + 65536;
@@ -767,8 +780,9 @@ int sb_h2_attach(sb_conn *c)
         goto fail;
     nghttp2_option_del(opt);
     opt = NULL;
+    /* MAX_CONCURRENT_STREAMS first: patch_settings puts the real value on the wire. */
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)cfg->http2_max_concurrent_streams},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0x7fffffffu},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint32_t)swin},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)h2->max_hdr_list},
     };
@@ -813,6 +827,26 @@ static void arm_deadline(h2_conn *h2)
         sb_conn_set_deadline(c, SB_DL_NONE, 0);
 }
 
+/*
+ * nghttp2 answers a stream past an acknowledged SETTINGS_MAX_CONCURRENT_STREAMS with a
+ * connection error (GOAWAY PROTOCOL_ERROR), which would kill the client's other streams too.
+ * So nghttp2 is told the limit is "unlimited", the client is told the real one by rewriting
+ * the value in our first SETTINGS frame on its way out (the entry submitted first, at payload
+ * offset 0), and on_begin_headers refuses streams past it with REFUSED_STREAM.
+ */
+static void patch_settings(h2_conn *h2, uint8_t *f, size_t len)
+{
+    h2->settings_out = true;
+    if (len < 9 + 6 || f[3] != NGHTTP2_SETTINGS || (f[4] & NGHTTP2_FLAG_ACK) || f[9] != 0 ||
+        f[10] != NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+        return;
+    uint32_t v = (uint32_t)h2->max_streams;
+    f[11] = (uint8_t)(v >> 24);
+    f[12] = (uint8_t)(v >> 16);
+    f[13] = (uint8_t)(v >> 8);
+    f[14] = (uint8_t)v;
+}
+
 /* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
  * close the connection (on_close frees h2): the caller must not touch h2 after it. */
 static void pump(h2_conn *h2)
@@ -835,10 +869,13 @@ static void pump(h2_conn *h2)
         }
         if (n == 0)
             break;
+        size_t at = o->len;
         if (sb_buf_append(o, data, (size_t)n) != 0) {
             failed = true;
             break;
         }
+        if (!h2->settings_out)
+            patch_settings(h2, (uint8_t *)o->base + at, (size_t)n);
         if (tls && o->len >= TLS_BATCH) {
             if (sb_conn_write_end(c) != 0) {
                 failed = true;

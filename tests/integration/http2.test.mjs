@@ -6,52 +6,13 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 
-import { readCa } from './lib/client.mjs';
+import { h2connect, h2req } from './lib/h2.mjs';
 import { parseMetrics, run, sleep, startServer, waitFor } from './lib/server.mjs';
 
 const ADMIN = 'http2-itest-admin-key-0123456789abcdefghijklmn';
 let n = 0;
+const req = (s, method, path, opts = {}) => h2req(s, method, path, { key: ADMIN, ...opts });
 const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${n++}`;
-
-/** One request on an http2 session: {status, headers, text, json()}. */
-export function h2req(session, method, path, { key = ADMIN, json, headers = {}, body } = {}) {
-  return new Promise((resolve, reject) => {
-    const h = { ':method': method, ':path': path, ...headers };
-    if (key) h.authorization = `Bearer ${key}`;
-    let payload = body;
-    if (json !== undefined) {
-      h['content-type'] = 'application/json';
-      payload = JSON.stringify(json);
-    }
-    const st = session.request(h, { endStream: payload === undefined });
-    let resHeaders;
-    const chunks = [];
-    st.on('response', (hs) => {
-      resHeaders = hs;
-    });
-    st.on('data', (d) => chunks.push(d));
-    st.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      resolve({
-        status: resHeaders?.[':status'],
-        headers: resHeaders,
-        text,
-        json: () => JSON.parse(text),
-      });
-    });
-    st.on('error', reject);
-    if (payload !== undefined) st.end(payload);
-  });
-}
-
-export function h2connect(srv, { tls = true, settings } = {}) {
-  const url = tls ? srv.url : srv.plainUrl;
-  const session = http2.connect(url, { ca: tls ? readCa(srv.caPath) : undefined, settings });
-  return new Promise((resolve, reject) => {
-    session.once('connect', () => resolve(session));
-    session.once('error', reject);
-  });
-}
 
 describe('HTTP/2', () => {
   let srv;
@@ -109,10 +70,10 @@ describe('HTTP/2', () => {
     const s = await h2connect(srv);
     try {
       const room = uniq('conc');
-      const c = await h2req(s, 'POST', '/v1/rooms', { json: { name: room } });
+      const c = await req(s, 'POST', '/v1/rooms', { json: { name: room } });
       assert.equal(c.status, 201, c.text);
       const rs = await Promise.all(Array.from({ length: 200 }, (_, i) =>
-        h2req(s, 'GET', i % 2 ? `/v1/rooms/${room}` : '/healthz', { headers: { 'x-request-id': `h2-${i}` } })));
+        req(s, 'GET', i % 2 ? `/v1/rooms/${room}` : '/healthz', { headers: { 'x-request-id': `h2-${i}` } })));
       for (const [i, r] of rs.entries()) {
         assert.equal(r.status, 200, r.text);
         assert.equal(r.headers['x-request-id'], `h2-${i}`);
@@ -120,7 +81,7 @@ describe('HTTP/2', () => {
         else assert.deepEqual(r.json(), { status: 'ok' });
       }
       // A request body and a 404 with a problem document, on the same connection.
-      const miss = await h2req(s, 'GET', '/v1/nope');
+      const miss = await req(s, 'GET', '/v1/nope');
       assert.equal(miss.status, 404);
       assert.equal(miss.headers['content-type'], 'application/problem+json');
       const line = await srv.waitForLog((l) => l.msg === 'request' && l.request_id === 'h2-199');
@@ -134,7 +95,7 @@ describe('HTTP/2', () => {
   it('h2c and h2 both serve; HTTP/1.1 on the plain listener still works next to h2c', async () => {
     const s = await h2connect(srv, { tls: false });
     try {
-      const r = await h2req(s, 'GET', '/readyz');
+      const r = await req(s, 'GET', '/readyz');
       assert.equal(r.status, 200);
     } finally {
       s.close();
@@ -146,17 +107,17 @@ describe('HTTP/2', () => {
   it('request bodies: over http.max_body_bytes → 413; a missing path → 404; HEAD has no body', async () => {
     const s = await h2connect(srv);
     try {
-      const big = await h2req(s, 'POST', '/v1/rooms', { body: Buffer.alloc(1024 * 1024 + 10, 0x61), headers: { 'content-type': 'application/json' } });
+      const big = await req(s, 'POST', '/v1/rooms', { body: Buffer.alloc(1024 * 1024 + 10, 0x61), headers: { 'content-type': 'application/json' } });
       assert.equal(big.status, 413);
       assert.equal(JSON.parse(big.text).type, 'urn:switchboard:problem:body-too-large');
-      const bad = await h2req(s, 'POST', '/v1/rooms', { body: '{"name":', headers: { 'content-type': 'application/json' } });
+      const bad = await req(s, 'POST', '/v1/rooms', { body: '{"name":', headers: { 'content-type': 'application/json' } });
       assert.equal(bad.status, 400);
-      const head = await h2req(s, 'HEAD', '/healthz', { key: null });
+      const head = await req(s, 'HEAD', '/healthz', { key: null });
       assert.equal(head.status, 200);
       assert.equal(head.text, '');
       assert.equal(head.headers['content-length'], '15');
       // The connection is fine after all that.
-      assert.equal((await h2req(s, 'GET', '/healthz')).status, 200);
+      assert.equal((await req(s, 'GET', '/healthz')).status, 200);
     } finally {
       s.close();
     }
@@ -192,12 +153,12 @@ describe('HTTP/2', () => {
       assert.match(headers['content-type'], /^text\/event-stream/);
       assert.equal(headers['transfer-encoding'], undefined);
       const room = uniq('sse');
-      assert.equal((await h2req(s, 'POST', '/v1/rooms', { json: { name: room } })).status, 201);
+      assert.equal((await req(s, 'POST', '/v1/rooms', { json: { name: room } })).status, 201);
       await waitFor(() => raw.includes(`"${room}"`), { what: 'the room.created event over h2' });
       assert.match(raw, /event: room\.created\n/);
       st.close(http2.constants.NGHTTP2_CANCEL);
       await sleep(50);
-      assert.equal((await h2req(s, 'GET', '/healthz')).status, 200, 'connection still serves');
+      assert.equal((await req(s, 'GET', '/healthz')).status, 200, 'connection still serves');
     } finally {
       s.close();
     }
