@@ -743,7 +743,11 @@ static void make_callbacks(void)
 
 int sb_h2_attach(sb_conn *c)
 {
-    const sb_config *cfg = sb__server_config(c->loop->server);
+    return sb__h2_attach_with(c, sb__server_config(c->loop->server));
+}
+
+int sb__h2_attach_with(sb_conn *c, const sb_config *cfg)
+{
     pthread_once(&callbacks_once, make_callbacks);
     if (!callbacks)
         return SB_ENOMEM;
