@@ -38,6 +38,7 @@ typedef struct h2_stream {
     int64_t hb_ms;
     sb_str hb; /* in the arena */
     uint64_t hb_due_ms;
+    bool *gone;      /* set when the stream is freed during a call that reports it */
     bool too_large;  /* header list over a limit */
     bool dispatched; /* handed to the router (or refused): the request is the handler's */
     bool closed;     /* nghttp2 closed the stream */
@@ -195,6 +196,8 @@ static void stream_unlink(h2_stream *s)
 
 static void stream_free(h2_stream *s)
 {
+    if (s->gone)
+        *s->gone = true;
     body_release(s);
     if (s->h2) {
         if (!s->closed)
@@ -309,6 +312,19 @@ static int submit_head(h2_stream *s, int status, sb_str ctype, int64_t clen, boo
     return rc == 0 ? 0 : SB_EIO;
 }
 
+/* kick() on behalf of a stream operation: SB_ECANCELED if the stream ended meanwhile (the
+ * connection closed while writing: its abort callback has run), else 0. */
+static int kick_stream(h2_stream *s)
+{
+    bool gone = false;
+    s->gone = &gone;
+    kick(s->h2);
+    if (gone)
+        return SB_ECANCELED;
+    s->gone = NULL;
+    return 0;
+}
+
 static void h2_send(sb_req *req, int status, sb_str ctype, const void *body, size_t len)
 {
     h2_stream *s = (h2_stream *)req;
@@ -383,8 +399,7 @@ static int h2_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
     sb_req_log_access(req, status, 0, dur);
     s->streaming = true;
     s->out_eof = false;
-    kick(h2);
-    return 0;
+    return kick_stream(s);
 }
 
 static void resume(h2_stream *s)
@@ -430,8 +445,7 @@ static int h2_stream_write(sb_req *req, const void *data, size_t len)
     if (s->hb_ms > 0)
         s->hb_due_ms = now_ms(h2) + (uint64_t)s->hb_ms;
     resume(s);
-    kick(h2);
-    return 0;
+    return kick_stream(s);
 }
 
 static void stream_finish(h2_stream *s)
@@ -853,18 +867,19 @@ static void patch_settings(h2_conn *h2, uint8_t *f, size_t len)
 
 /* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
  * close the connection (on_close frees h2): the caller must not touch h2 after it. */
-static void pump(h2_conn *h2)
+/* Frames from nghttp2 into the transport until nghttp2 has none (0) or the transport holds
+ * SB_CONN_OUT_HIGH (1); SB_EIO if they could not be queued. */
+static int produce(h2_conn *h2)
 {
     sb_conn *c = h2->c;
-    if (h2->busy || c->closing)
-        return;
-    h2->busy++;
     bool tls = sb_conn_is_tls(c);
     sb_buf *o = sb_conn_write_begin(c);
-    bool failed = false;
+    int r = 0;
     for (;;) {
-        if (c->out.len + c->wout.len + (tls ? o->len : 0) >= SB_CONN_OUT_HIGH)
+        if (c->out.len + c->wout.len + (tls ? o->len : 0) >= SB_CONN_OUT_HIGH) {
+            r = 1;
             break;
+        }
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h2->s, &data);
         if (n < 0) {
@@ -875,27 +890,51 @@ static void pump(h2_conn *h2)
             break;
         size_t at = o->len;
         if (sb_buf_append(o, data, (size_t)n) != 0) {
-            failed = true;
+            r = SB_EIO;
             break;
         }
         if (!h2->settings_out)
             patch_settings(h2, (uint8_t *)o->base + at, (size_t)n);
         if (tls && o->len >= TLS_BATCH) {
             if (sb_conn_write_end(c) != 0) {
-                failed = true;
+                r = SB_EIO;
                 break;
             }
             o = sb_conn_write_begin(c);
         }
     }
-    if (!failed && sb_conn_write_end(c) != 0)
-        failed = true;
-    h2->busy--;
-    if (failed) {
-        if (tls)
-            sb_buf_reset(&c->loop->staging);
-        sb_conn_abort(c);
+    if (r != SB_EIO && sb_conn_write_end(c) != 0)
+        r = SB_EIO;
+    if (r == SB_EIO && tls)
+        sb_buf_reset(&c->loop->staging);
+    return r;
+}
+
+/* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
+ * close the connection (on_close frees h2): the caller must not touch h2 after it. */
+static void pump(h2_conn *h2)
+{
+    sb_conn *c = h2->c;
+    if (h2->busy || c->closing)
         return;
+    for (;;) {
+        h2->busy++;
+        int r = produce(h2);
+        h2->busy--;
+        if (r < 0) {
+            sb_conn_abort(c);
+            return;
+        }
+        if (r == 0 || c->writing)
+            break; /* done, or on_writable comes when the write completes */
+        /* Over the high mark and nothing in flight: nobody would call on_writable, so write
+         * now (also from inside on_data, as HTTP/1.1's pipelining does). */
+        bool cb = c->in_callback;
+        c->in_callback = false;
+        sb_conn_flush(c);
+        c->in_callback = cb;
+        if (c->closing)
+            return;
     }
     if (h2->fatal || (!nghttp2_session_want_read(h2->s) && !nghttp2_session_want_write(h2->s))) {
         sb_conn_close_after_write(c);
