@@ -57,8 +57,9 @@ struct h2_conn {
     size_t max_streams; /* ours to enforce: nghttp2 is told "unlimited" (see patch_settings) */
     size_t nopen;       /* streams with an sb_req that nghttp2 has not closed */
     int max_resets;
-    size_t held;                      /* request-body bytes buffered across streams */
-    size_t owed;                      /* connection-window bytes not yet given back */
+    size_t held;   /* request-body bytes buffered across streams */
+    size_t owed;   /* connection-window bytes not yet given back */
+    size_t queued; /* response bytes in streams' out buffers, not yet taken by nghttp2 */
     size_t block_bytes, block_frames; /* header block being received */
     uint64_t rst_window_ms;
     int rst_count;
@@ -194,6 +195,15 @@ static void stream_unlink(h2_stream *s)
     s->prev = s->next = NULL;
 }
 
+/* Drops what a stream's response buffer still holds. */
+static void out_drop(h2_stream *s)
+{
+    if (s->h2)
+        s->h2->queued -= s->out.len - s->out_off;
+    sb_buf_free(&s->out);
+    s->out_off = 0;
+}
+
 static void stream_free(h2_stream *s)
 {
     if (s->gone)
@@ -204,7 +214,7 @@ static void stream_free(h2_stream *s)
             nghttp2_session_set_stream_user_data(s->h2->s, s->id, NULL);
         stream_unlink(s);
     }
-    sb_buf_free(&s->out);
+    out_drop(s);
     sb_arena_reset(&s->req.arena);
     sb_free(s);
 }
@@ -257,6 +267,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
     if (n) {
         memcpy(buf, s->out.base + s->out_off, n);
         s->out_off += n;
+        s->h2->queued -= n;
         if (s->out_off == s->out.len) {
             sb_buf_reset(&s->out);
             s->out_off = 0;
@@ -343,11 +354,12 @@ static void h2_send(sb_req *req, int status, sb_str ctype, const void *body, siz
     int rc = 0;
     if (with_body) {
         rc = sb_buf_append(&s->out, body, len);
+        h2->queued += rc ? 0 : len;
         s->out_eof = true;
     }
     rc = rc ? rc : submit_head(s, status, ctype, no_body ? -1 : (int64_t)len, with_body);
     if (rc) {
-        sb_buf_free(&s->out);
+        out_drop(s);
         nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         sb_req_log_access(req, status, 0, dur);
     } else {
@@ -430,8 +442,10 @@ static int h2_stream_write(sb_req *req, const void *data, size_t len)
         return SB_ECANCELED;
     if (len == 0)
         return 0;
-    if (s->out.len - s->out_off + len > SB_STREAM_MAX_QUEUED) {
-        /* The client does not read this stream: reset it; it reconnects and resumes. */
+    if (s->out.len - s->out_off + len > SB_STREAM_MAX_QUEUED ||
+        h2->queued + len > SB_CONN_OUT_MAX) {
+        /* The client does not read this stream (or, across its streams, the connection):
+         * reset it; it reconnects and resumes. */
         sb_stat_add(&req->loop->stats.timeouts, 1);
         stream_abort(s, NGHTTP2_CANCEL);
         kick(h2);
@@ -442,6 +456,7 @@ static int h2_stream_write(sb_req *req, const void *data, size_t len)
         kick(h2);
         return SB_ECANCELED;
     }
+    h2->queued += len;
     if (s->hb_ms > 0)
         s->hb_due_ms = now_ms(h2) + (uint64_t)s->hb_ms;
     resume(s);
@@ -544,9 +559,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     h2_conn *h2 = ud;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    if (h2->fatal || h2->draining)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (h2->nopen >= h2->max_streams) {
+    if (h2->fatal || h2->draining || h2->nopen >= h2->max_streams) {
         /* RFC 9113 §5.1.2: a stream error, not a connection error; the client may retry it.
          * The stream gets no sb_req: its headers and body are ignored. */
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
@@ -993,12 +1006,20 @@ static void h2_on_timeout(sb_conn *c, sb_deadline_kind kind)
 {
     h2_conn *h2 = c->proto_data;
     if (kind == SB_DL_PING) {
+        /* One due stream at a time, from the head: a write may end other streams (an abort
+         * callback is handler code). Each write either moves the stream's due time or ends
+         * its streaming, so this terminates. */
         uint64_t now = now_ms(h2);
-        for (h2_stream *s = h2->streams, *next; s; s = next) {
-            next = s->next;
-            if (s->streaming && s->hb_ms > 0 && s->hb_due_ms <= now && !s->closed)
-                h2_stream_write(&s->req, s->hb.base, s->hb.len);
+        h2->busy++; /* one pump below, not one per write */
+        for (;;) {
+            h2_stream *s = h2->streams;
+            while (s && !(s->streaming && s->hb_ms > 0 && s->hb_due_ms <= now && !s->closed))
+                s = s->next;
+            if (!s)
+                break;
+            h2_stream_write(&s->req, s->hb.base, s->hb.len);
         }
+        h2->busy--;
     } else if (kind == SB_DL_BODY) {
         for (h2_stream *s = h2->streams; s; s = s->next) {
             if (!s->dispatched && !s->closed)
@@ -1021,17 +1042,22 @@ static void h2_on_drain(sb_conn *c)
     h2->draining = true;
     nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h2->s),
                           NGHTTP2_NO_ERROR, NULL, 0);
-    for (h2_stream *s = h2->streams, *next; s; s = next) {
-        next = s->next;
-        if (s->streaming) {
-            /* End the body cleanly and tell the handler, as HTTP/1.1 does. */
-            void (*fn)(sb_req *, void *) = s->abort_fn;
-            void *ud = s->abort_ud;
-            stream_finish(s);
-            if (fn)
-                fn(&s->req, ud);
-        }
+    /* End streamed bodies cleanly and tell their handlers, as HTTP/1.1 does; from the head
+     * each time, since a callback may end other streams. */
+    h2->busy++;
+    for (;;) {
+        h2_stream *s = h2->streams;
+        while (s && !s->streaming)
+            s = s->next;
+        if (!s)
+            break;
+        void (*fn)(sb_req *, void *) = s->abort_fn;
+        void *ud = s->abort_ud;
+        stream_finish(s);
+        if (fn)
+            fn(&s->req, ud);
     }
+    h2->busy--;
     pump(h2);
     if (!c->closing)
         sb_conn_flush(c);
