@@ -38,14 +38,15 @@ typedef struct h2_stream {
     int64_t hb_ms;
     sb_str hb; /* in the arena */
     uint64_t hb_due_ms;
-    bool *gone;      /* set when the stream is freed during a call that reports it */
-    bool too_large;  /* header list over a limit */
-    bool dispatched; /* handed to the router (or refused): the request is the handler's */
-    bool closed;     /* nghttp2 closed the stream */
-    bool streaming;  /* a streamed response is open (sb_resp_stream_begin) */
-    bool out_eof;    /* the response body is complete in out */
-    bool deferred;   /* the data source said DEFERRED: resume when out grows */
-    bool discard;    /* request body no longer wanted */
+    bool *gone;        /* set when the stream is freed during a call that reports it */
+    bool headers_done; /* the request's header block is complete */
+    bool too_large;    /* header list over a limit */
+    bool dispatched;   /* handed to the router (or refused): the request is the handler's */
+    bool closed;       /* nghttp2 closed the stream */
+    bool streaming;    /* a streamed response is open (sb_resp_stream_begin) */
+    bool out_eof;      /* the response body is complete in out */
+    bool deferred;     /* the data source said DEFERRED: resume when out grows */
+    bool discard;      /* request body no longer wanted */
     _Alignas(16) char arena_first[STREAM_ARENA_INLINE];
 } h2_stream;
 
@@ -707,6 +708,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (!s || s->dispatched)
         return 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        s->headers_done = true;
         if (s->too_large) {
             dispatch(h2, s); /* 431 */
             return 0;
@@ -1021,10 +1023,21 @@ static void h2_on_timeout(sb_conn *c, sb_deadline_kind kind)
         }
         h2->busy--;
     } else if (kind == SB_DL_BODY) {
+        /* A body that stopped arriving gets 408 on its stream; a header block that stopped
+         * arriving holds the whole connection (nothing else may be sent meanwhile): GOAWAY. */
+        bool stalled_block = false;
         for (h2_stream *s = h2->streams; s; s = s->next) {
-            if (!s->dispatched && !s->closed)
+            if (s->dispatched || s->closed)
+                continue;
+            if (!s->headers_done)
+                stalled_block = true;
+            else
                 refuse(s, 408, "request-timeout",
-                       "the request did not arrive within http.body_timeout");
+                       "the request body did not arrive within http.body_timeout");
+        }
+        if (stalled_block) {
+            nghttp2_session_terminate_session(h2->s, NGHTTP2_NO_ERROR);
+            h2->fatal = true;
         }
     } else {
         /* Idle, or no request since the connection opened. */
