@@ -241,6 +241,34 @@ describe('HTTP/2', () => {
   });
 });
 
+describe('HTTP/2 shares the request path of HTTP/1.1', () => {
+  it('rate limits (429, Retry-After, RateLimit headers) and request metrics count h2 requests', async () => {
+    const srv = await startServer({ plain: true, workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN },
+      args: ['--ratelimit.requests-per-second', '2', '--ratelimit.burst', '3'] });
+    try {
+      const metric = async (name) => parseMetrics(await (await fetch(`${srv.plainUrl}/metrics`)).text()).get(name) ?? 0;
+      const ok0 = await metric('switchboard_http_requests_total{code="2xx"}');
+      const s = await h2connect(srv);
+      try {
+        const seen = [];
+        for (let i = 0; i < 4; i++) seen.push(await req(s, 'GET', '/v1/rooms'));
+        assert.deepEqual(seen.map((r) => r.status), [200, 200, 200, 429]);
+        assert.equal(seen[0].headers['ratelimit-policy'], '"default";q=3;w=2');
+        assert.equal(seen[3].headers['retry-after'], '1');
+        assert.equal(seen[3].headers['content-type'], 'application/problem+json');
+        const bad = await req(s, 'GET', '/healthz', { headers: { 'x-request-id': 'not valid!' } });
+        assert.match(bad.headers['x-request-id'], /^[0-9a-f]{28}$/, 'an invalid X-Request-Id is replaced');
+      } finally {
+        s.close();
+      }
+      assert.ok((await metric('switchboard_http_requests_total{code="2xx"}')) >= ok0 + 4);
+      assert.ok((await metric('switchboard_http_requests_total{code="4xx"}')) >= 1);
+    } finally {
+      await srv.cleanup();
+    }
+  });
+});
+
 describe('HTTP/2 on shutdown', () => {
   it('SIGTERM: an open SSE stream over h2 ends cleanly, GOAWAY, exit 0', async () => {
     const srv = await startServer({ plain: true, workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN } });
