@@ -515,7 +515,7 @@ static void refuse(h2_stream *s, int status, const char *slug, const char *detai
     sb_resp_problem(&s->req, status, slug, detail);
 }
 
-static void dispatch(h2_conn *h2, h2_stream *s)
+static void dispatch(h2_stream *s)
 {
     if (s->dispatched)
         return;
@@ -533,7 +533,6 @@ static void dispatch(h2_conn *h2, h2_stream *s)
     req->head = sb_str_eq_lit(req->method, "HEAD");
     const sb_http_header *rid = sb_req_header(req, "x-request-id");
     sb_req_set_request_id(req, rid ? rid->value : SB_STR_NULL);
-    (void)h2;
     sb_router_dispatch(req->loop->router, req);
 }
 
@@ -712,7 +711,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         s->headers_done = true;
         if (s->too_large) {
-            dispatch(h2, s); /* 431 */
+            dispatch(s); /* 431 */
             return 0;
         }
         if (s->content_length > (int64_t)h2->max_body) {
@@ -721,7 +720,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         }
     }
     if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
-        dispatch(h2, s);
+        dispatch(s);
     return 0;
 }
 
