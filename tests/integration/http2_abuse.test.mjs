@@ -169,6 +169,41 @@ describe('HTTP/2 abuse', () => {
     await bystanderServes();
   });
 
+  it('PING and SETTINGS floods from a client that never reads: bounded, then closed or stalled; others unaffected', async () => {
+    const rss0 = rssKiB(srv.pid);
+    const c = await RawH2.open(srv);
+    c.sock.pause(); // never read: the server's PING ACKs pile up on its side
+    const ping = frame(T.PING, 0, 0, Buffer.alloc(8, 1));
+    const settingsFrame = settings({ 4: 65535 });
+    const batch = Buffer.concat(Array.from({ length: 8000 }, (_, i) => (i % 2 ? ping : settingsFrame)));
+    // Write until the server stops taking bytes (it stops reading once its own output passes
+    // the high mark: the ACKs we do not read) or has taken 256 MB (then it must have
+    // detected the flood: nghttp2 counts more than 1000 queued ACKs as one).
+    let stalled = false;
+    let written = 0;
+    while (!c.closed && written < 256 * 1024 * 1024) {
+      written += batch.length;
+      if (!c.sock.write(batch)) {
+        const drained = await Promise.race([new Promise((r) => c.sock.once('drain', () => r(true))), sleep(500).then(() => false)]);
+        if (!drained) {
+          stalled = true;
+          break;
+        }
+      }
+    }
+    const grew = rssKiB(srv.pid) - rss0;
+    if (process.env.SB_ITEST_VERBOSE) console.log('flood: grew', grew, 'KiB; stalled', stalled, 'written', written);
+    assert.ok(grew < 32 * 1024, `server RSS grew by ${grew} KiB`);
+    c.sock.resume(); // now read: what the server queued, and how it ended
+    if (!stalled) {
+      const ga = await c.waitFrame((f) => f.type === T.GOAWAY, 'GOAWAY', 20000);
+      assert.equal(ga.code, E.ENHANCE_YOUR_CALM);
+      await c.waitClosed(10000);
+    }
+    c.destroy();
+    await bystanderServes();
+  });
+
   it('garbage after the preface and a bad preface over TLS are closed (GOAWAY PROTOCOL_ERROR or close)', async () => {
     const c = await RawH2.open(srv);
     c.send(Buffer.from('this is not a frame at all, just text\r\n\r\n'));
