@@ -169,6 +169,46 @@ static const sb__config_key keys[] = {
      .max = 1024,
      .help = "Queued (pipelined) responses per connection."},
 
+    {.name = "http2.max_concurrent_streams",
+     .type = SB__CFG_COUNT,
+     .def = "100",
+     .offset = F(size_t, http2_max_concurrent_streams),
+     .min = 1,
+     .max = 10000,
+     .help = "HTTP/2 streams a client may have open on one connection (SETTINGS); further "
+             "ones are refused with REFUSED_STREAM."},
+    {.name = "http2.max_header_list_size",
+     .type = SB__CFG_SIZE,
+     .def = "32KiB",
+     .offset = F(size_t, http2_max_header_list_size),
+     .min = KIB,
+     .max = MIB,
+     .help = "Decoded size of an HTTP/2 request's header list (RFC 9113 §6.5.2): 431 beyond; "
+             "a header block four times larger (CONTINUATION flood) closes the connection."},
+    {.name = "http2.initial_window_size",
+     .type = SB__CFG_SIZE,
+     .def = "256KiB",
+     .offset = F(size_t, http2_initial_window_size),
+     .min = KIB,
+     .max = 16 * MIB,
+     .help = "HTTP/2 flow-control window of each stream for request bodies."},
+    {.name = "http2.connection_window_size",
+     .type = SB__CFG_SIZE,
+     .def = "4MiB",
+     .offset = F(size_t, http2_connection_window_size),
+     .min = 64 * KIB,
+     .max = GIB,
+     .help = "Request-body bytes an HTTP/2 connection may have buffered across its streams "
+             "(connection flow-control window; at least http.max_body_bytes is used)."},
+    {.name = "http2.max_resets_per_second",
+     .type = SB__CFG_INT,
+     .def = "100",
+     .offset = F(int, http2_max_resets_per_second),
+     .min = 1,
+     .max = 100000,
+     .help = "Streams an HTTP/2 client may cancel (RST_STREAM) per second; beyond, GOAWAY "
+             "ENHANCE_YOUR_CALM closes the connection (rapid reset, CVE-2023-44487)."},
+
     {.name = "ws.max_message_bytes",
      .type = SB__CFG_SIZE,
      .def = "1MiB",
@@ -261,7 +301,7 @@ static const sb__config_key keys[] = {
      .type = SB__CFG_BOOL,
      .def = "false",
      .offset = F(bool, debug_ws_echo),
-     .help = "Serve /debug/ws-echo (tests only)."},
+     .help = "Serve /debug/ws-echo and /debug/stream (tests only)."},
 };
 
 /* Read by other modules straight from the environment; not keys. */
