@@ -79,8 +79,12 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
 /* Drops cached credentials of key_id on every loop (after a revoke is committed). */
 void sb_app_forget_key(sb_app *app, const char *key_id);
 
-/* The shared signing keys. */
+const sb_config *sb_app_config(const sb_app *app);
+
+/* The shared signing keys. sb_app_token_key signs; sb_app_server_key finds any server key
+ * that still verifies (the current one and recently retired ones) by kid, or NULL. */
 const sb_jose_key *sb_app_token_key(const sb_app *app);
+const sb_jose_key *sb_app_server_key(const sb_app *app, const char *kid);
 const char *sb_app_jwks_json(const sb_app *app, size_t *len);
 const char *sb_app_issuer(const sb_app *app);
 
@@ -112,6 +116,22 @@ json_t *sb_app_time_or_null(sqlite3_stmt *st, int col);
 /* A query-string parameter, percent-decoded into the request arena; false if absent. */
 bool sb_req_query(sb_req *req, const char *name, sb_str *out);
 
+/* The caller's address: the TCP peer, or the client named by X-Forwarded-For when the peer
+ * is one of http.trusted_proxies. False when the peer is not an IP address. */
+struct sockaddr_storage;
+struct sb_ipallow;
+bool sb_app_client_addr(sb_app *app, sb_req *req, struct sockaddr_storage *out);
+
+/* Whether the caller's address passes security.allowed_ips and `list` (NULL: no list). */
+bool sb_app_address_allowed(sb_app *app, sb_req *req, const struct sb_ipallow *list);
+
+/* The per-address limit on the /oauth endpoints (oauth.requests_per_second, oauth.burst); answers
+ * 429 itself and returns false when over it. */
+bool sb_app_oauth_rate_ok(sb_app *app, sb_req *req);
+
+/* 64 hex digits (either case) to 32 bytes. 0 or SB_EINVAL. */
+int sb_hex_decode32(const char *hex, unsigned char out[32]);
+
 /* Registration of each resource group (rest_*.c). */
 int sb_api_keys_register(sb_app *app, sb_router *r);
 int sb_api_rooms_register(sb_app *app, sb_router *r);
@@ -119,6 +139,7 @@ int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
 int sb_api_events_register(sb_app *app, sb_router *r); /* events/stream.c */
+int sb_api_oauth_register(sb_app *app, sb_router *r);  /* rest_oauth.c */
 
 /* Idempotency-Key on every POST route registered before it (idempotency.c). */
 int sb_api_idempotency_install(sb_app *app, sb_router *r);
@@ -127,6 +148,7 @@ int sb_api_idempotency_install(sb_app *app, sb_router *r);
  * p is then freed). */
 sb_store *sb__app_store(const sb_app *app);
 struct sb_rtc *sb__app_rtc(const sb_app *app);
+struct sb_oauth *sb__app_oauth(const sb_app *app);
 struct sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index);
 void *sb__app_own(sb_app *app, void *p);
 

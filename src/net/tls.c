@@ -3,6 +3,7 @@
 #include <openssl/err.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "net/conn.h"
@@ -89,6 +90,34 @@ SSL_CTX *sb_tls_ctx_new(const char *cert_file, const char *key_file, bool sessio
 fail:
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+int sb_tls_ctx_set_client_auth(SSL_CTX *ctx, const char *mode, const char *ca_file, char *err,
+                               size_t errlen)
+{
+    static const unsigned char sid_ctx[] = "switchboard";
+    if (!SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1)) {
+        ssl_reason(err, errlen, "setting the session id context", "");
+        return -1;
+    }
+    if (!mode || strcmp(mode, "none") == 0)
+        return 0;
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        ssl_reason(err, errlen, "loading client CA", ca_file);
+        return -1;
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names) {
+        ssl_reason(err, errlen, "reading client CA names", ca_file);
+        return -1;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    int v = SSL_VERIFY_PEER;
+    if (strcmp(mode, "require") == 0)
+        v |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    SSL_CTX_set_verify(ctx, v, NULL);
+    SSL_CTX_set_verify_depth(ctx, 4);
+    return 0;
 }
 
 /* The BIO: ciphertext in comes from the slice the read callback is processing, ciphertext
