@@ -392,7 +392,7 @@ static uint64_t mono_ns(void)
  * request path, held for a table probe: the limiter is O(1) and never allocates after
  * creation. */
 static bool rate_check(sb_app *app, sb_req *req, sb_ratelimit *rl, const char *key,
-                       const sb_rl_policy *pol, const char *detail)
+                       const sb_rl_policy *pol, const char *detail, bool oauth)
 {
     sb_rl_result r;
     uint64_t now = mono_ns();
@@ -411,6 +411,10 @@ static bool rate_check(sb_app *app, sb_req *req, sb_ratelimit *rl, const char *k
     char retry[24];
     snprintf(retry, sizeof retry, "%llu", (unsigned long long)r.retry_after_seconds);
     sb_resp_header(req, "Retry-After", sb_str_from(retry));
+    if (oauth) {
+        sb_app_oauth_error(req, 429, "temporarily_unavailable", detail);
+        return false;
+    }
     sb_resp_problem(req, 429, "rate-limited", detail);
     return false;
 }
@@ -423,7 +427,7 @@ static bool rate_ok(sb_app *app, sb_req *req, const cred_entry *e)
     if (pol.rate_per_second <= 0 || pol.burst == 0)
         pol = (sb_rl_policy){(double)app->cfg->ratelimit_rps, (uint32_t)app->cfg->ratelimit_burst};
     return rate_check(app, req, app->rl, e->auth.credential_id, &pol,
-                      "this credential is over its rate limit");
+                      "this credential is over its rate limit", false);
 }
 
 bool sb_app_client_addr(sb_app *app, sb_req *req, struct sockaddr_storage *out)
@@ -466,6 +470,16 @@ bool sb_app_address_allowed(sb_app *app, sb_req *req, const sb_ipallow *list)
     return !list || sb_ipallow_match(list, sa);
 }
 
+void sb_app_oauth_error(sb_req *req, int status, const char *error, const char *description)
+{
+    sb_resp_header(req, "Cache-Control", SB_STR_LIT("no-store"));
+    sb_resp_header(req, "Pragma", SB_STR_LIT("no-cache"));
+    if (status == 401)
+        sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Basic realm=\"switchboard\""));
+    sb_app_send_json(req, status,
+                     json_pack("{s:s,s:s}", "error", error, "error_description", description));
+}
+
 bool sb_app_oauth_rate_ok(sb_app *app, sb_req *req)
 {
     struct sockaddr_storage addr;
@@ -477,7 +491,7 @@ bool sb_app_oauth_rate_ok(sb_app *app, sb_req *req)
     }
     sb_rl_policy pol = {(double)app->cfg->oauth_rps, (uint32_t)app->cfg->oauth_burst};
     return rate_check(app, req, app->oauth_rl, key, &pol,
-                      "too many requests to the authorization server from this address");
+                      "too many requests to the authorization server from this address", true);
 }
 
 /* An access token is a compact JWS: three base64url segments. API keys never hold a '.'. */

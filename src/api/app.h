@@ -129,6 +129,10 @@ bool sb_app_address_allowed(sb_app *app, sb_req *req, const struct sb_ipallow *l
  * 429 itself and returns false when over it. */
 bool sb_app_oauth_rate_ok(sb_app *app, sb_req *req);
 
+/* An RFC 6749 section 5.2 error response {"error", "error_description"} with Cache-Control:
+ * no-store; status 401 adds WWW-Authenticate: Basic. What every /oauth endpoint answers. */
+void sb_app_oauth_error(sb_req *req, int status, const char *error, const char *description);
+
 /* 64 hex digits (either case) to 32 bytes. 0 or SB_EINVAL. */
 int sb_hex_decode32(const char *hex, unsigned char out[32]);
 

@@ -208,7 +208,7 @@ int sb_oauth_verify(sb_app *app, sqlite3 *db, const char *tok, size_t len, sb_ac
                     sb_jwt_reason *why)
 {
     memset(out, 0, sizeof *out);
-    sb_jwt_expect expect = {.aud = SB_OAUTH_AUDIENCE,
+    sb_jwt_expect expect = {.aud = sb_app_issuer(app),
                             .iss = sb_app_issuer(app),
                             .typ = "at+jwt",
                             .now = sb_time_ms() / 1000,

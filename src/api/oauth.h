@@ -3,7 +3,8 @@
  * RFC 9068, RFC 7009, RFC 8705).
  *
  * Access tokens are JWTs signed with the server key (sb_app_token_key, ES256): header typ
- * "at+jwt"; claims iss (sb_app_issuer), aud SB_OAUTH_AUDIENCE, sub and client_id (the
+ * "at+jwt"; claims iss and aud (both sb_app_issuer: this server is its own resource
+ * server), sub and client_id (the
  * client), scope, jti, iat, exp, project_id, and cnf.x5t#S256 when the client presented a
  * certificate. They are verified with the server keys only (never a project HS256 secret),
  * with typ, aud and iss required, so that a participant token (typ JWT, aud
@@ -27,7 +28,6 @@
 #include "auth/jose.h"
 #include "guard/ipallow.h"
 
-#define SB_OAUTH_AUDIENCE    "switchboard:api"
 #define SB_OAUTH_LEEWAY_S    5
 #define SB_OAUTH_MAX_REVOKED 16384
 

@@ -58,11 +58,7 @@ static void no_store(sb_req *req)
 /* status 401 adds WWW-Authenticate: Basic (section 5.2: when the client tried Basic). */
 static void oauth_error(sb_req *req, int status, const char *error, const char *description)
 {
-    no_store(req);
-    if (status == 401)
-        sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Basic realm=\"switchboard\""));
-    json_t *j = json_pack("{s:s,s:s}", "error", error, "error_description", description);
-    sb_app_send_json(req, status, j);
+    sb_app_oauth_error(req, status, error, description);
 }
 
 /* ---- request parsing and client authentication -------------------------------------- */
@@ -93,8 +89,8 @@ static bool form_media_type(const sb_req *req)
 static bool oauth_begin(sb_app *app, sb_req *req, oauth_call *c)
 {
     if (!sb_app_address_allowed(app, req, NULL)) {
-        sb_resp_problem(req, 403, "address-not-allowed",
-                        "this address may not call the authorization server");
+        oauth_error(req, 403, "access_denied",
+                    "this address may not call the authorization server");
         return false;
     }
     if (!sb_app_oauth_rate_ok(app, req))
@@ -315,8 +311,8 @@ static void token(sb_req *req, void *ud)
     json_t *claims =
         rc ? NULL
            : json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "iss", sb_app_issuer(app), "aud",
-                       SB_OAUTH_AUDIENCE, "sub", c.client_id, "client_id", c.client_id, "scope", sc,
-                       "jti", jti, "project_id", c.project_id, "iat", (json_int_t)now, "exp",
+                       sb_app_issuer(app), "sub", c.client_id, "client_id", c.client_id, "scope",
+                       sc, "jti", jti, "project_id", c.project_id, "iat", (json_int_t)now, "exp",
                        (json_int_t)(now + ttl));
     /* RFC 8705 section 3: bind the token to the certificate the client used here. */
     if (claims && req->tls_client_cert_sha256 &&
@@ -376,10 +372,11 @@ static void introspect(sb_req *req, void *ud)
     } else {
         char sc[256];
         sb_scopes_format(at.auth.scopes, sc, sizeof sc);
-        j = json_pack("{s:b,s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s}", "active", 1, "scope", sc,
+        j = json_pack("{s:b,s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:s}", "active", 1, "scope", sc,
                       "client_id", at.auth.credential_id, "sub", at.auth.credential_id,
                       "token_type", "Bearer", "exp", (json_int_t)at.exp, "iat", (json_int_t)at.iat,
-                      "iss", sb_app_issuer(app), "aud", SB_OAUTH_AUDIENCE, "jti", at.jti);
+                      "iss", sb_app_issuer(app), "aud", sb_app_issuer(app), "jti", at.jti,
+                      "project_id", at.auth.project_id);
         char x5t[44];
         if (j && at.bound && b64url_sha(at.x5t, x5t) == 0)
             json_object_set_new(j, "cnf", json_pack("{s:s}", "x5t#S256", x5t));
@@ -421,7 +418,8 @@ static void revoke_done(void *arg, int rc)
     if (sb_oauth_revoke_jti(sb__app_oauth(j->app), j->jti, j->exp) != 0) {
         /* RFC 7009 section 2.2.1: 503 tells the client to retry later. */
         sb_resp_header(j->req, "Retry-After", SB_STR_LIT("60"));
-        sb_resp_problem(j->req, 503, "overloaded", "too many revoked tokens are live; retry");
+        oauth_error(j->req, 503, "temporarily_unavailable",
+                    "too many revoked tokens are live; retry later");
         return;
     }
     sb_app_forget_key(j->app, NULL); /* every loop re-verifies its cached tokens */
@@ -459,7 +457,10 @@ static void revoke(sb_req *req, void *ud)
         return;
     }
     if (strcmp(at.auth.credential_id, c.client_id) != 0) {
-        oauth_error(req, 400, "unauthorized_client", "the token was issued to another client");
+        /* Only a client's own tokens are revoked; another's is answered like an unknown
+         * one, so that revocation reveals nothing about other clients' tokens. */
+        no_store(req);
+        sb_resp_send(req, 200, NULL, NULL, 0);
         return;
     }
     revoke_job *j = sb_arena_alloc(&req->arena, sizeof *j);
@@ -504,16 +505,14 @@ static metadata *make_metadata(sb_app *app)
     json_t *methods =
         json_pack("[s,s,s]", "client_secret_basic", "client_secret_post", "tls_client_auth");
     json_t *j = json_pack(
-        "{s:s,s:o,s:o,s:o,s:o,s:[s],s:[],s:O,s:O,s:O,s:o,s:b,s:[s],s:[s]}", "issuer", iss,
-        "token_endpoint", url(iss, "/oauth/token"), "introspection_endpoint",
-        url(iss, "/oauth/introspect"), "revocation_endpoint", url(iss, "/oauth/revoke"), "jwks_uri",
+        "{s:s,s:o,s:o,s:o,s:o,s:[s],s:[],s:O,s:O,s:O,s:o,s:b}", "issuer", iss, "token_endpoint",
+        url(iss, "/oauth/token"), "introspection_endpoint", url(iss, "/oauth/introspect"),
+        "revocation_endpoint", url(iss, "/oauth/revoke"), "jwks_uri",
         url(iss, "/.well-known/jwks.json"), "grant_types_supported", "client_credentials",
         "response_types_supported", "token_endpoint_auth_methods_supported", methods,
         "introspection_endpoint_auth_methods_supported", methods,
         "revocation_endpoint_auth_methods_supported", methods, "scopes_supported",
-        sb_scopes_to_json(SB_SCOPES_ALL), "tls_client_certificate_bound_access_tokens", 1,
-        "token_endpoint_auth_signing_alg_values_supported", "ES256",
-        "revocation_endpoint_auth_signing_alg_values_supported", "ES256");
+        sb_scopes_to_json(SB_SCOPES_PROJECT), "tls_client_certificate_bound_access_tokens", 1);
     json_decref(methods);
     metadata *m = sb__app_own(app, sb_calloc(1, sizeof *m));
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -727,7 +726,11 @@ static void clients_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "scopes must be a non-empty array of known scope names");
         goto invalid;
     }
-    k->method = method ? method_from(method) : AUTH_BASIC;
+    if (k->scopes & SB_SCOPE_PROJECTS_WRITE) {
+        snprintf(why, sizeof why, "an OAuth client cannot hold projects:write");
+        goto invalid;
+    }
+    k->method = method_from(method);
     if (!k->method) {
         snprintf(why, sizeof why,
                  "token_endpoint_auth_method must be client_secret_basic, client_secret_post "
@@ -782,7 +785,7 @@ static void clients_create(sb_req *req, void *ud)
     k->who = who;
     k->name = sb_arena_strndup(&req->arena, name, nlen);
     json_decref(body);
-    if (!k->name || sb_id_new("client", k->id) != 0) {
+    if (!k->name || sb_id_new("cli", k->id) != 0) {
         sb_app_internal_error(req, "creating an OAuth client", SB_ENOMEM);
         return;
     }

@@ -23,7 +23,7 @@ describe('RFC 8725 attacks on access tokens', () => {
   let good;
   const now = () => Math.floor(Date.now() / 1000);
   const claims = (over = {}) => ({
-    iss: srv.url, aud: 'switchboard:api', sub: client.client_id, client_id: client.client_id,
+    iss: srv.url, aud: srv.url, sub: client.client_id, client_id: client.client_id,
     scope: 'rooms:read', jti: `at_${crypto.randomBytes(8).toString('hex')}`, project_id: 'prj_default',
     iat: now(), exp: now() + 300, ...over,
   });
@@ -109,9 +109,9 @@ describe('RFC 8725 attacks on access tokens', () => {
       await refused(signEs256(header(), c, key.key), `without ${drop}`);
     }
     await refused(signEs256(header(), claims({ exp: String(now() + 300) }), key.key), 'exp string');
-    await refused(signEs256(header(), claims({ sub: 'client_someoneelse00000000' }), key.key), 'sub != client_id');
+    await refused(signEs256(header(), claims({ sub: 'cli_someoneelse000000000' }), key.key), 'sub != client_id');
     await refused(signEs256(header(), claims({ scope: 'rooms:read root' }), key.key), 'unknown scope');
-    await refused(signEs256(header(), claims({ client_id: 'client_nosuch0000000000', sub: 'client_nosuch0000000000' }), key.key), 'unknown client');
+    await refused(signEs256(header(), claims({ client_id: 'cli_nosuch00000000000000', sub: 'cli_nosuch00000000000000' }), key.key), 'unknown client');
     await refused(signEs256(header(), claims({ project_id: 'prj_other' }), key.key), 'other project');
   });
 

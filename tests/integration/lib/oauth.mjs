@@ -13,7 +13,9 @@ import { run } from './server.mjs';
 
 /** POST /v1/oauth-clients; returns the 201 body ({client_id, client_secret?, …}). */
 export async function makeClient(api, body) {
-  const r = await api('POST', '/v1/oauth-clients', { json: { name: 'svc', ...body } });
+  const r = await api('POST', '/v1/oauth-clients', {
+    json: { name: 'svc', token_endpoint_auth_method: 'client_secret_basic', ...body },
+  });
   assert.equal(r.status, 201, r.text);
   return r.json();
 }
