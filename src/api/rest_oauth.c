@@ -829,30 +829,6 @@ static void clients_list(sb_req *req, void *ud)
     sb_app_send_page(req, st, &pg, client_json, 7, 0, "listing OAuth clients");
 }
 
-static void clients_get(sb_req *req, void *ud)
-{
-    sb_app *app = ud;
-    sb_auth who;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who))
-        return;
-    sqlite3_stmt *st = sb_store_stmt(sb_app_reader(app, req),
-                                     "SELECT " CLIENT_COLS " FROM oauth_clients WHERE id = ?1 AND "
-                                     "project_id = ?2 AND revoked_at IS NULL");
-    if (!st) {
-        sb_app_internal_error(req, "reading an OAuth client", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, req->params[0].base, (int)req->params[0].len, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, who.project_id, -1, SQLITE_STATIC);
-    json_t *j = sqlite3_step(st) == SQLITE_ROW ? client_json(st) : NULL;
-    sqlite3_reset(st);
-    if (!j) {
-        sb_resp_problem(req, 404, "not-found", "no such OAuth client in this project");
-        return;
-    }
-    sb_app_send_json(req, 200, j);
-}
-
 typedef struct client_delete {
     sb_app *app;
     sb_req *req;
@@ -927,7 +903,6 @@ int sb_api_oauth_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_router_add(r, "POST", "/oauth/revoke", revoke, app);
     rc = rc ? rc : sb_router_add(r, "POST", "/v1/oauth-clients", clients_create, app);
     rc = rc ? rc : sb_router_add(r, "GET", "/v1/oauth-clients", clients_list, app);
-    rc = rc ? rc : sb_router_add(r, "GET", "/v1/oauth-clients/{client_id}", clients_get, app);
     rc = rc ? rc : sb_router_add(r, "DELETE", "/v1/oauth-clients/{client_id}", clients_delete, app);
     return rc;
 }
