@@ -29,7 +29,7 @@
 #define LAST_USED_EVERY_MS 60000
 #define BOOTSTRAP_KEY_ID   "key_bootstrap"
 #define MAX_BEARER         4096
-/* Credentials tracked by the rate limiter at once (about 100 bytes each); past it the one
+/* Credentials tracked by the rate limiter at once (32 bytes each); past it the one
  * furthest from being limited is forgotten, which loses nothing. */
 #define SB_APP_RATELIMIT_KEYS 8192
 /* Server signing keys loaded at once: the current one and those retired recently enough
@@ -93,9 +93,8 @@ struct sb_app {
     char *generated_admin_key;
     void *owned[64]; /* route data made at registration, freed with the app */
     int nowned;
-    sb_ratelimit *rl;
-    sb_ratelimit *oauth_rl; /* per client address on the /oauth endpoints */
-    pthread_mutex_t rl_lock;
+    sb_ratelimit_shared *rl;       /* per credential, shared by every loop, lock-free */
+    sb_ratelimit_shared *oauth_rl; /* per client address on the /oauth endpoints */
     sb_rtc *rtc;
     sb_oauth *oauth;
     sb_ipallow *allowed_ips;     /* security.allowed_ips; NULL = any */
@@ -388,17 +387,15 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* One check against a shared table; answers 429 itself when refused. The one lock on the
- * request path, held for a table probe: the limiter is O(1) and never allocates after
- * creation. */
-static bool rate_check(sb_app *app, sb_req *req, sb_ratelimit *rl, const char *key,
+/* One check against a table shared by every loop; answers 429 itself when refused. No lock:
+ * a check is a compare-and-swap on the key's 64-bit TAT (sb_ratelimit_shared_check). */
+static bool rate_check(sb_app *app, sb_req *req, sb_ratelimit_shared *rl, const char *key,
                        const sb_rl_policy *pol, const char *detail, bool oauth)
 {
+    (void)app;
     sb_rl_result r;
     uint64_t now = mono_ns();
-    pthread_mutex_lock(&app->rl_lock);
-    int rc = sb_ratelimit_check(rl, key, strlen(key), pol, now, &r);
-    pthread_mutex_unlock(&app->rl_lock);
+    int rc = sb_ratelimit_shared_check(rl, key, strlen(key), pol, now, &r);
     if (rc != 0)
         return true; /* an invalid stored policy must not lock the caller out */
     char policy[SB_RL_HEADER_MAX], limit[SB_RL_HEADER_MAX];
@@ -1086,12 +1083,11 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         goto fail;
     if ((rc = load_pepper(app, err, errlen)) != 0)
         goto fail;
-    pthread_mutex_init(&app->rl_lock, NULL);
     uint64_t seed;
     if ((rc = sb_random(&seed, sizeof seed)) != 0 ||
-        (rc = sb_ratelimit_new(SB_APP_RATELIMIT_KEYS, seed, &app->rl)) != 0 ||
-        (rc = sb_ratelimit_new(SB_APP_RATELIMIT_KEYS, seed ^ 0x9e3779b97f4a7c15ull,
-                               &app->oauth_rl)) != 0)
+        (rc = sb_ratelimit_shared_new(SB_APP_RATELIMIT_KEYS, seed, &app->rl)) != 0 ||
+        (rc = sb_ratelimit_shared_new(SB_APP_RATELIMIT_KEYS, seed ^ 0x9e3779b97f4a7c15ull,
+                                      &app->oauth_rl)) != 0)
         goto fail;
     if ((rc = sb_ipallow_from_list(cfg->security_allowed_ips, &app->allowed_ips, err, errlen)) ||
         (rc = sb_ipallow_from_list(cfg->http_trusted_proxies, &app->trusted_proxies, err, errlen)))
@@ -1161,7 +1157,7 @@ void sb_app_free(sb_app *app)
         sb_jose_key_free(app->server_keys[i]);
     sb_ipallow_free(app->allowed_ips);
     sb_ipallow_free(app->trusted_proxies);
-    sb_ratelimit_free(app->oauth_rl);
+    sb_ratelimit_shared_free(app->oauth_rl);
     free(app->jwks_json); /* jansson's allocation */
     sb_free(app->issuer);
     if (app->generated_admin_key) {
@@ -1169,7 +1165,7 @@ void sb_app_free(sb_app *app)
         sb_free(app->generated_admin_key);
     }
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
-    sb_ratelimit_free(app->rl);
+    sb_ratelimit_shared_free(app->rl);
     for (int i = 0; i < app->nowned; i++)
         sb_free(app->owned[i]);
     for (int l = 0; app->loops && l < app->nloops; l++) {
