@@ -27,6 +27,7 @@
 
 #define NAME_MAX_LEN   256
 #define SECRET_MAX_LEN 256
+#define MAX_FORM       16384 /* a token request is a few hundred bytes */
 
 void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32]);
 
@@ -98,6 +99,10 @@ static bool oauth_begin(sb_app *app, sb_req *req, oauth_call *c)
     if (!form_media_type(req)) {
         oauth_error(req, 400, "invalid_request",
                     "the body must be application/x-www-form-urlencoded");
+        return false;
+    }
+    if (req->body.len > MAX_FORM) {
+        oauth_error(req, 400, "invalid_request", "the form is too large");
         return false;
     }
     size_t cap = req->body.len + 2 * SB_OAUTH_MAX_PARAMS;

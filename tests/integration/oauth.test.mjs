@@ -127,6 +127,8 @@ describe('OAuth 2.0 client credentials', () => {
     expectError(await oauthPost(srv, '/oauth/token', {
       form: { ...cc, client_secret: c.client_secret }, auth,
     }), 400, 'invalid_request');
+    expectError(await oauthPost(srv, '/oauth/token', { form: { ...cc, pad: 'x'.repeat(20000) }, auth }), 400, 'invalid_request');
+    expectError(await oauthPost(srv, '/oauth/token', { form: 'grant_type=client_credentials&scope=%zz', auth }), 400, 'invalid_request');
     // invalid_client: over Basic it is 401 with WWW-Authenticate: Basic.
     const bad = await oauthPost(srv, '/oauth/token', { form: cc, auth: basic(c.client_id, 'wrong') });
     expectError(bad, 401, 'invalid_client');
