@@ -8,7 +8,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { apiClient } from './lib/api.mjs';
-import { makeCaAndServerCert } from './lib/certs.mjs';
+import { makeCaAndServerCert, replaceFile } from './lib/certs.mjs';
 import { request } from './lib/client.mjs';
 import { basic, decodeJwt, makeClient, makeClientCert, oauthPost } from './lib/oauth.mjs';
 import { run, startServer, tempDir } from './lib/server.mjs';
@@ -167,6 +167,35 @@ describe('mutual TLS, required', () => {
       const noCa = await run(bin, ['--dev', '--data-dir', path.join(dir, 'd'), '--tls.client-auth', 'require', '--check-config']);
       assert.notEqual(noCa.code, 0);
       assert.match(noCa.stderr + noCa.stdout, /client_ca/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('mutual TLS, SIGHUP', () => {
+  it('re-reads tls.client_ca: certificates of the new CA work, the old ones stop', async () => {
+    const dir = await tempDir('itest-mtls-hup-');
+    try {
+      const ca1 = await makeCaAndServerCert(dir, 'one');
+      const ca2 = await makeCaAndServerCert(dir, 'two');
+      const a = await makeClientCert(dir, ca1, 'alice');
+      const b = await makeClientCert(dir, ca2, 'bob');
+      const caFile = path.join(dir, 'client-ca.pem');
+      fs.copyFileSync(ca1.ca, caFile);
+      const srv = await startServer({ args: ['--tls.client-ca', caFile, '--tls.client-auth', 'require'] });
+      try {
+        assert.equal((await curl(srv, '/healthz', { cert: a })).status, 200);
+        assert.notEqual((await curl(srv, '/healthz', { cert: b })).code, 0);
+        replaceFile(caFile, { src: ca2.ca });
+        const from = srv.logs().length;
+        srv.signal('SIGHUP');
+        await srv.waitForLog((l) => l.msg === 'reload complete', { from });
+        assert.equal((await curl(srv, '/healthz', { cert: b })).status, 200);
+        assert.notEqual((await curl(srv, '/healthz', { cert: a })).code, 0);
+      } finally {
+        await srv.stop();
+      }
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
