@@ -91,6 +91,7 @@ typedef struct sb_config {
     char *oauth_issuer;                /* oauth.issuer: empty = the first listener's URL */
     int64_t oauth_access_token_ttl_ms; /* oauth.access_token_ttl */
     int64_t oauth_key_rotation_ms;     /* oauth.signing_key_rotation: 0 = never */
+    char *oauth_signing_alg;           /* oauth.signing_alg: ES256 | EdDSA */
     int oauth_rps;                     /* oauth.requests_per_second: per client address */
     int oauth_burst;                   /* oauth.burst */
 

@@ -956,22 +956,27 @@ static int bootstrap_run(sqlite3 *db, void *arg)
             return rc;
     }
 
-    /* The server's signing keys (ES256; participant and access tokens). The newest active
-     * one signs; it is replaced once older than oauth.signing_key_rotation, and a retired
-     * key is still loaded (and published in the JWKS) until every token it can have signed
-     * has expired. */
-    st = sb_store_stmt(db, "SELECT kid, material, created_at, retired_at FROM signing_keys "
-                           "WHERE project_id IS NULL AND alg = 'ES256' AND (retired_at IS NULL "
-                           "OR retired_at > ?1) ORDER BY (retired_at IS NULL) DESC, created_at "
-                           "DESC, kid DESC LIMIT ?2");
+    /* The server's signing keys (oauth.signing_alg, ES256 by default; participant and access
+     * tokens). The newest active one of that algorithm signs; it is replaced once older than
+     * oauth.signing_key_rotation (or when the algorithm changes), and a retired key is still
+     * loaded (and published in the JWKS) until every token it can have signed has expired. */
+    const char *alg = app->cfg->oauth_signing_alg && *app->cfg->oauth_signing_alg
+                          ? app->cfg->oauth_signing_alg
+                          : "ES256";
+    sb_jose_alg jalg = strcmp(alg, "EdDSA") == 0 ? SB_JOSE_EDDSA : SB_JOSE_ES256;
+    st = sb_store_stmt(db, "SELECT kid, material, created_at, retired_at, alg = ?3 FROM "
+                           "signing_keys WHERE project_id IS NULL AND alg IN ('ES256', 'EdDSA') "
+                           "AND (retired_at IS NULL OR retired_at > ?1) ORDER BY (retired_at IS "
+                           "NULL AND alg = ?3) DESC, created_at DESC, kid DESC LIMIT ?2");
     if (!st)
         return SB_EIO;
     sqlite3_bind_int64(st, 1, now - RETIRED_KEY_KEEP_MS);
     sqlite3_bind_int(st, 2, SB_APP_MAX_SERVER_KEYS - 1);
+    sqlite3_bind_text(st, 3, sb_jose_alg_name(jalg), -1, SQLITE_STATIC);
     bool need_new = true;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         int i = b->nkeys;
-        if (i == 0 && sqlite3_column_type(st, 3) == SQLITE_NULL) {
+        if (i == 0 && sqlite3_column_type(st, 3) == SQLITE_NULL && sqlite3_column_int(st, 4)) {
             int64_t age = now - sqlite3_column_int64(st, 2);
             need_new =
                 app->cfg->oauth_key_rotation_ms > 0 && age >= app->cfg->oauth_key_rotation_ms;
@@ -991,7 +996,7 @@ static int bootstrap_run(sqlite3 *db, void *arg)
     if (!need_new)
         return 0;
     if ((rc = sb_id_new("sk", b->kid)) != 0 ||
-        (rc = sb_jose_key_generate(SB_JOSE_ES256, b->kid, &b->fresh)) != 0)
+        (rc = sb_jose_key_generate(jalg, b->kid, &b->fresh)) != 0)
         return rc;
     sb_buf pem;
     sb_buf_init(&pem, 1 << 16);
@@ -1000,7 +1005,7 @@ static int bootstrap_run(sqlite3 *db, void *arg)
         return rc;
     }
     st = sb_store_stmt(db, "UPDATE signing_keys SET retired_at = ?1 WHERE project_id IS NULL AND "
-                           "alg = 'ES256' AND retired_at IS NULL");
+                           "alg IN ('ES256', 'EdDSA') AND retired_at IS NULL");
     if (!st) {
         sb_buf_free(&pem);
         return SB_EIO;
@@ -1011,7 +1016,7 @@ static int bootstrap_run(sqlite3 *db, void *arg)
         return rc;
     }
     st = sb_store_stmt(db, "INSERT INTO signing_keys (kid, project_id, alg, material, created_at) "
-                           "VALUES (?1, NULL, 'ES256', ?2, ?3)");
+                           "VALUES (?1, NULL, ?4, ?2, ?3)");
     if (!st) {
         sb_buf_free(&pem);
         return SB_EIO;
@@ -1019,6 +1024,7 @@ static int bootstrap_run(sqlite3 *db, void *arg)
     sqlite3_bind_text(st, 1, b->kid, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, pem.base, (int)pem.len, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, now);
+    sqlite3_bind_text(st, 4, sb_jose_alg_name(jalg), -1, SQLITE_STATIC);
     rc = step_done(st);
     OPENSSL_cleanse(pem.base, pem.len);
     sb_buf_free(&pem);

@@ -294,6 +294,15 @@ static const sb__config_key keys[] = {
      .min = 0,
      .max = 8760LL * HOUR,
      .help = "At start, a server signing key older than this is replaced; 0 never rotates."},
+    {.name = "oauth.signing_alg",
+     .type = SB__CFG_STRING,
+     .def = "ES256",
+     .offset = F(char *, oauth_signing_alg),
+     .min = 1,
+     .max = 8,
+     .arg = "ALG",
+     .help = "Algorithm of the server signing key (access and participant tokens): ES256 or "
+             "EdDSA; a change rotates the key at the next start."},
     {.name = "oauth.requests_per_second",
      .type = SB__CFG_INT,
      .def = "10",
@@ -1481,6 +1490,9 @@ static int validate(const sb_config *cfg, char *err, size_t errlen)
     if (!cfg->dev && !cert && ntls > 0)
         return errf(err, errlen, "tls.cert and tls.key are required unless --dev");
 
+    const char *alg = cfg->oauth_signing_alg ? cfg->oauth_signing_alg : "ES256";
+    if (strcmp(alg, "ES256") != 0 && strcmp(alg, "EdDSA") != 0)
+        return errf(err, errlen, "oauth.signing_alg must be ES256 or EdDSA");
     const char *ca = cfg->tls_client_auth ? cfg->tls_client_auth : "none";
     if (strcmp(ca, "none") != 0 && strcmp(ca, "optional") != 0 && strcmp(ca, "require") != 0)
         return errf(err, errlen, "tls.client_auth must be none, optional or require");

@@ -323,4 +323,36 @@ describe('OAuth signing keys', () => {
       await srv.stop();
     }
   });
+
+  it('signs with EdDSA when configured; switching back to ES256 rotates and keeps the old key verifying', async () => {
+    const env = { SWITCHBOARD_ADMIN_KEY: ADMIN };
+    let srv = await startServer({ env, args: ['--oauth.signing-alg', 'EdDSA'] });
+    const dataDir = srv.dataDir;
+    srv.ownDataDir = false;
+    let api = apiClient(srv, { https: true, key: ADMIN });
+    const c = await makeClient(api, { scopes: ['rooms:read'] });
+    const ed = await getToken(srv, c);
+    assert.equal(decodeJwt(ed).header.alg, 'EdDSA');
+    const jwks1 = (await request(srv, '/.well-known/jwks.json')).json();
+    assert.deepEqual(jwks1.keys.map((k) => [k.kty, k.crv, k.alg]), [['OKP', 'Ed25519', 'EdDSA']]);
+    await jose.jwtVerify(ed, jose.createLocalJWKSet(jwks1), { issuer: srv.url, audience: srv.url, typ: 'at+jwt' });
+    assert.equal((await api('GET', '/v1/rooms', { key: ed })).status, 200);
+    // A participant token is signed by the same key.
+    const pt = await api('POST', '/v1/tokens', { json: { room: 'r', identity: 'a' } });
+    assert.equal(decodeJwt(pt.json().token).header.alg, 'EdDSA');
+    await srv.stop();
+    srv = await startServer({ env, dataDir, args: ['--oauth.issuer', srv.url] });
+    srv.ownDataDir = true;
+    try {
+      api = apiClient(srv, { https: true, key: ADMIN });
+      const jwks2 = (await request(srv, '/.well-known/jwks.json')).json();
+      assert.deepEqual(jwks2.keys.map((k) => k.alg).sort(), ['ES256', 'EdDSA']);
+      const es = await getToken(srv, c);
+      assert.equal(decodeJwt(es).header.alg, 'ES256');
+      assert.equal((await api('GET', '/v1/rooms', { key: ed })).status, 200, 'the EdDSA token still verifies');
+      assert.equal((await api('GET', '/v1/rooms', { key: es })).status, 200);
+    } finally {
+      await srv.stop();
+    }
+  });
 });
