@@ -49,6 +49,9 @@ typedef struct cred_entry {
     sb_rl_policy limit; /* rate 0: the configured default */
     bool bound;         /* usable only over TLS with the client certificate x5t (RFC 8705) */
     unsigned char x5t[32];
+    bool token;    /* an OAuth access token: jti and rgen below apply */
+    uint64_t rgen; /* revocation_generation when last checked */
+    char jti[SB_ID_MAX];
 } cred_entry;
 
 #define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
@@ -72,6 +75,10 @@ typedef struct app_loop {
  * re-reads any cached credential once, so a revoke is effective for the very next request on
  * any connection of any loop. */
 static _Atomic uint64_t cred_generation = 1;
+
+/* Bumped after an access token is revoked: a loop then checks each cached token once
+ * against the revoked set (a hash probe), instead of verifying every credential again. */
+static _Atomic uint64_t revocation_generation = 1;
 
 /* Bumped after every committed change that a cached read could show. */
 static _Atomic uint64_t resp_generation = 1;
@@ -532,6 +539,16 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     cred_entry *e = &al->cache[(digest[0] | (unsigned)digest[1] << 8) % CRED_CACHE_SIZE];
     int64_t now = sb_time_ms();
     uint64_t gen = atomic_load_explicit(&cred_generation, memory_order_acquire);
+    uint64_t rgen = atomic_load_explicit(&revocation_generation, memory_order_acquire);
+    if (e->valid && e->token && e->rgen != rgen && e->gen == gen &&
+        memcmp(e->digest, digest, 32) == 0) {
+        if (sb_oauth_is_revoked(app->oauth, e->jti)) {
+            e->valid = false;
+            unauthorized(req, "the access token is not valid (revoked)");
+            return false;
+        }
+        e->rgen = rgen;
+    }
     if (!(e->valid && e->gen == gen && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
         lookup_result res;
         memset(&res, 0, sizeof res);
@@ -562,6 +579,9 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
                 memcpy(e->x5t, at.x5t, 32);
                 e->until_ms = at.exp * 1000 + SB_OAUTH_LEEWAY_S * 1000;
                 e->last_used_recorded_ms = now; /* tokens have no last_used_at */
+                e->token = true;
+                e->rgen = rgen; /* read before the revoked set was: a later revoke bumps it */
+                memcpy(e->jti, at.jti, sizeof e->jti);
                 goto cached;
             }
         }
@@ -586,6 +606,7 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         e->last_used_recorded_ms = 0;
         e->bound = res.bound;
         memcpy(e->x5t, res.x5t, 32);
+        e->token = false;
     }
 cached:
     /* RFC 8705 section 3: a certificate-bound credential is only good over a connection
@@ -615,6 +636,12 @@ cached:
     }
     *out = e->auth;
     return true;
+}
+
+void sb_app_token_revoked(sb_app *app)
+{
+    (void)app;
+    atomic_fetch_add_explicit(&revocation_generation, 1, memory_order_acq_rel);
 }
 
 void sb_app_forget_key(sb_app *app, const char *key_id)

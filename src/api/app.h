@@ -79,6 +79,11 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
 /* Drops cached credentials of key_id on every loop (after a revoke is committed). */
 void sb_app_forget_key(sb_app *app, const char *key_id);
 
+/* After a jti was added to the revoked set: every loop checks its cached access tokens
+ * against the set before their next use (cheaper than sb_app_forget_key, which makes every
+ * loop verify every credential again). */
+void sb_app_token_revoked(sb_app *app);
+
 const sb_config *sb_app_config(const sb_app *app);
 
 /* The shared signing keys. sb_app_token_key signs; sb_app_server_key finds any server key

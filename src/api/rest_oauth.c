@@ -427,7 +427,7 @@ static void revoke_done(void *arg, int rc)
                     "too many revoked tokens are live; retry later");
         return;
     }
-    sb_app_forget_key(j->app, NULL); /* every loop re-verifies its cached tokens */
+    sb_app_token_revoked(j->app); /* refused on every loop from the next request on */
     no_store(j->req);
     sb_resp_send(j->req, 200, NULL, NULL, 0);
 }
