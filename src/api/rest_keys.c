@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "api/app.h"
+#include "api/oauth.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
@@ -115,9 +116,6 @@ static int key_insert(sqlite3 *db, const char *id, const char *project, const ch
 /* The key hash is computed by the app (it holds the pepper); exposed through a tiny hook so
  * that this file never sees the pepper. */
 void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32]);
-
-/* rest_oauth.c: a certificate SHA-256 as hex (or openssl's colon form) → 64 lower-case hex. */
-bool sb__oauth_fingerprint(const char *in, size_t len, char out[65]);
 
 static int key_read_back(sqlite3 *db, const char *id, json_t **out)
 {
