@@ -395,6 +395,7 @@ static void introspect(sb_req *req, void *ud)
 typedef struct revoke_job {
     sb_app *app;
     sb_req *req;
+    sb_auth who; /* the client, for the audit log */
     char jti[SB_ID_MAX];
     int64_t exp;
 } revoke_job;
@@ -408,9 +409,12 @@ static int revoke_run(sqlite3 *db, void *arg)
         return SB_EIO;
     sqlite3_bind_text(st, 1, j->jti, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, j->exp);
-    int rc = sqlite3_step(st);
+    int rc = sb_store_errno(sqlite3_step(st));
     sqlite3_reset(st);
-    return sb_store_errno(rc);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc; /* revoked before: audited then */
+    return sb_app_audit(db, &j->who, j->req->request_id, "oauth_token.revoke", "oauth_token",
+                        j->jti);
 }
 
 static void revoke_done(void *arg, int rc)
@@ -475,6 +479,9 @@ static void revoke(sb_req *req, void *ud)
     }
     j->app = app;
     j->req = req;
+    memset(&j->who, 0, sizeof j->who);
+    memcpy(j->who.project_id, c.project_id, sizeof j->who.project_id);
+    memcpy(j->who.credential_id, c.client_id, sizeof j->who.credential_id);
     memcpy(j->jti, at.jti, sizeof j->jti);
     j->exp = at.exp + SB_OAUTH_LEEWAY_S;
     sb_app_submit(app, req, revoke_run, revoke_done, j);

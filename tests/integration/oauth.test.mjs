@@ -260,6 +260,11 @@ describe('OAuth 2.0 client credentials', () => {
       assert.equal(x.status, 401);
       assert.match(x.json().detail, /revoked/);
     }
+    const jti = decodeJwt(tok).payload.jti;
+    const audit = (await api('GET', '/v1/audit?limit=200')).json().data.filter((a) => a.target_id === jti);
+    assert.deepEqual(audit.map((a) => [a.action, a.credential_id, a.target_type]), [['oauth_token.revoke', c.client_id, 'oauth_token']]);
+    // Revoking again changes nothing and is not audited twice.
+    assert.equal((await oauthPost(srv, '/oauth/revoke', { form: { token: tok }, auth })).status, 200);
     // Unknown tokens revoke fine (section 2.2).
     assert.equal((await oauthPost(srv, '/oauth/revoke', { form: { token: 'nonsense' }, auth })).status, 200);
     const t2 = await getToken(srv, c);
