@@ -1,115 +1,29 @@
 #include "api/oauth.h"
 
-#include <openssl/evp.h>
-#include <pthread.h>
 #include <stdio.h>
 
+#include "auth/jti_set.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "store/store.h"
 #include "switchboard/error.h"
 
-/* Open addressing with linear probing, at most 3/4 full; rebuilt (dropping expired entries)
- * when it gets there. Removal happens only in rebuilds, so probes never meet tombstones. */
-#define SLOTS          (SB_OAUTH_MAX_REVOKED * 4 / 3 + 1)
-#define MAX_LIFETIME_S 3600
-
-typedef struct rev_slot {
-    unsigned char h[16]; /* SHA-256 of the jti, truncated */
-    int64_t exp;         /* 0 = free */
-} rev_slot;
+#define MAX_LIFETIME_S 3600 /* oauth.access_token_ttl's maximum */
 
 struct sb_oauth {
     sb_app *app;
-    pthread_mutex_t lock;
-    rev_slot *slots;
-    size_t count;
+    sb_jti_set *revoked;
 };
-
-static void jti_hash(const char *jti, unsigned char h[16])
-{
-    unsigned char d[32];
-    unsigned int n = 32;
-    EVP_Digest(jti, strlen(jti), d, &n, EVP_sha256(), NULL);
-    memcpy(h, d, 16);
-}
-
-static size_t slot_of(const unsigned char h[16])
-{
-    uint64_t v;
-    memcpy(&v, h, sizeof v);
-    return (size_t)(v % SLOTS);
-}
-
-static rev_slot *probe(rev_slot *slots, const unsigned char h[16])
-{
-    size_t i = slot_of(h);
-    while (slots[i].exp != 0 && memcmp(slots[i].h, h, 16) != 0)
-        i = (i + 1) % SLOTS;
-    return &slots[i];
-}
-
-static void rebuild(sb_oauth *o, int64_t now)
-{
-    rev_slot *fresh = sb_calloc(SLOTS, sizeof *fresh);
-    if (!fresh)
-        return; /* keep the old table: still correct, only fuller */
-    size_t n = 0;
-    for (size_t i = 0; i < SLOTS; i++)
-        if (o->slots[i].exp > now) {
-            *probe(fresh, o->slots[i].h) = o->slots[i];
-            n++;
-        }
-    sb_free(o->slots);
-    o->slots = fresh;
-    o->count = n;
-}
-
-static int revoke_locked(sb_oauth *o, const unsigned char h[16], int64_t exp, int64_t now)
-{
-    if (exp <= now)
-        return 0; /* expired already: nothing to remember */
-    rev_slot *s = probe(o->slots, h);
-    if (s->exp != 0) {
-        if (exp > s->exp)
-            s->exp = exp;
-        return 0;
-    }
-    if (o->count >= SB_OAUTH_MAX_REVOKED) {
-        rebuild(o, now);
-        if (o->count >= SB_OAUTH_MAX_REVOKED)
-            return SB_EAGAIN;
-        s = probe(o->slots, h);
-    }
-    memcpy(s->h, h, 16);
-    s->exp = exp;
-    o->count++;
-    return 0;
-}
 
 int sb_oauth_revoke_jti(sb_oauth *o, const char *jti, int64_t exp)
 {
-    unsigned char h[16];
-    jti_hash(jti, h);
-    pthread_mutex_lock(&o->lock);
-    int rc = revoke_locked(o, h, exp, sb_time_ms() / 1000);
-    pthread_mutex_unlock(&o->lock);
-    return rc;
+    return sb_jti_set_add(o->revoked, jti, exp, sb_time_ms() / 1000);
 }
 
 bool sb_oauth_is_revoked(sb_oauth *o, const char *jti)
 {
-    unsigned char h[16];
-    jti_hash(jti, h);
-    pthread_mutex_lock(&o->lock);
-    bool r = probe(o->slots, h)->exp != 0;
-    pthread_mutex_unlock(&o->lock);
-    return r;
+    return sb_jti_set_contains(o->revoked, jti);
 }
-
-typedef struct load_ctx {
-    sb_oauth *o;
-} load_ctx;
 
 static int load_revoked(sqlite3 *db, void *arg)
 {
@@ -127,11 +41,9 @@ static int load_revoked(sqlite3 *db, void *arg)
     if (!st)
         return SB_EIO;
     sqlite3_bind_int(st, 1, SB_OAUTH_MAX_REVOKED);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        unsigned char h[16];
-        jti_hash((const char *)sqlite3_column_text(st, 0), h);
-        revoke_locked(o, h, sqlite3_column_int64(st, 1), now);
-    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        sb_jti_set_add(o->revoked, (const char *)sqlite3_column_text(st, 0),
+                       sqlite3_column_int64(st, 1), now);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : SB_EIO;
 }
@@ -142,13 +54,12 @@ int sb_oauth_new(sb_app *app, sb_oauth **out)
     if (!o)
         return SB_ENOMEM;
     o->app = app;
-    o->slots = sb_calloc(SLOTS, sizeof *o->slots);
-    if (!o->slots) {
+    int rc = sb_jti_set_new(SB_OAUTH_MAX_REVOKED, &o->revoked);
+    if (rc != 0) {
         sb_free(o);
-        return SB_ENOMEM;
+        return rc;
     }
-    pthread_mutex_init(&o->lock, NULL);
-    int rc = sb_store_run_sync(sb__app_store(app), load_revoked, o);
+    rc = sb_store_run_sync(sb__app_store(app), load_revoked, o);
     if (rc < 0) {
         sb_oauth_free(o);
         return rc;
@@ -161,8 +72,7 @@ void sb_oauth_free(sb_oauth *o)
 {
     if (!o)
         return;
-    pthread_mutex_destroy(&o->lock);
-    sb_free(o->slots);
+    sb_jti_set_free(o->revoked);
     sb_free(o);
 }
 
