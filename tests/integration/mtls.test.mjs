@@ -128,6 +128,23 @@ describe('mutual TLS, optional client certificates', () => {
     assert.equal(bad.status, 400);
   });
 
+  it('a resumed TLS session keeps its client certificate, and with it the binding', async () => {
+    const made = await api('POST', '/v1/keys', { json: { name: 'resume', scopes: ['rooms:read'], tls_client_certificate_sha256: a.hex } });
+    const req = `GET /v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${made.json().secret}\r\nConnection: close\r\n\r\n`;
+    const sess = path.join(dir, 'alice.sess');
+    const base = ['s_client', '-connect', `127.0.0.1:${srv.port}`, '-CAfile', srv.caPath, '-ign_eof'];
+    const first = await run('openssl', [...base, '-cert', a.cert, '-key', a.key, '-sess_out', sess], { input: req });
+    assert.match(first.stdout, /^New, TLSv1\.3/m);
+    assert.match(first.stdout, /HTTP\/1\.1 200/);
+    // Resumed without presenting the certificate again: the session carries it.
+    const resumed = await run('openssl', [...base, '-sess_in', sess], { input: req });
+    assert.match(resumed.stdout, /^Reused, TLSv1\.3/m);
+    assert.match(resumed.stdout, /HTTP\/1\.1 200/);
+    // A fresh session without it is refused.
+    const fresh = await run('openssl', base, { input: req });
+    assert.match(fresh.stdout, /HTTP\/1\.1 401/);
+  });
+
   it('a certificate from another CA fails the handshake (openssl s_client); none is fine', async () => {
     const base = ['s_client', '-connect', `127.0.0.1:${srv.port}`, '-CAfile', srv.caPath, '-brief'];
     const bad = await run('openssl', [...base, '-cert', stranger.cert, '-key', stranger.key],
