@@ -1,6 +1,8 @@
 #include "net/tls.h"
 
+#include <errno.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -95,12 +97,35 @@ fail:
 int sb_tls_ctx_set_client_auth(SSL_CTX *ctx, const char *mode, const char *ca_file, char *err,
                                size_t errlen)
 {
-    static const unsigned char sid_ctx[] = "switchboard";
-    if (!SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1)) {
+    /* Resumption needs a session id context once peers are verified. It is the SHA-256 of
+     * the mode and the CA file's bytes, so that after a reload with other CAs a session made
+     * under the old ones is not resumed: its certificate is checked again in a full
+     * handshake. */
+    unsigned char sid_ctx[32];
+    unsigned int sid_len = sizeof sid_ctx;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
+              EVP_DigestUpdate(md, mode ? mode : "none", strlen(mode ? mode : "none"));
+    bool none = !mode || strcmp(mode, "none") == 0;
+    FILE *f = ok && !none ? fopen(ca_file, "rb") : NULL;
+    if (ok && !none && !f) {
+        snprintf(err, errlen, "reading client CA %s: %s", ca_file, strerror(errno));
+        EVP_MD_CTX_free(md);
+        return -1;
+    }
+    char buf[4096];
+    size_t n;
+    while (ok && f && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        ok = EVP_DigestUpdate(md, buf, n);
+    if (f)
+        fclose(f);
+    ok = ok && EVP_DigestFinal_ex(md, sid_ctx, &sid_len);
+    EVP_MD_CTX_free(md);
+    if (!ok || !SSL_CTX_set_session_id_context(ctx, sid_ctx, sid_len)) {
         ssl_reason(err, errlen, "setting the session id context", "");
         return -1;
     }
-    if (!mode || strcmp(mode, "none") == 0)
+    if (none)
         return 0;
     if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
         ssl_reason(err, errlen, "loading client CA", ca_file);

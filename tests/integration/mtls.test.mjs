@@ -204,12 +204,23 @@ describe('mutual TLS, SIGHUP', () => {
       try {
         assert.equal((await curl(srv, '/healthz', { cert: a })).status, 200);
         assert.notEqual((await curl(srv, '/healthz', { cert: b })).code, 0);
+        const sess = path.join(dir, 'a.sess');
+        const base = ['s_client', '-connect', `127.0.0.1:${srv.port}`, '-CAfile', srv.caPath, '-ign_eof'];
+        const input = 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n';
+        const first = await run('openssl', [...base, '-cert', a.cert, '-key', a.key, '-sess_out', sess], { input });
+        assert.match(first.stdout, /HTTP\/1\.1 200/);
+        const again = await run('openssl', [...base, '-sess_in', sess], { input });
+        assert.match(again.stdout, /^Reused,/m, 'resumes before the reload');
         replaceFile(caFile, { src: ca2.ca });
         const from = srv.logs().length;
         srv.signal('SIGHUP');
         await srv.waitForLog((l) => l.msg === 'reload complete', { from });
         assert.equal((await curl(srv, '/healthz', { cert: b })).status, 200);
         assert.notEqual((await curl(srv, '/healthz', { cert: a })).code, 0);
+        // A session made under the old CA is not resumed: a full handshake checks again.
+        const after = await run('openssl', [...base, '-sess_in', sess], { input });
+        assert.doesNotMatch(after.stdout, /^Reused,/m);
+        assert.doesNotMatch(after.stdout, /HTTP\/1\.1 200/);
       } finally {
         await srv.stop();
       }
