@@ -52,6 +52,8 @@ typedef struct sb_config {
     char *tls_key;                    /* tls.key: PEM private key path */
     bool tls_session_tickets;         /* tls.session_tickets */
     int64_t tls_handshake_timeout_ms; /* tls.handshake_timeout */
+    char *tls_client_ca;              /* tls.client_ca: PEM CAs for client certificates */
+    char *tls_client_auth;            /* tls.client_auth: none|optional|require */
 
     /* http */
     size_t http_max_request_line;   /* http.max_request_line */
@@ -91,6 +93,18 @@ typedef struct sb_config {
     bool ratelimit_enabled; /* ratelimit.enabled */
     int ratelimit_rps;      /* ratelimit.requests_per_second */
     int ratelimit_burst;    /* ratelimit.burst */
+
+    /* OAuth 2.0 authorization server */
+    char *oauth_issuer;                /* oauth.issuer: empty = the first listener's URL */
+    int64_t oauth_access_token_ttl_ms; /* oauth.access_token_ttl */
+    int64_t oauth_key_rotation_ms;     /* oauth.signing_key_rotation: 0 = never */
+    char *oauth_signing_alg;           /* oauth.signing_alg: ES256 | EdDSA */
+    int oauth_rps;                     /* oauth.requests_per_second: per client address */
+    int oauth_burst;                   /* oauth.burst */
+
+    /* who may call */
+    char *security_allowed_ips; /* security.allowed_ips: comma-separated CIDRs, empty = all */
+    char *http_trusted_proxies; /* http.trusted_proxies: CIDRs whose X-Forwarded-For is read */
 
     /* test support */
     bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */

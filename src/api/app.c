@@ -11,9 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/oauth.h"
 #include "api/rtc.h"
 #include "api/rtc_token.h"
-#include "auth/revocations.h"
+#include "auth/jti_set.h"
 #include "auth/scopes.h"
 #include "guard/ipallow.h"
 #include "guard/ratelimit.h"
@@ -29,9 +30,14 @@
 #define LAST_USED_EVERY_MS 60000
 #define BOOTSTRAP_KEY_ID   "key_bootstrap"
 #define MAX_BEARER         4096
-/* Credentials tracked by the rate limiter at once (about 100 bytes each); past it the one
+/* Credentials tracked by the rate limiter at once (32 bytes each); past it the one
  * furthest from being limited is forgotten, which loses nothing. */
 #define SB_APP_RATELIMIT_KEYS 8192
+/* Server signing keys loaded at once: the current one and those retired recently enough
+ * that tokens they signed may still be valid. */
+#define SB_APP_MAX_SERVER_KEYS 8
+/* A retired key verifies this long: the longest participant token (24 h) plus leeway. */
+#define RETIRED_KEY_KEEP_MS ((24 * 3600 + 600) * 1000LL)
 
 typedef struct cred_entry {
     unsigned char digest[32]; /* SHA-256 of the bearer string */
@@ -42,6 +48,11 @@ typedef struct cred_entry {
     sb_auth auth;
     sb_ipallow *allow;  /* the key's allowed_ips; NULL = any address */
     sb_rl_policy limit; /* rate 0: the configured default */
+    bool bound;         /* usable only over TLS with the client certificate x5t (RFC 8705) */
+    unsigned char x5t[32];
+    bool token;    /* an OAuth access token: jti and rgen below apply */
+    uint64_t rgen; /* revocation_generation when last checked */
+    char jti[SB_ID_MAX];
 } cred_entry;
 
 #define RESP_CACHE_SIZE     512 /* per loop, direct-mapped */
@@ -66,6 +77,10 @@ typedef struct app_loop {
  * any connection of any loop. */
 static _Atomic uint64_t cred_generation = 1;
 
+/* Bumped after an access token is revoked: a loop then checks each cached token once
+ * against the revoked set (a hash probe), instead of verifying every credential again. */
+static _Atomic uint64_t revocation_generation = 1;
+
 /* Bumped after every committed change that a cached read could show. */
 static _Atomic uint64_t resp_generation = 1;
 
@@ -76,7 +91,9 @@ struct sb_app {
     int nloops;
     app_loop *loops;
     unsigned char pepper[32];
-    sb_jose_key *token_key;
+    sb_jose_key *token_key; /* signs: server_keys[0] */
+    sb_jose_key *server_keys[SB_APP_MAX_SERVER_KEYS];
+    int nserver_keys;
     char *jwks_json;
     size_t jwks_len;
     char *issuer;
@@ -84,20 +101,43 @@ struct sb_app {
     char *generated_admin_key;
     void *owned[64]; /* route data made at registration, freed with the app */
     int nowned;
-    sb_ratelimit *rl;
-    pthread_mutex_t rl_lock;
+    sb_ratelimit_shared *rl;       /* per credential, shared by every loop, lock-free */
+    sb_ratelimit_shared *oauth_rl; /* per client address on the /oauth endpoints */
     sb_rtc *rtc;
-    sb_revocations *revoked; /* participant tokens' jti */
+    sb_jti_set *revoked_rtc; /* participant tokens revoked by id (project + jti) */
+    sb_oauth *oauth;
+    sb_ipallow *allowed_ips;     /* security.allowed_ips; NULL = any */
+    sb_ipallow *trusted_proxies; /* http.trusted_proxies; NULL = none */
 };
 
-bool sb_app_token_revoked(sb_app *app, const char *project_id, const char *jti)
+sb_oauth *sb__app_oauth(const sb_app *app)
 {
-    return sb_revocations_has(app->revoked, project_id, jti, sb_time_ms());
+    return app->oauth;
 }
 
-int sb_app_revoke_token(sb_app *app, const char *project_id, const char *jti, int64_t until_ms)
+/* Participant tokens revoked by id: one set for every project, keyed "project_id/jti" (a
+ * project id has no '/'), so that one tenant cannot revoke another's token of the same id. */
+#define SB_RTC_MAX_REVOKED 65536
+
+static bool rtc_key(char *out, size_t cap, const char *project_id, const char *jti)
 {
-    return sb_revocations_add(app->revoked, project_id, jti, until_ms, sb_time_ms());
+    int n = snprintf(out, cap, "%s/%s", project_id, jti);
+    return jti[0] && n > 0 && (size_t)n < cap;
+}
+
+bool sb_app_participant_token_revoked(sb_app *app, const char *project_id, const char *jti)
+{
+    char key[2 * SB_ID_MAX + 2];
+    return rtc_key(key, sizeof key, project_id, jti) && sb_jti_set_contains(app->revoked_rtc, key);
+}
+
+int sb_app_revoke_participant_token(sb_app *app, const char *project_id, const char *jti,
+                                    int64_t until_ms)
+{
+    char key[2 * SB_ID_MAX + 2];
+    if (!rtc_key(key, sizeof key, project_id, jti))
+        return 0;
+    return sb_jti_set_add(app->revoked_rtc, key, (until_ms + 999) / 1000, sb_time_ms() / 1000);
 }
 
 /* Revocations still in force, from the database into memory (at start). */
@@ -117,9 +157,9 @@ static int load_revocations(sqlite3 *db, void *arg)
     if (!st)
         return SB_EIO;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int r = sb_revocations_add(app->revoked, (const char *)sqlite3_column_text(st, 0),
-                                   (const char *)sqlite3_column_text(st, 1),
-                                   sqlite3_column_int64(st, 2), now);
+        int r = sb_app_revoke_participant_token(app, (const char *)sqlite3_column_text(st, 0),
+                                                (const char *)sqlite3_column_text(st, 1),
+                                                sqlite3_column_int64(st, 2));
         if (r) {
             sqlite3_reset(st);
             return r;
@@ -245,6 +285,8 @@ typedef struct lookup_result {
     int64_t expires_at; /* 0 = never */
     sb_ipallow *allow;  /* owned by the caller */
     sb_rl_policy limit;
+    bool bound;
+    unsigned char x5t[32];
 } lookup_result;
 
 /* The stored JSON array of CIDRs (validated when the key was made) as a matcher. */
@@ -268,6 +310,21 @@ static sb_ipallow *allow_from_json(const char *text)
 static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                          const char *id, lookup_result *res);
 
+static int hexval(char c);
+
+int sb_hex_decode32(const char *hex, unsigned char out[32])
+{
+    if (!hex || strlen(hex) != 64)
+        return SB_EINVAL;
+    for (int i = 0; i < 32; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return SB_EINVAL;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}
+
 static int lookup_key(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                       lookup_result *res)
 {
@@ -288,8 +345,8 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
 {
     sqlite3_stmt *st =
         sb_store_stmt(db, "SELECT project_id, secret_hash, scopes, expires_at, revoked_at, "
-                          "allowed_ips, rate_limit_rps, rate_limit_burst FROM api_keys WHERE id = "
-                          "?1");
+                          "allowed_ips, rate_limit_rps, rate_limit_burst, tls_client_cert_sha256 "
+                          "FROM api_keys WHERE id = ?1");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -314,7 +371,11 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
             res->limit.rate_per_second = sqlite3_column_double(st, 6);
             res->limit.burst = (uint32_t)sqlite3_column_int64(st, 7);
             res->allow = NULL;
-            if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
+            res->bound = sqlite3_column_type(st, 8) != SQLITE_NULL;
+            if (res->bound &&
+                sb_hex_decode32((const char *)sqlite3_column_text(st, 8), res->x5t) != 0)
+                res->found = false;
+            if (res->found && sqlite3_column_type(st, 5) != SQLITE_NULL) {
                 res->allow = allow_from_json((const char *)sqlite3_column_text(st, 5));
                 if (!res->allow) /* cannot enforce it: refuse rather than allow everyone */
                     res->found = false;
@@ -382,26 +443,26 @@ static bool rate_counted(const sb_req *req)
     return false;
 }
 
-/* Per credential, shared by every loop so that a client gets its limit however its
- * connections are spread. The one lock on the request path, held for a table probe: the
- * limiter is O(1) and never allocates after creation. */
-static bool rate_ok(sb_app *app, sb_req *req, const cred_entry *e)
+static uint64_t mono_ns(void)
 {
-    sb_rl_policy pol = e->limit;
-    if (pol.rate_per_second <= 0 || pol.burst == 0)
-        pol = (sb_rl_policy){(double)app->cfg->ratelimit_rps, (uint32_t)app->cfg->ratelimit_burst};
-    sb_rl_result r;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    const char *key = e->auth.credential_id;
-    pthread_mutex_lock(&app->rl_lock);
-    int rc = sb_ratelimit_check(app->rl, key, strlen(key), &pol, now, &r);
-    pthread_mutex_unlock(&app->rl_lock);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One check against a table shared by every loop; answers 429 itself when refused. No lock:
+ * a check is a compare-and-swap on the key's 64-bit TAT (sb_ratelimit_shared_check). */
+static bool rate_check(sb_app *app, sb_req *req, sb_ratelimit_shared *rl, const char *key,
+                       const sb_rl_policy *pol, const char *detail, bool oauth)
+{
+    (void)app;
+    sb_rl_result r;
+    uint64_t now = mono_ns();
+    int rc = sb_ratelimit_shared_check(rl, key, strlen(key), pol, now, &r);
     if (rc != 0)
         return true; /* an invalid stored policy must not lock the caller out */
     char policy[SB_RL_HEADER_MAX], limit[SB_RL_HEADER_MAX];
-    if (sb_ratelimit_format_headers(&r, &pol, policy, sizeof policy, limit, sizeof limit) == 0) {
+    if (sb_ratelimit_format_headers(&r, pol, policy, sizeof policy, limit, sizeof limit) == 0) {
         sb_resp_header(req, "RateLimit-Policy", sb_str_from(policy));
         sb_resp_header(req, "RateLimit", sb_str_from(limit));
     }
@@ -410,12 +471,105 @@ static bool rate_ok(sb_app *app, sb_req *req, const cred_entry *e)
     char retry[24];
     snprintf(retry, sizeof retry, "%llu", (unsigned long long)r.retry_after_seconds);
     sb_resp_header(req, "Retry-After", sb_str_from(retry));
-    sb_resp_problem(req, 429, "rate-limited", "this credential is over its rate limit");
+    if (oauth) {
+        sb_app_oauth_error(req, 429, "temporarily_unavailable", detail);
+        return false;
+    }
+    sb_resp_problem(req, 429, "rate-limited", detail);
     return false;
+}
+
+/* Per credential (an API key, or an OAuth client for all of its tokens), shared by every
+ * loop so that a client gets its limit however its connections are spread. */
+static bool rate_ok(sb_app *app, sb_req *req, const cred_entry *e)
+{
+    sb_rl_policy pol = e->limit;
+    if (pol.rate_per_second <= 0 || pol.burst == 0)
+        pol = (sb_rl_policy){(double)app->cfg->ratelimit_rps, (uint32_t)app->cfg->ratelimit_burst};
+    return rate_check(app, req, app->rl, e->auth.credential_id, &pol,
+                      "this credential is over its rate limit", false);
+}
+
+bool sb_app_client_addr(sb_app *app, sb_req *req, struct sockaddr_storage *out)
+{
+    const struct sockaddr *peer = (const struct sockaddr *)&req->peer;
+    const char *xff = NULL;
+    size_t xlen = 0;
+    if (app->trusted_proxies && sb_ipallow_contains(app->trusted_proxies, peer)) {
+        /* Several X-Forwarded-For fields count as one list joined with ",". */
+        size_t total = 0;
+        int n = 0;
+        for (size_t i = 0; i < req->num_headers; i++)
+            if (sb_str_case_eq(req->headers[i].name, "x-forwarded-for")) {
+                total += req->headers[i].value.len + 1;
+                n++;
+            }
+        char *joined = n ? sb_arena_alloc(&req->arena, total) : NULL;
+        for (size_t i = 0; joined && i < req->num_headers; i++)
+            if (sb_str_case_eq(req->headers[i].name, "x-forwarded-for")) {
+                if (xlen)
+                    joined[xlen++] = ',';
+                memcpy(joined + xlen, req->headers[i].value.base, req->headers[i].value.len);
+                xlen += req->headers[i].value.len;
+            }
+        xff = joined;
+    }
+    int rc = sb_ipallow_client_addr(peer, xff, xlen, app->trusted_proxies, out);
+    if (rc == SB_EINVAL) /* not an IP peer (tests over a pipe): only the peer can be used */
+        return false;
+    return true;
+}
+
+bool sb_app_address_allowed(sb_app *app, sb_req *req, const sb_ipallow *list)
+{
+    struct sockaddr_storage addr;
+    bool have = sb_app_client_addr(app, req, &addr);
+    const struct sockaddr *sa = have ? (const struct sockaddr *)&addr : NULL;
+    if (app->allowed_ips && !sb_ipallow_match(app->allowed_ips, sa))
+        return false;
+    return !list || sb_ipallow_match(list, sa);
+}
+
+void sb_app_oauth_error(sb_req *req, int status, const char *error, const char *description)
+{
+    sb_resp_header(req, "Cache-Control", SB_STR_LIT("no-store"));
+    sb_resp_header(req, "Pragma", SB_STR_LIT("no-cache"));
+    if (status == 401)
+        sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Basic realm=\"switchboard\""));
+    sb_app_send_json(req, status,
+                     json_pack("{s:s,s:s}", "error", error, "error_description", description));
+}
+
+bool sb_app_oauth_rate_ok(sb_app *app, sb_req *req)
+{
+    struct sockaddr_storage addr;
+    char key[SB_RL_KEY_MAX] = "oauth:?";
+    if (sb_app_client_addr(app, req, &addr)) {
+        char ip[INET6_ADDRSTRLEN];
+        sb_req_peer_str((const struct sockaddr_in6 *)&addr, ip, sizeof ip);
+        snprintf(key, sizeof key, "oauth:%s", ip);
+    }
+    sb_rl_policy pol = {(double)app->cfg->oauth_rps, (uint32_t)app->cfg->oauth_burst};
+    return rate_check(app, req, app->oauth_rl, key, &pol,
+                      "too many requests to the authorization server from this address", true);
+}
+
+/* An access token is a compact JWS: three base64url segments. API keys never hold a '.'. */
+static bool looks_like_jwt(const char *tok, size_t len)
+{
+    int dots = 0;
+    for (size_t i = 0; i < len; i++)
+        dots += tok[i] == '.';
+    return dots == 2 && !(len > 4 && memcmp(tok, "sbk_", 4) == 0);
 }
 
 bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
 {
+    if (app->allowed_ips && !sb_app_address_allowed(app, req, NULL)) {
+        sb_resp_problem(req, 403, "address-not-allowed",
+                        "this address may not call the API (security.allowed_ips)");
+        return false;
+    }
     const sb_http_header *h = sb_req_header(req, "authorization");
     if (!h) {
         sb_resp_header(req, "WWW-Authenticate", SB_STR_LIT("Bearer realm=\"switchboard\""));
@@ -441,8 +595,52 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     cred_entry *e = &al->cache[(digest[0] | (unsigned)digest[1] << 8) % CRED_CACHE_SIZE];
     int64_t now = sb_time_ms();
     uint64_t gen = atomic_load_explicit(&cred_generation, memory_order_acquire);
+    uint64_t rgen = atomic_load_explicit(&revocation_generation, memory_order_acquire);
+    if (e->valid && e->token && e->rgen != rgen && e->gen == gen &&
+        memcmp(e->digest, digest, 32) == 0) {
+        if (sb_oauth_is_revoked(app->oauth, e->jti)) {
+            e->valid = false;
+            unauthorized(req, "the access token is not valid (revoked)");
+            return false;
+        }
+        e->rgen = rgen;
+    }
     if (!(e->valid && e->gen == gen && memcmp(e->digest, digest, 32) == 0 && now < e->until_ms)) {
         lookup_result res;
+        memset(&res, 0, sizeof res);
+        if (looks_like_jwt(tok, len)) {
+            sb_access_token at;
+            sb_jwt_reason why = SB_JWT_OK;
+            int rc = sb_oauth_verify(app, sb_app_reader(app, req), tok, len, &at, &why);
+            if (rc == SB_EAUTH && why != SB_JWT_MALFORMED) {
+                char detail[128];
+                snprintf(detail, sizeof detail, "the access token is not valid (%s)",
+                         at.refusal ? at.refusal : sb_jwt_strerror(why));
+                unauthorized(req, detail);
+                return false;
+            }
+            if (rc != 0 && rc != SB_EAUTH) {
+                sb_app_internal_error(req, "access token verification", rc);
+                return false;
+            }
+            if (rc == 0) {
+                memcpy(e->digest, digest, 32);
+                e->valid = true;
+                e->gen = gen;
+                e->auth = at.auth;
+                sb_ipallow_free(e->allow);
+                e->allow = at.allow;
+                e->limit = (sb_rl_policy){0, 0};
+                e->bound = at.bound;
+                memcpy(e->x5t, at.x5t, 32);
+                e->until_ms = at.exp * 1000 + SB_OAUTH_LEEWAY_S * 1000;
+                e->last_used_recorded_ms = now; /* tokens have no last_used_at */
+                e->token = true;
+                e->rgen = rgen; /* read before the revoked set was: a later revoke bumps it */
+                memcpy(e->jti, at.jti, sizeof e->jti);
+                goto cached;
+            }
+        }
         if (lookup_key(sb_app_reader(app, req), app, tok, len, &res) != 0) {
             sb_app_internal_error(req, "credential lookup", SB_EIO);
             return false;
@@ -462,13 +660,26 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         if (res.expires_at && res.expires_at < e->until_ms)
             e->until_ms = res.expires_at;
         e->last_used_recorded_ms = 0;
+        e->bound = res.bound;
+        memcpy(e->x5t, res.x5t, 32);
+        e->token = false;
     }
-    if (e->allow && !sb_ipallow_match(e->allow, (const struct sockaddr *)&req->peer)) {
+cached:
+    /* RFC 8705 section 3: a certificate-bound credential is only good over a connection
+     * that proves possession of that certificate. */
+    if (e->bound && !(req->tls_client_cert_sha256 &&
+                      CRYPTO_memcmp(req->tls_client_cert_sha256, e->x5t, 32) == 0)) {
+        unauthorized(req, "the credential is bound to a client certificate that this connection "
+                          "did not present");
+        return false;
+    }
+    if (e->allow && !sb_app_address_allowed(app, req, e->allow)) {
         sb_resp_problem(req, 403, "address-not-allowed",
                         "this credential may not be used from this address");
         return false;
     }
-    note_last_used(app, e, now);
+    if (memcmp(e->auth.credential_id, "key_", 4) == 0) /* API keys; tokens have no row */
+        note_last_used(app, e, now);
     if (app->cfg->ratelimit_enabled && !rate_counted(req) && !rate_ok(app, req, e))
         return false;
     if ((e->auth.scopes & need) != need) {
@@ -481,6 +692,12 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
     }
     *out = e->auth;
     return true;
+}
+
+void sb_app_token_revoked(sb_app *app)
+{
+    (void)app;
+    atomic_fetch_add_explicit(&revocation_generation, 1, memory_order_acq_rel);
 }
 
 void sb_app_forget_key(sb_app *app, const char *key_id)
@@ -754,10 +971,12 @@ typedef struct bootstrap {
     const char *env_key;
     char generated[128];
     bool made_key;
-    char *pem; /* signing key found or made */
-    size_t pem_len;
-    char kid[SB_ID_MAX];
-    sb_jose_key *fresh;
+    char *pems[SB_APP_MAX_SERVER_KEYS]; /* server keys found, newest first */
+    size_t pem_lens[SB_APP_MAX_SERVER_KEYS];
+    char kids[SB_APP_MAX_SERVER_KEYS][SB_ID_MAX];
+    int nkeys;
+    char kid[SB_ID_MAX]; /* of fresh */
+    sb_jose_key *fresh;  /* made now: it signs */
     char err[256];
 } bootstrap;
 
@@ -825,21 +1044,47 @@ static int bootstrap_run(sqlite3 *db, void *arg)
             return rc;
     }
 
-    /* The server's participant-token key (ES256), made once and kept. */
-    st = sb_store_stmt(db, "SELECT kid, material FROM signing_keys WHERE project_id IS NULL AND "
-                           "alg = 'ES256' AND retired_at IS NULL ORDER BY created_at DESC LIMIT 1");
+    /* The server's signing keys (oauth.signing_alg, ES256 by default; participant and access
+     * tokens). The newest active one of that algorithm signs; it is replaced once older than
+     * oauth.signing_key_rotation (or when the algorithm changes), and a retired key is still
+     * loaded (and published in the JWKS) until every token it can have signed has expired. */
+    const char *alg = app->cfg->oauth_signing_alg && *app->cfg->oauth_signing_alg
+                          ? app->cfg->oauth_signing_alg
+                          : "ES256";
+    sb_jose_alg jalg = strcmp(alg, "EdDSA") == 0 ? SB_JOSE_EDDSA : SB_JOSE_ES256;
+    st = sb_store_stmt(db, "SELECT kid, material, created_at, retired_at, alg = ?3 FROM "
+                           "signing_keys WHERE project_id IS NULL AND alg IN ('ES256', 'EdDSA') "
+                           "AND (retired_at IS NULL OR retired_at > ?1) ORDER BY (retired_at IS "
+                           "NULL AND alg = ?3) DESC, created_at DESC, kid DESC LIMIT ?2");
     if (!st)
         return SB_EIO;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        snprintf(b->kid, sizeof b->kid, "%s", (const char *)sqlite3_column_text(st, 0));
-        b->pem_len = (size_t)sqlite3_column_bytes(st, 1);
-        b->pem = sb_strndup(sqlite3_column_blob(st, 1), b->pem_len);
-        sqlite3_reset(st);
-        return b->pem ? 0 : SB_ENOMEM;
+    sqlite3_bind_int64(st, 1, now - RETIRED_KEY_KEEP_MS);
+    sqlite3_bind_int(st, 2, SB_APP_MAX_SERVER_KEYS - 1);
+    sqlite3_bind_text(st, 3, sb_jose_alg_name(jalg), -1, SQLITE_STATIC);
+    bool need_new = true;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int i = b->nkeys;
+        if (i == 0 && sqlite3_column_type(st, 3) == SQLITE_NULL && sqlite3_column_int(st, 4)) {
+            int64_t age = now - sqlite3_column_int64(st, 2);
+            need_new =
+                app->cfg->oauth_key_rotation_ms > 0 && age >= app->cfg->oauth_key_rotation_ms;
+        }
+        snprintf(b->kids[i], sizeof b->kids[i], "%s", (const char *)sqlite3_column_text(st, 0));
+        b->pem_lens[i] = (size_t)sqlite3_column_bytes(st, 1);
+        b->pems[i] = sb_strndup(sqlite3_column_blob(st, 1), b->pem_lens[i]);
+        if (!b->pems[i]) {
+            sqlite3_reset(st);
+            return SB_ENOMEM;
+        }
+        b->nkeys++;
     }
     sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return SB_EIO;
+    if (!need_new)
+        return 0;
     if ((rc = sb_id_new("sk", b->kid)) != 0 ||
-        (rc = sb_jose_key_generate(SB_JOSE_ES256, b->kid, &b->fresh)) != 0)
+        (rc = sb_jose_key_generate(jalg, b->kid, &b->fresh)) != 0)
         return rc;
     sb_buf pem;
     sb_buf_init(&pem, 1 << 16);
@@ -847,8 +1092,19 @@ static int bootstrap_run(sqlite3 *db, void *arg)
         sb_buf_free(&pem);
         return rc;
     }
+    st = sb_store_stmt(db, "UPDATE signing_keys SET retired_at = ?1 WHERE project_id IS NULL AND "
+                           "alg IN ('ES256', 'EdDSA') AND retired_at IS NULL");
+    if (!st) {
+        sb_buf_free(&pem);
+        return SB_EIO;
+    }
+    sqlite3_bind_int64(st, 1, now);
+    if ((rc = step_done(st)) != 0) {
+        sb_buf_free(&pem);
+        return rc;
+    }
     st = sb_store_stmt(db, "INSERT INTO signing_keys (kid, project_id, alg, material, created_at) "
-                           "VALUES (?1, NULL, 'ES256', ?2, ?3)");
+                           "VALUES (?1, NULL, ?4, ?2, ?3)");
     if (!st) {
         sb_buf_free(&pem);
         return SB_EIO;
@@ -856,17 +1112,21 @@ static int bootstrap_run(sqlite3 *db, void *arg)
     sqlite3_bind_text(st, 1, b->kid, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, pem.base, (int)pem.len, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, now);
+    sqlite3_bind_text(st, 4, sb_jose_alg_name(jalg), -1, SQLITE_STATIC);
     rc = step_done(st);
     OPENSSL_cleanse(pem.base, pem.len);
     sb_buf_free(&pem);
+    if (rc == 0 && b->nkeys > 0)
+        sb_log(SB_LOG_INFO, "server signing key rotated", "kid", b->kid, "previous", b->kids[0],
+               NULL);
     return rc;
 }
 
 static int build_jwks(sb_app *app)
 {
-    const sb_jose_key *keys[1] = {app->token_key};
     json_t *jwks = NULL;
-    int rc = sb_jose_jwks(keys, 1, &jwks);
+    int rc = sb_jose_jwks((const sb_jose_key *const *)app->server_keys, (size_t)app->nserver_keys,
+                          &jwks);
     if (rc)
         return rc;
     app->jwks_json = json_dumps(jwks, JSON_COMPACT);
@@ -875,6 +1135,18 @@ static int build_jwks(sb_app *app)
         return SB_ENOMEM;
     app->jwks_len = strlen(app->jwks_json);
     return 0;
+}
+
+static void bootstrap_wipe(bootstrap *b)
+{
+    for (int i = 0; i < b->nkeys; i++) {
+        if (b->pems[i]) {
+            OPENSSL_cleanse(b->pems[i], b->pem_lens[i]);
+            sb_free(b->pems[i]);
+            b->pems[i] = NULL;
+        }
+    }
+    b->nkeys = 0;
 }
 
 int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops, char *err,
@@ -898,15 +1170,21 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         if (!(app->loops[i].rtc = sb_calloc(SB_RTC_CACHE_SIZE, sizeof *app->loops[i].rtc)))
             goto fail;
     const char *base = sb_server_listener_url(server, 0);
+    if (cfg->oauth_issuer && *cfg->oauth_issuer)
+        base = cfg->oauth_issuer;
     app->issuer = sb_strdup(base ? base : "https://localhost");
     if (!app->issuer)
         goto fail;
     if ((rc = load_pepper(app, err, errlen)) != 0)
         goto fail;
-    pthread_mutex_init(&app->rl_lock, NULL);
     uint64_t seed;
     if ((rc = sb_random(&seed, sizeof seed)) != 0 ||
-        (rc = sb_ratelimit_new(SB_APP_RATELIMIT_KEYS, seed, &app->rl)) != 0)
+        (rc = sb_ratelimit_shared_new(SB_APP_RATELIMIT_KEYS, seed, &app->rl)) != 0 ||
+        (rc = sb_ratelimit_shared_new(SB_APP_RATELIMIT_KEYS, seed ^ 0x9e3779b97f4a7c15ull,
+                                      &app->oauth_rl)) != 0)
+        goto fail;
+    if ((rc = sb_ipallow_from_list(cfg->security_allowed_ips, &app->allowed_ips, err, errlen)) ||
+        (rc = sb_ipallow_from_list(cfg->http_trusted_proxies, &app->trusted_proxies, err, errlen)))
         goto fail;
 
     b.app = app;
@@ -927,12 +1205,18 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         goto fail;
     }
     if (b.fresh) {
-        app->token_key = b.fresh;
+        app->server_keys[app->nserver_keys++] = b.fresh;
         b.fresh = NULL;
-    } else if ((rc = sb_jose_key_from_pem(b.kid, b.pem, b.pem_len, &app->token_key)) != 0) {
-        snprintf(err, errlen, "the stored token-signing key %s cannot be loaded", b.kid);
-        goto fail;
     }
+    for (int i = 0; i < b.nkeys && app->nserver_keys < SB_APP_MAX_SERVER_KEYS; i++) {
+        sb_jose_key *k = NULL;
+        if ((rc = sb_jose_key_from_pem(b.kids[i], b.pems[i], b.pem_lens[i], &k)) != 0) {
+            snprintf(err, errlen, "the stored token-signing key %s cannot be loaded", b.kids[i]);
+            goto fail;
+        }
+        app->server_keys[app->nserver_keys++] = k;
+    }
+    app->token_key = app->server_keys[0];
     if ((rc = build_jwks(app)) != 0)
         goto fail;
     if (b.made_key && !(app->generated_admin_key = sb_strdup(b.generated))) {
@@ -940,26 +1224,21 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
         goto fail;
     }
     OPENSSL_cleanse(b.generated, sizeof b.generated);
-    if (b.pem) {
-        OPENSSL_cleanse(b.pem, b.pem_len);
-        sb_free(b.pem);
-    }
-    if ((rc = sb_revocations_new(&app->revoked)) != 0 ||
+    bootstrap_wipe(&b);
+    if ((rc = sb_jti_set_new(SB_RTC_MAX_REVOKED, &app->revoked_rtc)) != 0 ||
         (rc = sb_store_run_sync(app->store, load_revocations, app)) < 0) {
         snprintf(err, errlen, "cannot load revoked tokens: %s", sb_strerror(rc));
         goto fail;
     }
-    if ((rc = sb_rtc_new(&app->rtc, app, server, nloops)) != 0)
+    if ((rc = sb_rtc_new(&app->rtc, app, server, nloops)) != 0 ||
+        (rc = sb_oauth_new(app, &app->oauth)) != 0)
         goto fail;
     sb_free(dbpath);
     *out = app;
     return 0;
 fail:
     OPENSSL_cleanse(b.generated, sizeof b.generated);
-    if (b.pem) {
-        OPENSSL_cleanse(b.pem, b.pem_len);
-        sb_free(b.pem);
-    }
+    bootstrap_wipe(&b);
     sb_jose_key_free(b.fresh);
     sb_free(dbpath);
     sb_app_free(app);
@@ -971,9 +1250,14 @@ void sb_app_free(sb_app *app)
     if (!app)
         return;
     sb_rtc_free(app->rtc); /* its last hooks still write */
-    sb_revocations_free(app->revoked);
+    sb_jti_set_free(app->revoked_rtc);
+    sb_oauth_free(app->oauth);
     sb_store_close(app->store);
-    sb_jose_key_free(app->token_key);
+    for (int i = 0; i < app->nserver_keys; i++)
+        sb_jose_key_free(app->server_keys[i]);
+    sb_ipallow_free(app->allowed_ips);
+    sb_ipallow_free(app->trusted_proxies);
+    sb_ratelimit_shared_free(app->oauth_rl);
     free(app->jwks_json); /* jansson's allocation */
     sb_free(app->issuer);
     if (app->generated_admin_key) {
@@ -981,7 +1265,7 @@ void sb_app_free(sb_app *app)
         sb_free(app->generated_admin_key);
     }
     OPENSSL_cleanse(app->pepper, sizeof app->pepper);
-    sb_ratelimit_free(app->rl);
+    sb_ratelimit_shared_free(app->rl);
     for (int i = 0; i < app->nowned; i++)
         sb_free(app->owned[i]);
     for (int l = 0; app->loops && l < app->nloops; l++) {
@@ -1003,6 +1287,17 @@ const char *sb_app_generated_admin_key(const sb_app *app)
 const sb_jose_key *sb_app_token_key(const sb_app *app)
 {
     return app->token_key;
+}
+
+const sb_config *sb_app_config(const sb_app *app)
+{
+    return app->cfg;
+}
+
+const sb_jose_key *sb_app_server_key(const sb_app *app, const char *kid)
+{
+    return sb_jose_keys_find((const sb_jose_key *const *)app->server_keys,
+                             (size_t)app->nserver_keys, kid);
 }
 
 const char *sb_app_jwks_json(const sb_app *app, size_t *len)
@@ -1033,7 +1328,8 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_signing_keys_register(app, r);
     rc = rc ? rc : sb_api_events_register(app, r);
     rc = rc ? rc : sb_api_rtc_register(app, r);
-    rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST so far */
+    rc = rc ? rc : sb_api_oauth_register(app, r);
+    rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST (not /oauth) */
     return rc;
 }
 

@@ -81,11 +81,21 @@ void sb_app_forget_key(sb_app *app, const char *key_id);
 
 /* Participant tokens revoked by id (DELETE /v1/tokens/{jti}): checked on every join. An
  * empty jti is never revoked. Revoking returns 0, SB_ENOMEM or SB_EAGAIN (the set is full). */
-bool sb_app_token_revoked(sb_app *app, const char *project_id, const char *jti);
-int sb_app_revoke_token(sb_app *app, const char *project_id, const char *jti, int64_t until_ms);
+bool sb_app_participant_token_revoked(sb_app *app, const char *project_id, const char *jti);
+int sb_app_revoke_participant_token(sb_app *app, const char *project_id, const char *jti,
+                                    int64_t until_ms);
 
-/* The shared signing keys. */
+/* After a jti was added to the revoked set: every loop checks its cached access tokens
+ * against the set before their next use (cheaper than sb_app_forget_key, which makes every
+ * loop verify every credential again). */
+void sb_app_token_revoked(sb_app *app);
+
+const sb_config *sb_app_config(const sb_app *app);
+
+/* The shared signing keys. sb_app_token_key signs; sb_app_server_key finds any server key
+ * that still verifies (the current one and recently retired ones) by kid, or NULL. */
 const sb_jose_key *sb_app_token_key(const sb_app *app);
+const sb_jose_key *sb_app_server_key(const sb_app *app, const char *kid);
 const char *sb_app_jwks_json(const sb_app *app, size_t *len);
 const char *sb_app_issuer(const sb_app *app);
 
@@ -117,6 +127,26 @@ json_t *sb_app_time_or_null(sqlite3_stmt *st, int col);
 /* A query-string parameter, percent-decoded into the request arena; false if absent. */
 bool sb_req_query(sb_req *req, const char *name, sb_str *out);
 
+/* The caller's address: the TCP peer, or the client named by X-Forwarded-For when the peer
+ * is one of http.trusted_proxies. False when the peer is not an IP address. */
+struct sockaddr_storage;
+struct sb_ipallow;
+bool sb_app_client_addr(sb_app *app, sb_req *req, struct sockaddr_storage *out);
+
+/* Whether the caller's address passes security.allowed_ips and `list` (NULL: no list). */
+bool sb_app_address_allowed(sb_app *app, sb_req *req, const struct sb_ipallow *list);
+
+/* The per-address limit on the /oauth endpoints (oauth.requests_per_second, oauth.burst); answers
+ * 429 itself and returns false when over it. */
+bool sb_app_oauth_rate_ok(sb_app *app, sb_req *req);
+
+/* An RFC 6749 section 5.2 error response {"error", "error_description"} with Cache-Control:
+ * no-store; status 401 adds WWW-Authenticate: Basic. What every /oauth endpoint answers. */
+void sb_app_oauth_error(sb_req *req, int status, const char *error, const char *description);
+
+/* 64 hex digits (either case) to 32 bytes. 0 or SB_EINVAL. */
+int sb_hex_decode32(const char *hex, unsigned char out[32]);
+
 /* Registration of each resource group (rest_*.c). */
 int sb_api_keys_register(sb_app *app, sb_router *r);
 int sb_api_rooms_register(sb_app *app, sb_router *r);
@@ -124,6 +154,7 @@ int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
 int sb_api_events_register(sb_app *app, sb_router *r); /* events/stream.c */
+int sb_api_oauth_register(sb_app *app, sb_router *r);  /* rest_oauth.c */
 
 /* Idempotency-Key on every POST route registered before it (idempotency.c). */
 int sb_api_idempotency_install(sb_app *app, sb_router *r);
@@ -132,6 +163,7 @@ int sb_api_idempotency_install(sb_app *app, sb_router *r);
  * p is then freed). */
 sb_store *sb__app_store(const sb_app *app);
 struct sb_rtc *sb__app_rtc(const sb_app *app);
+struct sb_oauth *sb__app_oauth(const sb_app *app);
 struct sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index);
 void *sb__app_own(sb_app *app, void *p);
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "api/app.h"
+#include "api/oauth.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
@@ -39,7 +40,7 @@ static json_t *text_json_or_null(sqlite3_stmt *st, int col)
 
 #define KEY_COLS                                                                                   \
     "id, name, scopes, created_at, expires_at, revoked_at, last_used_at, allowed_ips, "            \
-    "rate_limit_rps, rate_limit_burst"
+    "rate_limit_rps, rate_limit_burst, tls_client_cert_sha256"
 
 static json_t *key_json(sqlite3_stmt *st)
 {
@@ -50,12 +51,15 @@ static json_t *key_json(sqlite3_stmt *st)
     if (sqlite3_column_type(st, 8) != SQLITE_NULL)
         rl = json_pack("{s:f,s:I}", "requests_per_second", sqlite3_column_double(st, 8), "burst",
                        (json_int_t)sqlite3_column_int64(st, 9));
-    return json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
-                     "name", sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes),
-                     "created_at", sb_app_time_or_null(st, 3), "expires_at",
-                     sb_app_time_or_null(st, 4), "revoked_at", sb_app_time_or_null(st, 5),
-                     "last_used_at", sb_app_time_or_null(st, 6), "allowed_ips",
-                     text_json_or_null(st, 7), "rate_limit", rl);
+    json_t *fp = sqlite3_column_type(st, 10) == SQLITE_NULL
+                     ? json_null()
+                     : json_string((const char *)sqlite3_column_text(st, 10));
+    return json_pack(
+        "{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0), "name",
+        sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes), "created_at",
+        sb_app_time_or_null(st, 3), "expires_at", sb_app_time_or_null(st, 4), "revoked_at",
+        sb_app_time_or_null(st, 5), "last_used_at", sb_app_time_or_null(st, 6), "allowed_ips",
+        text_json_or_null(st, 7), "rate_limit", rl, "tls_client_certificate_sha256", fp);
 }
 
 /* ---- POST /v1/keys ---------------------------------------------------------------- */
@@ -71,20 +75,21 @@ typedef struct key_create {
     char *allowed_ips; /* JSON text or NULL */
     double rps;
     int64_t burst;
+    char fingerprint[65]; /* "" = not bound */
     char secret[128];
     json_t *result;
 } key_create;
 
 static int key_insert(sqlite3 *db, const char *id, const char *project, const char *name,
                       const unsigned char hash[32], uint32_t scopes, int64_t expires_at,
-                      const char *allowed_ips, double rps, int64_t burst)
+                      const char *allowed_ips, double rps, int64_t burst, const char *fingerprint)
 {
     char sc[256];
     sb_scopes_format(scopes, sc, sizeof sc);
     sqlite3_stmt *st = sb_store_stmt(
         db, "INSERT INTO api_keys (id, project_id, name, secret_hash, scopes, created_at, "
-            "expires_at, allowed_ips, rate_limit_rps, rate_limit_burst) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+            "expires_at, allowed_ips, rate_limit_rps, rate_limit_burst, tls_client_cert_sha256) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -101,6 +106,8 @@ static int key_insert(sqlite3 *db, const char *id, const char *project, const ch
         sqlite3_bind_double(st, 9, rps);
         sqlite3_bind_int64(st, 10, burst);
     }
+    if (fingerprint && fingerprint[0])
+        sqlite3_bind_text(st, 11, fingerprint, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return sb_store_errno(rc);
@@ -129,7 +136,7 @@ static int key_create_run(sqlite3 *db, void *arg)
     unsigned char h[32];
     sb__app_hash_secret(k->app, k->secret, strlen(k->secret), h);
     int rc = key_insert(db, k->id, k->who.project_id, k->name, h, k->scopes, k->expires_at,
-                        k->allowed_ips, k->rps, k->burst);
+                        k->allowed_ips, k->rps, k->burst, k->fingerprint);
     rc = rc ? rc : sb_app_audit(db, &k->who, k->req->request_id, "key.create", "key", k->id);
     rc = rc ? rc : key_read_back(db, k->id, &k->result);
     return rc;
@@ -184,11 +191,13 @@ static void keys_create(sb_req *req, void *ud)
     json_t *body = sb_app_body(req);
     if (!body)
         return;
-    static const char *const fields[] = {"name",        "scopes",     "expires_at",
-                                         "allowed_ips", "rate_limit", NULL};
+    static const char *const fields[] = {"name",       "scopes",
+                                         "expires_at", "allowed_ips",
+                                         "rate_limit", "tls_client_certificate_sha256",
+                                         NULL};
     char why[256];
-    const char *name = NULL, *exp = NULL;
-    size_t nlen = 0;
+    const char *name = NULL, *exp = NULL, *fp = NULL;
+    size_t nlen = 0, fplen = 0;
     key_create *k = sb_arena_alloc(&req->arena, sizeof *k);
     if (!k) {
         json_decref(body);
@@ -198,8 +207,15 @@ static void keys_create(sb_req *req, void *ud)
     memset(k, 0, sizeof *k);
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) ||
-        sb_json_get_string(body, "expires_at", &exp, NULL, 64, why, sizeof why))
+        sb_json_get_string(body, "expires_at", &exp, NULL, 64, why, sizeof why) ||
+        sb_json_get_string(body, "tls_client_certificate_sha256", &fp, &fplen, 128, why,
+                           sizeof why))
         goto invalid;
+    if (fp && !sb__oauth_fingerprint(fp, fplen, k->fingerprint)) {
+        snprintf(why, sizeof why,
+                 "tls_client_certificate_sha256 must be the certificate's SHA-256 in hex");
+        goto invalid;
+    }
     if (!name || nlen == 0) {
         snprintf(why, sizeof why, "name is required");
         goto invalid;
@@ -397,7 +413,8 @@ static int project_create_run(sqlite3 *db, void *arg)
         return rc;
     unsigned char h[32];
     sb__app_hash_secret(p->app, p->secret, strlen(p->secret), h);
-    rc = key_insert(db, p->key_id, p->id, "project admin", h, SB_SCOPES_PROJECT, 0, NULL, 0, 0);
+    rc = key_insert(db, p->key_id, p->id, "project admin", h, SB_SCOPES_PROJECT, 0, NULL, 0, 0,
+                    NULL);
     rc =
         rc ? rc : sb_app_audit(db, &p->who, p->req->request_id, "project.create", "project", p->id);
     return rc;

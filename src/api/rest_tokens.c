@@ -162,7 +162,7 @@ static void token_revoke_done(void *arg, int rc)
         sb_app_internal_error(t->req, "revoking a token", rc);
         return;
     }
-    rc = sb_app_revoke_token(t->app, t->who.project_id, t->jti, t->until_ms);
+    rc = sb_app_revoke_participant_token(t->app, t->who.project_id, t->jti, t->until_ms);
     if (rc == SB_EAGAIN) {
         /* Stored, so the next start enforces it; this node cannot hold more right now. */
         sb_resp_header(t->req, "Retry-After", SB_STR_LIT("60"));

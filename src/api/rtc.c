@@ -392,7 +392,7 @@ static void on_refresh(rtc_member *m, json_t *msg)
         send_error(m, "invalid_token", "the token is for another room or identity");
         return;
     }
-    if (sb_app_token_revoked(lp->rtc->app, c.project_id, c.jti)) {
+    if (sb_app_participant_token_revoked(lp->rtc->app, c.project_id, c.jti)) {
         send_error(m, "invalid_token", "the token has been revoked");
         return;
     }
@@ -458,7 +458,7 @@ static void join_here(rtc_loop *lp, sb_ws *ws, rtc_join *j)
         sb_ws_close(ws, SB_CLOSE_EJECTED, "banned");
         return;
     }
-    if (sb_app_token_revoked(lp->rtc->app, j->claims.project_id, j->claims.jti)) {
+    if (sb_app_participant_token_revoked(lp->rtc->app, j->claims.project_id, j->claims.jti)) {
         sb_ws_close(ws, SB_CLOSE_TOKEN_EXPIRED, "token revoked");
         return;
     }
@@ -550,7 +550,7 @@ static void rtc_handler(sb_req *req, void *ud)
         refuse(req, SB_CLOSE_TOKEN_EXPIRED, "invalid or expired token");
         return;
     }
-    if (sb_app_token_revoked(app, claims.project_id, claims.jti)) {
+    if (sb_app_participant_token_revoked(app, claims.project_id, claims.jti)) {
         refuse(req, SB_CLOSE_TOKEN_EXPIRED, "token revoked");
         return;
     }

@@ -21,8 +21,8 @@ typedef struct lookup_ctx {
 static const sb_jose_key *lookup(void *ud, const char *kid)
 {
     lookup_ctx *c = ud;
-    const sb_jose_key *server = sb_app_token_key(c->app);
-    if (strcmp(kid, sb_jose_key_kid(server)) == 0) {
+    const sb_jose_key *server = sb_app_server_key(c->app, kid);
+    if (server) {
         c->server_key = true;
         return server;
     }

@@ -15,6 +15,7 @@
 #include "config/config_table.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "guard/ipallow.h"
 #include "switchboard/error.h"
 
 #define KIB     (INT64_C(1) << 10)
@@ -93,6 +94,21 @@ static const sb__config_key keys[] = {
      .max = HOUR,
      .flags = SB__CFG_RELOADABLE,
      .help = "Time allowed for the TLS handshake."},
+    {.name = "tls.client_ca",
+     .type = SB__CFG_STRING,
+     .def = "",
+     .offset = F(char *, tls_client_ca),
+     .max = 4096,
+     .arg = "PATH",
+     .help = "PEM file of the CAs that client certificates must chain to (mutual TLS)."},
+    {.name = "tls.client_auth",
+     .type = SB__CFG_STRING,
+     .def = "none",
+     .offset = F(char *, tls_client_auth),
+     .min = 1,
+     .max = 16,
+     .arg = "MODE",
+     .help = "Client certificates: none, optional (asked for, verified if sent) or require."},
 
     {.name = "http.max_request_line",
      .type = SB__CFG_SIZE,
@@ -296,6 +312,66 @@ static const sb__config_key keys[] = {
      .min = 1,
      .max = 1000000,
      .help = "Default burst per credential: requests allowed at once before the rate applies."},
+
+    {.name = "oauth.issuer",
+     .type = SB__CFG_STRING,
+     .def = "",
+     .offset = F(char *, oauth_issuer),
+     .max = 1024,
+     .arg = "URL",
+     .help = "OAuth issuer (RFC 8414) and token iss; empty means the first listener's URL."},
+    {.name = "oauth.access_token_ttl",
+     .type = SB__CFG_DURATION,
+     .def = "10m",
+     .offset = F(int64_t, oauth_access_token_ttl_ms),
+     .min = 1000,
+     .max = HOUR,
+     .help = "Lifetime of OAuth access tokens (RFC 9068 JWTs)."},
+    {.name = "oauth.signing_key_rotation",
+     .type = SB__CFG_DURATION,
+     .def = "720h",
+     .offset = F(int64_t, oauth_key_rotation_ms),
+     .min = 0,
+     .max = 8760LL * HOUR,
+     .help = "At start, a server signing key older than this is replaced; 0 never rotates."},
+    {.name = "oauth.signing_alg",
+     .type = SB__CFG_STRING,
+     .def = "ES256",
+     .offset = F(char *, oauth_signing_alg),
+     .min = 1,
+     .max = 8,
+     .arg = "ALG",
+     .help = "Algorithm of the server signing key (access and participant tokens): ES256 or "
+             "EdDSA; a change rotates the key at the next start."},
+    {.name = "oauth.requests_per_second",
+     .type = SB__CFG_INT,
+     .def = "10",
+     .offset = F(int, oauth_rps),
+     .min = 1,
+     .max = 1000000,
+     .help = "Rate of /oauth/* requests per client address (brute-force guard)."},
+    {.name = "oauth.burst",
+     .type = SB__CFG_INT,
+     .def = "20",
+     .offset = F(int, oauth_burst),
+     .min = 1,
+     .max = 1000000,
+     .help = "Burst of /oauth/* requests per client address."},
+
+    {.name = "security.allowed_ips",
+     .type = SB__CFG_STRING,
+     .def = "",
+     .offset = F(char *, security_allowed_ips),
+     .max = 16384,
+     .arg = "CIDRS",
+     .help = "Comma-separated addresses/CIDRs allowed to call the API and /oauth; empty = any."},
+    {.name = "http.trusted_proxies",
+     .type = SB__CFG_STRING,
+     .def = "",
+     .offset = F(char *, http_trusted_proxies),
+     .max = 16384,
+     .arg = "CIDRS",
+     .help = "Comma-separated proxy CIDRs whose X-Forwarded-For names the client; empty = none."},
 
     {.name = "debug.ws_echo",
      .type = SB__CFG_BOOL,
@@ -1453,6 +1529,28 @@ static int validate(const sb_config *cfg, char *err, size_t errlen)
                     cert ? "tls.key" : "tls.cert");
     if (!cfg->dev && !cert && ntls > 0)
         return errf(err, errlen, "tls.cert and tls.key are required unless --dev");
+
+    const char *alg = cfg->oauth_signing_alg ? cfg->oauth_signing_alg : "ES256";
+    if (strcmp(alg, "ES256") != 0 && strcmp(alg, "EdDSA") != 0)
+        return errf(err, errlen, "oauth.signing_alg must be ES256 or EdDSA");
+    const char *ca = cfg->tls_client_auth ? cfg->tls_client_auth : "none";
+    if (strcmp(ca, "none") != 0 && strcmp(ca, "optional") != 0 && strcmp(ca, "require") != 0)
+        return errf(err, errlen, "tls.client_auth must be none, optional or require");
+    if (strcmp(ca, "none") != 0 && !(cfg->tls_client_ca && *cfg->tls_client_ca))
+        return errf(err, errlen, "tls.client_auth %s needs tls.client_ca", ca);
+    const char *lists[2][2] = {{"security.allowed_ips", cfg->security_allowed_ips},
+                               {"http.trusted_proxies", cfg->http_trusted_proxies}};
+    for (int i = 0; i < 2; i++) {
+        sb_ipallow *a = NULL;
+        int rc = sb_ipallow_from_list(lists[i][1], &a, why, sizeof why);
+        sb_ipallow_free(a);
+        if (rc == SB_ENOMEM) {
+            snprintf(err, errlen, "out of memory");
+            return rc;
+        }
+        if (rc)
+            return errf(err, errlen, "%s: %s", lists[i][0], why);
+    }
     return 0;
 }
 

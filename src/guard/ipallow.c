@@ -374,6 +374,51 @@ done:
     return rc;
 }
 
+int sb_ipallow_from_list(const char *list, sb_ipallow **out, char *err, size_t errcap)
+{
+    *out = NULL;
+    if (errcap)
+        err[0] = '\0';
+    const char *p = list ? list : "";
+    size_t n = 0;
+    sb_cidr *cidrs = sb_calloc(SB_IPALLOW_MAX_ENTRIES, sizeof *cidrs);
+    if (!cidrs)
+        return SB_ENOMEM;
+    int rc = 0;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len) {
+            char why[SB_IPALLOW_ERR_MAX];
+            if (n == SB_IPALLOW_MAX_ENTRIES) {
+                if (errcap)
+                    snprintf(err, errcap, "more than %d entries", SB_IPALLOW_MAX_ENTRIES);
+                rc = SB_EMSGSIZE;
+                goto done;
+            }
+            if ((rc = sb_ipallow_parse_entry(p, len, &cidrs[n], why, sizeof why)) != 0) {
+                if (errcap)
+                    snprintf(err, errcap, "entry %zu: %s", n + 1, why);
+                goto done;
+            }
+            n++;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    rc = n ? sb_ipallow_new_cidrs(cidrs, n, out) : 0;
+done:
+    sb_free(cidrs);
+    return rc;
+}
+
 void sb_ipallow_free(sb_ipallow *a)
 {
     sb_free(a);

@@ -81,6 +81,11 @@ int sb_ipallow_new(const char *const *entries, size_t n, sb_ipallow **out, char 
  * SB_EMSGSIZE or SB_ENOMEM. */
 int sb_ipallow_new_cidrs(const sb_cidr *cidrs, size_t n, sb_ipallow **out);
 
+/* The same from a comma-separated list ("10.0.0.0/8, ::1"; spaces around entries and empty
+ * entries are ignored), as configuration gives it. An empty list gives *out = NULL (no
+ * restriction) and 0. Errors as sb_ipallow_new. */
+int sb_ipallow_from_list(const char *list, sb_ipallow **out, char *err, size_t errcap);
+
 /* Frees the allowlist. NULL is fine. */
 void sb_ipallow_free(sb_ipallow *a);
 

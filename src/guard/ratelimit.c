@@ -7,6 +7,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -299,6 +300,142 @@ int sb_ratelimit_check(sb_ratelimit *rl, const char *key, size_t keylen, const s
     }
 
     uint64_t d = stored - now_ns; /* stored ≥ now here */
+    out->allowed = allowed;
+    out->limit = p->burst;
+    out->remaining = d <= tau + T ? (uint32_t)((tau + T - d) / T) : 0;
+    out->reset_ns = d;
+    out->reset_seconds = ceil_div(d, NS_PER_S);
+    out->retry_after_ns = allowed ? 0 : ahead - tau;
+    out->retry_after_seconds = allowed ? 0 : ceil_div(ahead - tau, NS_PER_S);
+    return 0;
+}
+
+/* ---- the lock-free table shared by threads ------------------------------------------ */
+
+#define SHARED_WINDOW 16 /* slots probed from a key's home slot */
+
+struct shared_slot {
+    _Atomic uint64_t tag; /* 0 = free; else the key's 64-bit keyed hash (never 0) */
+    _Atomic uint64_t tat;
+};
+
+struct sb_ratelimit_shared {
+    uint64_t mask;
+    uint64_t k0, k1;
+    struct shared_slot *slots;
+};
+
+int sb_ratelimit_shared_new(size_t capacity, uint64_t seed, sb_ratelimit_shared **out)
+{
+    *out = NULL;
+    if (capacity < 1 || capacity > SB_RL_CAPACITY_MAX)
+        return SB_ERANGE;
+    size_t n = SHARED_WINDOW;
+    while (n < capacity * 2)
+        n *= 2;
+    sb_ratelimit_shared *rl = sb_calloc(1, sizeof *rl);
+    struct shared_slot *slots = rl ? sb_calloc(n, sizeof *slots) : NULL;
+    if (!slots) {
+        sb_free(rl);
+        return SB_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        atomic_init(&slots[i].tag, 0);
+        atomic_init(&slots[i].tat, 0);
+    }
+    rl->slots = slots;
+    rl->mask = n - 1;
+    rl->k0 = splitmix64(&seed);
+    rl->k1 = splitmix64(&seed);
+    *out = rl;
+    return 0;
+}
+
+void sb_ratelimit_shared_free(sb_ratelimit_shared *rl)
+{
+    if (!rl)
+        return;
+    sb_free(rl->slots);
+    sb_free(rl);
+}
+
+/* The key's slot: its own, a free one claimed now, or one taken over from another key. */
+static struct shared_slot *shared_slot_of(sb_ratelimit_shared *rl, uint64_t tag, uint64_t now)
+{
+    uint64_t home = tag & rl->mask;
+    for (uint64_t i = 0; i < SHARED_WINDOW; i++) {
+        struct shared_slot *s = &rl->slots[(home + i) & rl->mask];
+        uint64_t t = atomic_load_explicit(&s->tag, memory_order_acquire);
+        if (t == tag)
+            return s;
+        if (t == 0) {
+            if (atomic_compare_exchange_strong_explicit(&s->tag, &t, tag, memory_order_acq_rel,
+                                                        memory_order_acquire) ||
+                t == tag)
+                return s; /* a fresh slot's tat is 0: a full bucket */
+        }
+    }
+    /* The window is full: take over the slot furthest from being limited. A slot whose TAT
+     * is ≤ now is a full bucket, the same as an absent key, so nothing is lost; only when
+     * every slot is drained does a key get a fresh burst, as in sb_ratelimit. */
+    struct shared_slot *victim = NULL;
+    uint64_t vtag = 0, vtat = UINT64_MAX;
+    for (uint64_t i = 0; i < SHARED_WINDOW; i++) {
+        struct shared_slot *s = &rl->slots[(home + i) & rl->mask];
+        uint64_t tat = atomic_load_explicit(&s->tat, memory_order_relaxed);
+        if (tat < vtat) {
+            vtat = tat;
+            victim = s;
+            vtag = atomic_load_explicit(&s->tag, memory_order_acquire);
+        }
+    }
+    if (vtag == tag)
+        return victim;
+    if (atomic_compare_exchange_strong_explicit(&victim->tag, &vtag, tag, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        if (vtat > now) /* it was drained: the new key starts full, as an absent key does */
+            atomic_store_explicit(&victim->tat, 0, memory_order_release);
+        return victim;
+    }
+    return vtag == tag ? victim : NULL; /* lost the race to another newcomer */
+}
+
+int sb_ratelimit_shared_check(sb_ratelimit_shared *rl, const char *key, size_t keylen,
+                              const sb_rl_policy *p, uint64_t now_ns, sb_rl_result *out)
+{
+    uint64_t T, tau;
+    if (!key || keylen < 1 || keylen > SB_RL_KEY_MAX)
+        return SB_EINVAL;
+    int rc = policy_params(p, &T, &tau);
+    if (rc != 0)
+        return rc;
+    uint64_t tag = siphash24(key, keylen, rl->k0, rl->k1);
+    tag = tag ? tag : 1;
+    struct shared_slot *s = shared_slot_of(rl, tag, now_ns);
+    for (int i = 0; !s && i < 4; i++)
+        s = shared_slot_of(rl, tag, now_ns);
+    if (!s)
+        return SB_EAGAIN; /* contention on every slot of the window: the caller allows */
+
+    uint64_t seen = atomic_load_explicit(&s->tat, memory_order_acquire);
+    uint64_t tat, ahead, stored;
+    bool allowed;
+    for (;;) {
+        tat = seen > now_ns ? seen : now_ns;
+        ahead = tat - now_ns;
+        allowed = ahead <= tau;
+        if (!allowed) {
+            stored = tat;
+            break;
+        }
+        stored = tat > UINT64_MAX - T ? UINT64_MAX : tat + T;
+        /* One CAS on the 64-bit TAT: of two racing requests exactly one moves it; the other
+         * retries against the new value, so no request is counted twice or lost. */
+        if (atomic_compare_exchange_weak_explicit(&s->tat, &seen, stored, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            break;
+    }
+    uint64_t d = stored - now_ns;
     out->allowed = allowed;
     out->limit = p->burst;
     out->remaining = d <= tau + T ? (uint32_t)((tau + T - d) / T) : 0;

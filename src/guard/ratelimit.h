@@ -95,6 +95,26 @@ int sb_ratelimit_check(sb_ratelimit *rl, const char *key, size_t keylen, const s
  * seconds the advertisement is rounded in the client's disfavour. 0 for a bad policy. */
 uint64_t sb_ratelimit_window_seconds(const sb_rl_policy *p);
 
+/*
+ * The same limiter as one table shared by any number of threads, without locks: each key
+ * has a slot of two 64-bit atomics (the key's 64-bit keyed SipHash as its tag, and its TAT),
+ * and a check is one compare-and-swap on the TAT (retried only when another thread moved it
+ * in between), so concurrent requests of one key are counted exactly once each. Keys are
+ * identified by the 64-bit tag alone: two keys whose tags collide would share a budget (with
+ * a random seed that chance is about n²/2⁶⁵ for n live keys). A key lives in one of
+ * 16 slots from its home; when all are taken, the one with the smallest TAT
+ * is taken over, as sb_ratelimit evicts (a full bucket loses nothing). A request that races
+ * with such a takeover may be counted against the newcomer: at most one request's worth.
+ * Same verdicts, results and errors as sb_ratelimit_check, plus SB_EAGAIN in the unlikely
+ * case that every slot of the window changed hands while it looked (the caller allows the
+ * request). Never allocates after creation.
+ */
+typedef struct sb_ratelimit_shared sb_ratelimit_shared;
+int sb_ratelimit_shared_new(size_t capacity, uint64_t seed, sb_ratelimit_shared **out);
+void sb_ratelimit_shared_free(sb_ratelimit_shared *rl);
+int sb_ratelimit_shared_check(sb_ratelimit_shared *rl, const char *key, size_t keylen,
+                              const sb_rl_policy *p, uint64_t now_ns, sb_rl_result *out);
+
 /* For tests: the stored TAT of `key`. Returns 0, or SB_ENOENT if the key is not held. */
 int sb__ratelimit_tat(const sb_ratelimit *rl, const char *key, size_t keylen, uint64_t *tat_ns);
 

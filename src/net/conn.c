@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <unistd.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -221,6 +223,12 @@ static void tls_read(sb_conn *c)
         sb_stat_add(&c->loop->stats.tls_handshakes_ok, 1);
         if (SSL_session_reused(c->ssl))
             sb_stat_add(&c->loop->stats.tls_resumed, 1);
+        /* Verified against tls.client_ca by OpenSSL (unverified ones fail the handshake). */
+        X509 *peer_cert = SSL_get0_peer_certificate(c->ssl);
+        unsigned int dlen = sizeof c->client_cert_sha256;
+        c->has_client_cert =
+            peer_cert && SSL_get_verify_result(c->ssl) == X509_V_OK &&
+            X509_digest(peer_cert, EVP_sha256(), c->client_cert_sha256, &dlen) == 1;
         const unsigned char *alpn = NULL;
         unsigned alpn_len = 0;
         SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);

@@ -98,6 +98,8 @@ struct sb_conn {
     void *proto_data; /* state of an adapter other than HTTP/1.1 (a WebSocket) */
 
     struct sockaddr_in6 peer;
+    unsigned char client_cert_sha256[32]; /* valid when has_client_cert */
+    bool has_client_cert;
 
     bool handshaking;
     bool reading;

@@ -98,6 +98,7 @@ static sb_h1_req *req_acquire(sb_conn *c)
     r->req.ops = &h1_ops;
     r->req.transport = r;
     r->req.peer = c->peer;
+    r->req.tls_client_cert_sha256 = c->has_client_cert ? c->client_cert_sha256 : NULL;
     sb_arena_init(&r->req.arena, r->arena_first, sizeof r->arena_first, REQ_ARENA_MAX);
     return r;
 }

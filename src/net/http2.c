@@ -153,6 +153,7 @@ static h2_stream *stream_new(h2_conn *h2, int32_t id)
     req->ops = &h2_ops;
     req->transport = s;
     req->peer = h2->c->peer;
+    req->tls_client_cert_sha256 = h2->c->has_client_cert ? h2->c->client_cert_sha256 : NULL;
     req->start_ns = sb_now_ns();
     sb_arena_init(&req->arena, s->arena_first, sizeof s->arena_first, STREAM_ARENA_MAX);
     s->next = h2->streams;

@@ -63,6 +63,10 @@ struct sb_req {
     size_t request_id_len;
     uint64_t start_ns;
     struct sockaddr_in6 peer; /* IPv4 peers as AF_INET in the same storage */
+    /* SHA-256 of the DER client certificate the TLS peer presented and the server verified
+     * (tls.client_auth), or NULL: no certificate, or not TLS. Every adapter that serves
+     * requests over TLS must set it (it binds OAuth tokens and API keys, RFC 8705). */
+    const unsigned char *tls_client_cert_sha256;
 
     sb_loop *loop;
     const sb_req_ops *ops;

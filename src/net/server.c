@@ -271,7 +271,8 @@ int sb_server_new(sb_server **out, const sb_config *cfg, char *err, size_t errle
         }
         s->ssl_ctx =
             sb_tls_ctx_new(s->cert_path, s->key_path, cfg->tls_session_tickets, NULL, err, errlen);
-        if (!s->ssl_ctx) {
+        if (!s->ssl_ctx || sb_tls_ctx_set_client_auth(s->ssl_ctx, cfg->tls_client_auth,
+                                                      cfg->tls_client_ca, err, errlen) != 0) {
             rc = SB_ETLS;
             goto fail;
         }
@@ -347,7 +348,11 @@ int sb_server_check(const sb_config *cfg, char *err, size_t errlen)
                                       err, errlen);
         if (!ctx)
             return SB_ETLS;
+        int bad =
+            sb_tls_ctx_set_client_auth(ctx, cfg->tls_client_auth, cfg->tls_client_ca, err, errlen);
         SSL_CTX_free(ctx);
+        if (bad)
+            return SB_ETLS;
     }
     return 0;
 }
@@ -384,6 +389,11 @@ static void do_reload(sb_server *s)
     if (s->ssl_ctx) {
         ctx = sb_tls_ctx_new(s->cert_path, s->key_path, c->tls_session_tickets, s->ssl_ctx, err,
                              sizeof err);
+        if (ctx && sb_tls_ctx_set_client_auth(ctx, s->cfg->tls_client_auth, s->cfg->tls_client_ca,
+                                              err, sizeof err) != 0) {
+            SSL_CTX_free(ctx);
+            ctx = NULL;
+        }
         if (!ctx)
             sb_log(SB_LOG_ERROR, "TLS reload failed; keeping the current certificate", "reason",
                    err, NULL);

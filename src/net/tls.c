@@ -1,8 +1,11 @@
 #include "net/tls.h"
 
+#include <errno.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "net/conn.h"
@@ -90,6 +93,57 @@ SSL_CTX *sb_tls_ctx_new(const char *cert_file, const char *key_file, bool sessio
 fail:
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+int sb_tls_ctx_set_client_auth(SSL_CTX *ctx, const char *mode, const char *ca_file, char *err,
+                               size_t errlen)
+{
+    /* Resumption needs a session id context once peers are verified. It is the SHA-256 of
+     * the mode and the CA file's bytes, so that after a reload with other CAs a session made
+     * under the old ones is not resumed: its certificate is checked again in a full
+     * handshake. */
+    unsigned char sid_ctx[32];
+    unsigned int sid_len = sizeof sid_ctx;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
+              EVP_DigestUpdate(md, mode ? mode : "none", strlen(mode ? mode : "none"));
+    bool none = !mode || strcmp(mode, "none") == 0;
+    FILE *f = ok && !none ? fopen(ca_file, "rb") : NULL;
+    if (ok && !none && !f) {
+        snprintf(err, errlen, "reading client CA %s: %s", ca_file, strerror(errno));
+        EVP_MD_CTX_free(md);
+        return -1;
+    }
+    char buf[4096];
+    size_t n;
+    while (ok && f && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        ok = EVP_DigestUpdate(md, buf, n);
+    if (f)
+        fclose(f);
+    ok = ok && EVP_DigestFinal_ex(md, sid_ctx, &sid_len);
+    EVP_MD_CTX_free(md);
+    if (!ok || !SSL_CTX_set_session_id_context(ctx, sid_ctx, sid_len)) {
+        ssl_reason(err, errlen, "setting the session id context", "");
+        return -1;
+    }
+    if (none)
+        return 0;
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        ssl_reason(err, errlen, "loading client CA", ca_file);
+        return -1;
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names) {
+        ssl_reason(err, errlen, "reading client CA names", ca_file);
+        return -1;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    int v = SSL_VERIFY_PEER;
+    if (strcmp(mode, "require") == 0)
+        v |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    SSL_CTX_set_verify(ctx, v, NULL);
+    SSL_CTX_set_verify_depth(ctx, 4);
+    return 0;
 }
 
 /* The BIO: ciphertext in comes from the slice the read callback is processing, ciphertext

@@ -19,6 +19,17 @@
 SSL_CTX *sb_tls_ctx_new(const char *cert_file, const char *key_file, bool session_tickets,
                         SSL_CTX *previous, char *err, size_t errlen);
 
+/*
+ * Mutual TLS (tls.client_ca, tls.client_auth): mode "none" leaves ctx as it is; "optional"
+ * asks for a client certificate and, if one is sent, requires it to chain to a CA in
+ * ca_file; "require" also fails the handshake without one. The verified certificate's
+ * SHA-256 is then on the connection (sb_conn.client_cert_sha256). Sets the session id
+ * context, so that resumed sessions keep their client certificate. Returns 0, or -1 with a
+ * reason in err.
+ */
+int sb_tls_ctx_set_client_auth(SSL_CTX *ctx, const char *mode, const char *ca_file, char *err,
+                               size_t errlen);
+
 /* The BIO method whose data pointer is an sb_conn: reads from conn->tls_in, writes to
  * conn->out. Created once; freed at exit by sb_tls_cleanup. */
 BIO_METHOD *sb_tls_conn_bio_method(void);

@@ -135,6 +135,32 @@ static const char migration_1[] =
 static const char migration_2[] =
     "CREATE INDEX sessions_project_started ON sessions(project_id, started_at, id);";
 
+/*
+ * OAuth 2.0 clients (client credentials) and revoked access tokens. A client secret is kept
+ * as an HMAC under the pepper, as API keys are. Revoked jti are kept until the token would
+ * have expired anyway, so that a restart does not bring a revoked token back.
+ */
+static const char migration_4[] =
+    "CREATE TABLE oauth_clients ("
+    "  id TEXT PRIMARY KEY," /* the client_id */
+    "  project_id TEXT NOT NULL REFERENCES projects(id),"
+    "  name TEXT NOT NULL,"
+    "  secret_hash BLOB NULL," /* NULL for tls_client_auth */
+    "  scopes TEXT NOT NULL,"
+    "  auth_method TEXT NOT NULL CHECK (auth_method IN ('client_secret_basic', "
+    "'client_secret_post', 'tls_client_auth')),"
+    "  grant_types TEXT NOT NULL,"        /* space-separated */
+    "  tls_client_cert_sha256 TEXT NULL," /* lower-case hex */
+    "  allowed_ips TEXT NULL,"            /* JSON array of CIDRs */
+    "  created_at INTEGER NOT NULL,"
+    "  revoked_at INTEGER NULL"
+    ") STRICT;"
+    "CREATE INDEX oauth_clients_project ON oauth_clients(project_id, created_at, id);"
+    "CREATE TABLE oauth_revoked_tokens ("
+    "  jti TEXT PRIMARY KEY,"
+    "  exp INTEGER NOT NULL" /* Unix seconds */
+    ") STRICT;";
+
 /* Revoked participant tokens (DELETE /v1/tokens/{jti}); loaded into memory at start. */
 static const char migration_5[] = "CREATE TABLE revoked_tokens ("
                                   "  project_id TEXT NOT NULL,"
@@ -148,6 +174,7 @@ static const char migration_5[] = "CREATE TABLE revoked_tokens ("
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
+    {4, "OAuth 2.0 clients and revoked access tokens", migration_4},
     {5, "revoked participant tokens", migration_5},
 };
 
