@@ -1,4 +1,5 @@
 #include "api/app.h"
+#include "api/grpc.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -91,6 +92,11 @@ struct sb_app {
 sb_rtc *sb__app_rtc(const sb_app *app)
 {
     return app->rtc;
+}
+
+const sb_config *sb__app_config(const sb_app *app)
+{
+    return app->cfg;
 }
 
 sb_store *sb__app_store(const sb_app *app)
@@ -982,6 +988,8 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_events_register(app, r);
     rc = rc ? rc : sb_api_rtc_register(app, r);
     rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST so far */
+    /* gRPC after it: a call's inner REST POST is wrapped already, the call itself is not. */
+    rc = rc ? rc : sb_api_grpc_register(app, r);
     return rc;
 }
 
