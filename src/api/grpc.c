@@ -174,9 +174,8 @@ static void inner_finish(gcall *c)
 
 /* ---- answering the gRPC request -------------------------------------------------------- */
 
-static void copy_headers(gcall *c)
+static void copy_headers(gcall *c, sb_req *o)
 {
-    sb_req *o = c->outer;
     for (int i = 0; i < c->req.num_resp_headers; i++) {
         const sb_http_header *h = &c->req.resp_headers[i];
         char name[64];
@@ -285,7 +284,7 @@ static void reply_message(gcall *c, const ProtobufCMessage *m)
     }
     sb_req *o = c->outer;
     c->outer = NULL;
-    copy_headers(c);
+    copy_headers(c, o);
     if (sb_resp_stream_begin(o, 200, "application/grpc", 0, NULL) == 0 &&
         sb_resp_stream_write(o, b, len) == 0) {
         static const sb_http_header ok[] = {{SB_STR_LIT("grpc-status"), SB_STR_LIT("0")}};
@@ -310,7 +309,7 @@ static void reply_problem(gcall *c, int status, const void *body, size_t len)
         st = SB_GRPC_ALREADY_EXISTS;
     if (st == SB_GRPC_OK) /* 1xx/3xx: nothing a gRPC client can use */
         st = SB_GRPC_UNKNOWN;
-    copy_headers(c);
+    copy_headers(c, c->outer);
     reply_status(c, st, detail ? detail : sb_http_reason(status), slug ? slug : "error",
                  type ? type : "", rid ? rid : "");
     json_decref(j);
@@ -380,7 +379,7 @@ static int inner_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_
         inner_finish(c);
         return SB_ECANCELED;
     }
-    copy_headers(c);
+    copy_headers(c, c->outer);
     int rc = sb_resp_stream_begin(o, 200, "application/grpc", 0, NULL);
     if (rc) {
         c->outer = NULL;
