@@ -280,12 +280,17 @@ static int to_elem(ctx *c, const ProtobufCFieldDescriptor *f, const json_t *j, v
         return 0;
     case PROTOBUF_C_TYPE_ENUM: {
         const ProtobufCEnumDescriptor *ed = f->descriptor;
-        const ProtobufCEnumValue *ev = NULL;
-        if (json_is_string(j))
-            ev = protobuf_c_enum_descriptor_get_value_by_name(ed, json_string_value(j));
-        else if (json_is_integer(j) && json_integer_value(j) >= INT32_MIN &&
-                 json_integer_value(j) <= INT32_MAX)
-            ev = protobuf_c_enum_descriptor_get_value(ed, (int)json_integer_value(j));
+        /* Enums are open (proto3): a number without a name passes through as the wire's
+         * own unknown values do. */
+        if (json_is_integer(j) && json_integer_value(j) >= INT32_MIN &&
+            json_integer_value(j) <= INT32_MAX) {
+            *(int *)dst = (int)json_integer_value(j);
+            return 0;
+        }
+        const ProtobufCEnumValue *ev =
+            json_is_string(j)
+                ? protobuf_c_enum_descriptor_get_value_by_name(ed, json_string_value(j))
+                : NULL;
         if (!ev)
             return fail(c, SB_EINVAL, f->name, "not a value of the enum");
         *(int *)dst = ev->value;
@@ -432,6 +437,10 @@ int sb_pbjson_to_message(const ProtobufCMessageDescriptor *d, const json_t *j,
     *out = NULL;
     if (d == &google__protobuf__struct__descriptor)
         return to_struct(&c, j, (Google__Protobuf__Struct **)out, 0);
+    if (d == &google__protobuf__value__descriptor)
+        return to_value(&c, j, (Google__Protobuf__Value **)out, 0);
+    if (d == &google__protobuf__list_value__descriptor)
+        return to_list(&c, j, (Google__Protobuf__ListValue **)out, 0);
     return to_message(&c, d, j, out, 0, NULL);
 }
 
@@ -701,5 +710,9 @@ int sb_pbjson_from_message(const ProtobufCMessage *m, json_t **out)
     *out = NULL;
     if (m->descriptor == &google__protobuf__struct__descriptor)
         return from_struct((const Google__Protobuf__Struct *)m, out, 0);
+    if (m->descriptor == &google__protobuf__value__descriptor)
+        return from_value((const Google__Protobuf__Value *)m, out, 0);
+    if (m->descriptor == &google__protobuf__list_value__descriptor)
+        return from_list((const Google__Protobuf__ListValue *)m, out, 0);
     return from_message(m, out, 0);
 }

@@ -4,9 +4,9 @@
  *
  * The mapping is the REST API's JSON, not the canonical proto3 JSON mapping: keys are the
  * fields' .proto names (snake_case, as REST spells them), 64-bit integers are JSON numbers,
- * enums are their value names, google.protobuf.Struct / Value / ListValue are plain JSON
- * objects / values / arrays, and map<string, V> fields are JSON objects. Bytes fields have
- * no JSON form here (SB_ENOTSUP).
+ * enums are their value names (numbers without a name stay numbers), google.protobuf.Struct / Value
+ * / ListValue are plain JSON objects / values / arrays, and map<string, V> fields are JSON objects.
+ * Bytes fields have no JSON form here (SB_ENOTSUP).
  *
  * From JSON, a null or absent key leaves the field unset, and keys the message does not
  * have are ignored (REST may add fields before the .proto does). To JSON, a field is written
