@@ -66,6 +66,13 @@ typedef struct sb_config {
     int http_max_connections;       /* http.max_connections: per loop */
     int http_max_pipelined;         /* http.max_pipelined: queued responses per connection */
 
+    /* http2 */
+    size_t http2_max_concurrent_streams; /* http2.max_concurrent_streams: per connection */
+    size_t http2_max_header_list_size;   /* http2.max_header_list_size: decoded, per request */
+    size_t http2_initial_window_size;    /* http2.initial_window_size: per stream */
+    size_t http2_connection_window_size; /* http2.connection_window_size: request bodies */
+    int http2_max_resets_per_second;     /* http2.max_resets_per_second: rapid reset bound */
+
     /* websocket */
     size_t ws_max_message_bytes; /* ws.max_message_bytes: received message, reassembled */
     size_t ws_max_send_queue;    /* ws.max_send_queue: output queued toward one connection */

@@ -5,6 +5,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "net/http1.h"
+#include "net/http2.h"
 #include "net/server_internal.h"
 #include "net/tls.h"
 #include "switchboard/error.h"
@@ -204,7 +205,17 @@ static void tls_read(sb_conn *c)
         sb_stat_add(&c->loop->stats.tls_handshakes_ok, 1);
         if (SSL_session_reused(c->ssl))
             sb_stat_add(&c->loop->stats.tls_resumed, 1);
-        sb_h1_attach(c);
+        const unsigned char *alpn = NULL;
+        unsigned alpn_len = 0;
+        SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
+        if (alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) {
+            if (sb_h2_attach(c) != 0) {
+                sb_conn_abort(c);
+                return;
+            }
+        } else {
+            sb_h1_attach(c);
+        }
     }
     for (;;) {
         if (sb_buf_reserve(&c->in, 4096) != 0) {

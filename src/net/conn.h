@@ -3,7 +3,7 @@
  *
  * It owns the socket, the optional TLS session, the input buffer of plaintext not yet
  * consumed, the output buffers of wire bytes, and the deadline. The protocol adapter
- * (HTTP/1.1 now) reads conn->in, consumes what it used, writes responses with
+ * (HTTP/1.1, HTTP/2, WebSocket) reads conn->in, consumes what it used, writes responses with
  * sb_conn_write_begin/sb_conn_write_end, and asks for a close. Flushing is the transport's:
  * after the adapter returns from on_data the output is written with as few syscalls as the
  * kernel allows (uv_try_write first, a uv_write for the rest).
@@ -72,6 +72,7 @@ typedef struct sb_h1_state {
     struct sb_h1_req *req; /* current request, from the loop's pool */
     bool sent_continue;
     bool close_after; /* no more requests on this connection */
+    bool h2_checked;  /* plain connection: its first bytes were checked for the h2c preface */
 } sb_h1_state;
 
 struct sb_conn {

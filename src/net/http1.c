@@ -5,6 +5,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "net/http2.h"
 #include "net/router.h"
 #include "net/server_internal.h"
 #include "switchboard/error.h"
@@ -136,34 +137,11 @@ static sb_http1_limits limits_of(const sb_config *cfg)
     };
 }
 
-static bool valid_request_id(sb_str v)
-{
-    if (v.len == 0 || v.len > SB_REQUEST_ID_MAX)
-        return false;
-    for (size_t i = 0; i < v.len; i++) {
-        unsigned char ch = (unsigned char)v.base[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' || ch == ':' ||
-                  ch == '~';
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
 static void set_request_id(sb_h1_req *r)
 {
     const sb_http_header *h = sb_http1_find_header(&r->parsed, "x-request-id");
-    if (h && valid_request_id(h->value)) {
-        memcpy(r->req.request_id, h->value.base, h->value.len);
-        r->req.request_id_len = h->value.len;
-        r->req.request_id[h->value.len] = '\0';
-        return;
-    }
-    sb_loop_new_request_id(r->req.loop, r->req.request_id, &r->req.request_id_len);
+    sb_req_set_request_id(&r->req, h ? h->value : SB_STR_NULL);
 }
-
-static void set_request_id(sb_h1_req *r);
 
 /* Answers a request the parser or framing refused, then closes the connection. `parsed`: the
  * header section was valid (413, 408 on the body), so the request's fields are usable. */
@@ -423,8 +401,31 @@ static void h1_run(sb_conn *c)
         sb_conn_pause_reading(c, true);
 }
 
+/* h2c with prior knowledge (RFC 9113 §3.3): a plain connection that starts with the HTTP/2
+ * client preface is handed to the HTTP/2 adapter. Returns true when c->in holds only a
+ * prefix of it so far (wait for more), or the connection changed hands. */
+static bool h1_sniff_h2(sb_conn *c)
+{
+    c->h1.h2_checked = true;
+    size_t n = c->in.len < SB_H2_PREFACE_LEN ? c->in.len : SB_H2_PREFACE_LEN;
+    if (memcmp(c->in.base, SB_H2_PREFACE, n) != 0)
+        return false;
+    if (n < SB_H2_PREFACE_LEN) {
+        c->h1.h2_checked = c->eof;
+        return !c->eof;
+    }
+    if (sb_h2_attach(c) != 0) {
+        sb_conn_abort(c);
+        return true;
+    }
+    c->proto->on_data(c);
+    return true;
+}
+
 static void h1_on_data(sb_conn *c)
 {
+    if (!c->h1.h2_checked && !c->ssl && c->h1.state == H1_IDLE && c->in.len && h1_sniff_h2(c))
+        return;
     if (c->h1.state == H1_WAIT && c->h1.req && c->h1.req->streaming) {
         /* A streamed response has no more requests behind it: what the client sends is
          * dropped, and its end of the connection means it is gone. */
@@ -548,40 +549,6 @@ static int head_end(sb_buf *o, const sb_req *req)
     return sb_buf_append(o, "\r\n\r\n", 4);
 }
 
-static void access_log(sb_h1_req *r, int status, size_t bytes, uint64_t dur_ns)
-{
-    sb_loop *loop = r->req.loop;
-    if (!loop->live.log_access || !sb_log_enabled(SB_LOG_INFO))
-        return;
-    sb_buf *b = &loop->logbuf;
-    size_t mark = b->len;
-    char peer[INET6_ADDRSTRLEN];
-    sb_req_peer_str(&r->req.peer, peer, sizeof peer);
-    sb_str path = r->req.path;
-    if (path.len > 512)
-        path.len = 512;
-    int rc = sb_log_line_begin(b, SB_LOG_INFO, "request");
-    rc = rc ? rc : sb_buf_append_str(b, ",\"method\":\"");
-    rc = rc ? rc : sb_buf_append_json_str(b, r->req.method.base, r->req.method.len);
-    rc = rc ? rc : sb_buf_append_str(b, "\",\"path\":\"");
-    rc = rc ? rc : sb_buf_append_json_str(b, path.base, path.len);
-    rc = rc ? rc
-            : sb_buf_appendf(b, "\",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,", status,
-                             bytes, (double)dur_ns / 1e6);
-    rc = rc ? rc : sb_buf_append_str(b, "\"request_id\":\"");
-    rc = rc ? rc : sb_buf_append_json_str(b, r->req.request_id, r->req.request_id_len);
-    rc = rc ? rc : sb_buf_append_str(b, "\",\"remote\":\"");
-    rc = rc ? rc : sb_buf_append_str(b, peer);
-    rc = rc ? rc : sb_buf_append_str(b, "\",\"proto\":\"HTTP/1.1\"");
-    rc = rc ? rc : sb_log_line_end(b);
-    if (rc) {
-        b->len = mark;
-        return;
-    }
-    if (b->len >= 32768)
-        sb_log_submit_buf(b);
-}
-
 static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, size_t len)
 {
     sb_h1_req *r = (sb_h1_req *)req;
@@ -591,7 +558,7 @@ static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, siz
     uint64_t dur = sb_now_ns() - req->start_ns;
     sb_stats_request(&loop->stats, status, dur);
     if (!c) { /* the client left while the handler worked */
-        access_log(r, status, 0, dur);
+        sb_req_log_access(&r->req, status, 0, dur);
         req_release(loop, r);
         return;
     }
@@ -620,11 +587,11 @@ static void h1_send(sb_req *req, int status, sb_str ctype, const void *body, siz
     size_t bytes = o->len - before;
     if (rc || sb_conn_write_end(c) != 0) {
         sb_buf_reset(&loop->staging);
-        access_log(r, status, 0, dur);
+        sb_req_log_access(&r->req, status, 0, dur);
         sb_conn_abort(c); /* releases r through on_close */
         return;
     }
-    access_log(r, status, bytes, dur);
+    sb_req_log_access(&r->req, status, bytes, dur);
 
     /* The request is done: its bytes leave the input when processing resumes. */
     bool async = !c->in_callback;
@@ -671,11 +638,11 @@ int sb_h1_upgrade(sb_req *req, const sb_proto *proto, void *state, sb_conn **out
     size_t bytes = o->len - before;
     if (rc || sb_conn_write_end(c) != 0) {
         sb_buf_reset(&loop->staging);
-        access_log(r, 101, 0, dur);
+        sb_req_log_access(&r->req, 101, 0, dur);
         sb_conn_abort(c); /* releases r through on_close */
         return SB_EIO;
     }
-    access_log(r, 101, bytes, dur);
+    sb_req_log_access(&r->req, 101, bytes, dur);
 
     /* What follows the request in c->in is the new protocol's. */
     size_t used = h->prev_len + r->req_len;
@@ -734,12 +701,12 @@ static int h1_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
     size_t bytes = o->len - before;
     if (rc || sb_conn_write_end(c) != 0) {
         sb_buf_reset(&loop->staging);
-        access_log(r, status, 0, dur);
+        sb_req_log_access(&r->req, status, 0, dur);
         r->abort_fn = NULL;
         sb_conn_abort(c); /* releases r through on_close */
         return SB_EIO;
     }
-    access_log(r, status, bytes, dur);
+    sb_req_log_access(&r->req, status, bytes, dur);
     r->streaming = true;
     c->h1.close_after = true;
     /* Nothing else bounds a stream's life: no header/idle deadline; the write timeout still

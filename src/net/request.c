@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 
+#include "core/log.h"
+#include "net/loop.h"
 #include "switchboard/error.h"
 
 const sb_http_header *sb_req_header(const sb_req *req, const char *name)
@@ -184,4 +186,66 @@ void sb_req_peer_str(const struct sockaddr_in6 *peer, char *out, size_t outlen)
     } else if (outlen) {
         snprintf(out, outlen, "-");
     }
+}
+
+static bool valid_request_id(sb_str v)
+{
+    if (v.len == 0 || v.len > SB_REQUEST_ID_MAX)
+        return false;
+    for (size_t i = 0; i < v.len; i++) {
+        unsigned char ch = (unsigned char)v.base[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' || ch == ':' ||
+                  ch == '~';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+void sb_req_set_request_id(sb_req *req, sb_str v)
+{
+    if (valid_request_id(v)) {
+        memcpy(req->request_id, v.base, v.len);
+        req->request_id_len = v.len;
+        req->request_id[v.len] = '\0';
+        return;
+    }
+    sb_loop_new_request_id(req->loop, req->request_id, &req->request_id_len);
+}
+
+void sb_req_log_access(sb_req *req, int status, size_t bytes, uint64_t dur_ns)
+{
+    sb_loop *loop = req->loop;
+    if (!loop->live.log_access || !sb_log_enabled(SB_LOG_INFO))
+        return;
+    sb_buf *b = &loop->logbuf;
+    size_t mark = b->len;
+    char peer[INET6_ADDRSTRLEN];
+    sb_req_peer_str(&req->peer, peer, sizeof peer);
+    sb_str path = req->path;
+    if (path.len > 512)
+        path.len = 512;
+    int rc = sb_log_line_begin(b, SB_LOG_INFO, "request");
+    rc = rc ? rc : sb_buf_append_str(b, ",\"method\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(b, req->method.base, req->method.len);
+    rc = rc ? rc : sb_buf_append_str(b, "\",\"path\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(b, path.base, path.len);
+    rc = rc ? rc
+            : sb_buf_appendf(b, "\",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,", status,
+                             bytes, (double)dur_ns / 1e6);
+    rc = rc ? rc : sb_buf_append_str(b, "\"request_id\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(b, req->request_id, req->request_id_len);
+    rc = rc ? rc : sb_buf_append_str(b, "\",\"remote\":\"");
+    rc = rc ? rc : sb_buf_append_str(b, peer);
+    rc = rc ? rc : sb_buf_append_str(b, "\",\"proto\":\"");
+    rc = rc ? rc : sb_buf_append_str(b, req->ops->proto);
+    rc = rc ? rc : sb_buf_append_str(b, "\"");
+    rc = rc ? rc : sb_log_line_end(b);
+    if (rc) {
+        b->len = mark;
+        return;
+    }
+    if (b->len >= 32768)
+        sb_log_submit_buf(b);
 }

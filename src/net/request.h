@@ -132,6 +132,15 @@ void sb_resp_stream_end(sb_req *req);
 void sb_resp_stream_end_trailers(sb_req *req, const sb_http_header *trailers, size_t n);
 void sb_req_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 
+/*
+ * For protocol adapters. sb_req_set_request_id takes the client's X-Request-Id value when it
+ * is a valid id (1-64 of [A-Za-z0-9-_.:~]) and otherwise makes a new one. sb_req_log_access
+ * writes the access-log line of a response whose head was queued (bytes: what went on the
+ * wire for it, 0 if nothing); the "proto" field is req->ops->proto.
+ */
+void sb_req_set_request_id(sb_req *req, sb_str client_value);
+void sb_req_log_access(sb_req *req, int status, size_t bytes, uint64_t dur_ns);
+
 /* The standard reason phrase for a status code ("Not Found"), or "Unknown". */
 const char *sb_http_reason(int status);
 

@@ -32,7 +32,8 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 {
     (void)ssl;
     (void)arg;
-    static const unsigned char ours[] = "\x08http/1.1";
+    /* Server preference: HTTP/2 when the client offers it (RFC 7301 §3.2). */
+    static const unsigned char ours[] = "\x02h2\x08http/1.1";
     unsigned char *sel;
     if (SSL_select_next_proto(&sel, outlen, ours, sizeof ours - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)

@@ -29,7 +29,7 @@ describe('system endpoints', () => {
   });
 
   it('GET /healthz with curl --cacert', async () => {
-    const r = await run('curl', ['-sS', '-i', '--cacert', srv.caPath, `${srv.url}/healthz`]);
+    const r = await run('curl', ['-sS', '-i', '--http1.1', '--cacert', srv.caPath, `${srv.url}/healthz`]);
     assert.equal(r.code, 0, r.stderr);
     const [head, body] = r.stdout.split('\r\n\r\n');
     assert.match(head, /^HTTP\/1\.1 200 OK\r\n/);
@@ -50,7 +50,7 @@ describe('system endpoints', () => {
   });
 
   it('curl sends and gets back X-Request-Id', async () => {
-    const r = await run('curl', ['-sS', '-D', '-', '-o', '/dev/null', '--cacert', srv.caPath,
+    const r = await run('curl', ['-sS', '-D', '-', '-o', '/dev/null', '--http1.1', '--cacert', srv.caPath,
       '-H', 'X-Request-Id: curl-req.1:2~3_4', `${srv.url}/readyz`]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^HTTP\/1\.1 200/);

@@ -65,17 +65,16 @@ describe('TLS', () => {
     assert.match(r.out, /alert handshake failure|SSL alert number 40|no shared cipher/, r.out);
   });
 
-  it('ALPN http/1.1 is selected', async () => {
+  it('ALPN: http/1.1 alone selects http/1.1; h2 is preferred when offered', async () => {
     const r = await sClient(srv, ['-alpn', 'http/1.1']);
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, /ALPN protocol: http\/1\.1/);
-    const both = await sClient(srv, ['-alpn', 'h2,http/1.1']);
-    assert.equal(both.code, 0, both.out);
-    assert.match(both.out, /ALPN protocol: http\/1\.1/, 'h2 is not chosen when http/1.1 is offered too');
+    const both = await sClient(srv, ['-alpn', 'http/1.1,h2']);
+    assert.match(both.out, /ALPN protocol: h2/, 'server preference: h2 even when listed second');
   });
 
-  it('a client offering only h2 is refused with no_application_protocol', async () => {
-    const r = await sClient(srv, ['-alpn', 'h2']);
+  it('a client offering only protocols we do not speak is refused with no_application_protocol', async () => {
+    const r = await sClient(srv, ['-alpn', 'spdy/3,h2c']);
     assert.notEqual(r.code, 0, r.out);
     assert.match(r.out, /no application protocol|SSL alert number 120/, r.out);
     assert.doesNotMatch(r.out, /HTTP\/1\.1 200/);
@@ -90,13 +89,16 @@ describe('TLS', () => {
 
   it('node:tls agrees: ALPN, protocol bounds', async () => {
     const c = await connect(srv, { ALPNProtocols: ['h2', 'http/1.1'] });
-    assert.equal(c.socket.alpnProtocol, 'http/1.1');
+    assert.equal(c.socket.alpnProtocol, 'h2');
     assert.equal(c.socket.getProtocol(), 'TLSv1.3');
     c.destroy();
+    const c11 = await connect(srv, { ALPNProtocols: ['http/1.1'] });
+    assert.equal(c11.socket.alpnProtocol, 'http/1.1');
+    c11.destroy();
     const c12 = await connect(srv, { maxVersion: 'TLSv1.2' });
     assert.equal(c12.socket.getProtocol(), 'TLSv1.2');
     c12.destroy();
-    await assert.rejects(connect(srv, { ALPNProtocols: ['h2'] }), /no application protocol|ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL/i);
+    await assert.rejects(connect(srv, { ALPNProtocols: ['spdy/3'] }), /no application protocol|ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL/i);
     await assert.rejects(connect(srv, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }),
       /protocol version|ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION/i);
   });
@@ -147,7 +149,7 @@ describe('TLS', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, '{"status":"ok"}');
     assert.match(r.stderr, /SSL connection using TLSv1\.2/);
-    assert.match(r.stderr, /ALPN.*http\/1\.1/);
+    assert.match(r.stderr, /ALPN: server accepted h2/);
     const r13 = await run('curl', ['-sS', '-v', '--cacert', srv.caPath, '--tlsv1.3', `${srv.url}/healthz`]);
     assert.equal(r13.code, 0, r13.stderr);
     assert.match(r13.stderr, /SSL connection using TLSv1\.3/);
@@ -161,10 +163,12 @@ describe('TLS', () => {
     assert.equal(r.stdout, '{"status":"ok"}');
   });
 
-  it('curl over HTTP/2 falls back to HTTP/1.1', async () => {
+  it('curl --http2 gets HTTP/2, curl --http1.1 HTTP/1.1', async () => {
     const r = await run('curl', ['-sS', '-i', '--http2', '--cacert', srv.caPath, `${srv.url}/healthz`]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^HTTP\/1\.1 200/);
+    assert.match(r.stdout, /^HTTP\/2 200/);
+    const r1 = await run('curl', ['-sS', '-i', '--http1.1', '--cacert', srv.caPath, `${srv.url}/healthz`]);
+    assert.match(r1.stdout, /^HTTP\/1\.1 200/);
   });
 
   // s_client reads "R" (renegotiate) and "K" (key update) on a line of its own as commands

@@ -1,0 +1,32 @@
+/*
+ * The HTTP/2 protocol adapter (RFC 9113), on nghttp2.
+ *
+ * A connection becomes HTTP/2 when TLS negotiates ALPN "h2", or when a plain connection
+ * starts with the client preface (h2c with prior knowledge, RFC 9113 §3.3). Every stream is
+ * an sb_req handed to the router, so REST handlers run unchanged; req->ops->proto is
+ * "HTTP/2" and the adapter supports streaming responses and trailers
+ * (sb_resp_stream_end_trailers), which is what gRPC needs. A response with no body goes out
+ * as a single HEADERS frame with END_STREAM (gRPC "Trailers-Only").
+ *
+ * Bounds (config keys http2.*): concurrent streams (REFUSED_STREAM beyond), the decoded
+ * header list (431; a header block far larger, a CONTINUATION flood, ends the connection
+ * with GOAWAY ENHANCE_YOUR_CALM), request bodies (http.max_body_bytes, 413) and the bytes
+ * buffered across a connection's streams (the connection flow-control window is only
+ * replenished as they are released), stream resets per second (rapid reset, CVE-2023-44487:
+ * GOAWAY ENHANCE_YOUR_CALM), and output: frames are produced only while the transport holds
+ * less than SB_CONN_OUT_HIGH, and a streamed response queues at most SB_STREAM_MAX_QUEUED
+ * for a client that does not read (the stream is then reset).
+ */
+#ifndef SB_NET_HTTP2_H
+#define SB_NET_HTTP2_H
+
+#include "net/conn.h"
+
+#define SB_H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define SB_H2_PREFACE_LEN 24
+
+/* Makes HTTP/2 the connection's protocol; c->in may already hold the client preface and
+ * frames. Queues the server's SETTINGS. SB_ENOMEM (the caller closes the connection). */
+int sb_h2_attach(sb_conn *c);
+
+#endif
