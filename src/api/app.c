@@ -99,6 +99,11 @@ const sb_config *sb__app_config(const sb_app *app)
     return app->cfg;
 }
 
+int sb__app_nloops(const sb_app *app)
+{
+    return app->nloops;
+}
+
 sb_store *sb__app_store(const sb_app *app)
 {
     return app->store;

@@ -1,6 +1,7 @@
 #include "api/grpc.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
@@ -116,11 +117,49 @@ typedef struct groute {
     const grpc_ctx *g;
 } groute;
 
+/*
+ * Per loop: REST answers already converted, keyed by their exact bytes. The REST side
+ * answers hot reads from its own per-loop cache (GetRoom), so the same JSON comes back
+ * again and again; converting it is a pure function of (message type, bytes), so an entry
+ * can never be stale. Direct-mapped, small bodies only, fixed memory per loop.
+ */
+#define RCACHE_SLOTS   16
+#define RCACHE_MAX_IN  1024
+#define RCACHE_MAX_OUT 1024
+
+typedef struct rentry {
+    const ProtobufCMessageDescriptor *d;
+    uint64_t hash;
+    uint16_t in_len, out_len;
+    char in[RCACHE_MAX_IN];
+    uint8_t out[RCACHE_MAX_OUT]; /* prefix + message */
+} rentry;
+
+typedef struct rcache {
+    rentry e[RCACHE_SLOTS];
+} rcache;
+
 struct grpc_ctx {
     sb_app *app;
     size_t max_message;
+    int nloops;
+    rcache *caches; /* one per loop, touched only by that loop */
     groute routes[NMETHODS];
 };
+
+/* Picks the slot only (a hit is confirmed by comparing the bytes): FNV-1a over the length,
+ * the first 48 bytes (a room's or a session's name and id) and the last 16. */
+static uint64_t slot_hash(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = (1469598103934665603ull ^ n) * 1099511628211ull;
+    size_t head = n < 48 ? n : 48;
+    for (size_t i = 0; i < head; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    for (size_t i = n > 64 ? n - 16 : head; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
 
 /* One call: the synthetic REST request and the gRPC request it answers. Freed when the
  * REST side is finished and the deadline timer (if any) is closed. */
@@ -274,14 +313,8 @@ static uint8_t *frame(const ProtobufCMessage *m, size_t *len)
     return b;
 }
 
-static void reply_message(gcall *c, const ProtobufCMessage *m)
+static void reply_framed(gcall *c, const uint8_t *b, size_t len)
 {
-    size_t len;
-    uint8_t *b = frame(m, &len);
-    if (!b) {
-        reply_error(c, SB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
     sb_req *o = c->outer;
     c->outer = NULL;
     copy_headers(c, o);
@@ -290,6 +323,17 @@ static void reply_message(gcall *c, const ProtobufCMessage *m)
         static const sb_http_header ok[] = {{SB_STR_LIT("grpc-status"), SB_STR_LIT("0")}};
         sb_resp_stream_end_trailers(o, ok, 1);
     }
+}
+
+static void reply_message(gcall *c, const ProtobufCMessage *m)
+{
+    size_t len;
+    uint8_t *b = frame(m, &len);
+    if (!b) {
+        reply_error(c, SB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    reply_framed(c, b, len);
     sb_free(b);
 }
 
@@ -333,11 +377,34 @@ static void answer(gcall *c, int status, const void *body, size_t len)
         reply_problem(c, status, body, len);
         return;
     }
+    rentry *e = NULL;
+    if (len > 0 && len <= RCACHE_MAX_IN && c->req.loop->index < c->g->nloops) {
+        uint64_t h = slot_hash(body, len);
+        e = &c->g->caches[c->req.loop->index].e[h % RCACHE_SLOTS];
+        if (e->d == m->out && e->hash == h && e->in_len == len && memcmp(e->in, body, len) == 0) {
+            reply_framed(c, e->out, e->out_len);
+            return;
+        }
+        e->d = NULL; /* refilled below if the answer converts and fits */
+        e->hash = h;
+    }
     json_t *j = len ? json_loadb(body, len, 0, NULL) : json_object();
     ProtobufCMessage *msg = NULL;
     char why[160];
     int rc = j ? sb_pbjson_to_message(m->out, j, &msg, why, sizeof why) : SB_EINVAL;
     json_decref(j);
+    if (!rc && e &&
+        SB_GRPC_PREFIX_LEN + protobuf_c_message_get_packed_size(msg) <= RCACHE_MAX_OUT) {
+        size_t n = protobuf_c_message_pack(msg, e->out + SB_GRPC_PREFIX_LEN);
+        sb_grpc_msg_prefix(e->out, n);
+        e->out_len = (uint16_t)(SB_GRPC_PREFIX_LEN + n);
+        memcpy(e->in, body, len);
+        e->in_len = (uint16_t)len;
+        e->d = m->out;
+        protobuf_c_message_free_unpacked(msg, &sb_pb_allocator);
+        reply_framed(c, e->out, e->out_len);
+        return;
+    }
     if (rc) {
         sb_log(SB_LOG_ERROR, "grpc: cannot convert the REST answer", "method", m->path, "reason",
                rc == SB_ENOMEM ? "out of memory" : why, "request_id", c->req.request_id, NULL);
@@ -510,26 +577,55 @@ static int append_escaped(sb_buf *b, const char *s, size_t n)
     return 0;
 }
 
-/* A path or query field's value as text; false when it is not set. */
-static bool field_text(const json_t *j, char *num, size_t numlen, const char **s, size_t *n)
+/* A path or query field's value as text, read from the message (strings and integers);
+ * false when it is not set or empty. */
+static bool field_text(const ProtobufCMessage *msg, const char *name, char *num, size_t numlen,
+                       const char **s, size_t *n)
 {
-    if (json_is_string(j)) {
-        *s = json_string_value(j);
-        *n = json_string_length(j);
-        return *n > 0;
-    }
-    if (json_is_integer(j)) {
-        int l = snprintf(num, numlen, "%lld", (long long)json_integer_value(j));
-        *s = num;
-        *n = (size_t)l;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+    if (!f || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return false;
+    const char *p = (const char *)msg;
+    if (f->type == PROTOBUF_C_TYPE_STRING) {
+        const char *v = *(char *const *)(p + f->offset);
+        if (!v || !*v)
+            return false;
+        *s = v;
+        *n = strlen(v);
         return true;
     }
-    return false;
+    if (f->label == PROTOBUF_C_LABEL_OPTIONAL &&
+        !*(const protobuf_c_boolean *)(p + f->quantifier_offset))
+        return false;
+    long long v;
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32:
+        v = *(const uint32_t *)(p + f->offset);
+        break;
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+        v = *(const int32_t *)(p + f->offset);
+        break;
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+        v = *(const int64_t *)(p + f->offset);
+        break;
+    default:
+        return false;
+    }
+    *n = (size_t)snprintf(num, numlen, "%lld", v);
+    *s = num;
+    return true;
 }
 
-/* Builds the REST request's method, path, query and body from the message's JSON (fields
- * used in the path or query leave the body). Answers INVALID_ARGUMENT and returns false. */
-static bool build(gcall *c, json_t *j)
+/* Builds the REST request's method, path and query from the message's fields, and the body
+ * (methods with one) from its JSON without those fields. Answers INVALID_ARGUMENT and
+ * returns false. */
+static bool build(gcall *c, const ProtobufCMessage *in, json_t *j)
 {
     const gmethod *m = c->m;
     sb_req *r = &c->req;
@@ -548,7 +644,7 @@ static bool build(gcall *c, json_t *j)
         field[fl] = 0;
         const char *s;
         size_t n;
-        if (!field_text(json_object_get(j, field), num, sizeof num, &s, &n)) {
+        if (!field_text(in, field, num, sizeof num, &s, &n)) {
             char why[128];
             snprintf(why, sizeof why, "%s is required", field);
             reply_error(c, SB_GRPC_INVALID_ARGUMENT, why);
@@ -558,7 +654,8 @@ static bool build(gcall *c, json_t *j)
             reply_error(c, SB_GRPC_INVALID_ARGUMENT, "a path field is too long");
             return false;
         }
-        json_object_del(j, field);
+        if (j)
+            json_object_del(j, field);
         t = close + 1;
     }
     for (const char *t = m->query; *t;) {
@@ -572,7 +669,7 @@ static bool build(gcall *c, json_t *j)
         t += fl;
         const char *s;
         size_t n;
-        if (field_text(json_object_get(j, field), num, sizeof num, &s, &n)) {
+        if (field_text(in, field, num, sizeof num, &s, &n)) {
             int rc = q.len ? sb_buf_append(&q, "&", 1) : 0;
             rc = rc ? rc : sb_buf_append_str(&q, field);
             rc = rc ? rc : sb_buf_append(&q, "=", 1);
@@ -582,7 +679,8 @@ static bool build(gcall *c, json_t *j)
                 return false;
             }
         }
-        json_object_del(j, field);
+        if (j)
+            json_object_del(j, field);
     }
     r->method = sb_str_from(m->verb);
     r->path = (sb_str){sb_arena_strndup(&r->arena, p.base, p.len), p.len};
@@ -702,20 +800,20 @@ static void grpc_handle(sb_req *req, void *ud)
         early_status(req, SB_GRPC_NOT_FOUND, "unknown service");
         return;
     }
-    json_t *j = NULL;
-    rc = sb_pbjson_from_message(in, &j);
-    protobuf_c_message_free_unpacked(in, &sb_pb_allocator);
-    if (rc) {
-        early_status(req, rc == SB_ENOMEM ? SB_GRPC_RESOURCE_EXHAUSTED : SB_GRPC_INVALID_ARGUMENT,
-                     "the request message has no JSON form (invalid UTF-8?)");
-        return;
-    }
-    gcall *c = sb_calloc(1, sizeof *c);
+    json_t *j = NULL; /* the body's fields: only for methods with a body */
+    rc = (m->flags & GF_BODY) ? sb_pbjson_from_message(in, &j) : 0;
+    gcall *c = rc ? NULL : sb_malloc(sizeof *c);
     if (!c) {
+        protobuf_c_message_free_unpacked(in, &sb_pb_allocator);
         json_decref(j);
-        early_status(req, SB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        early_status(req,
+                     rc && rc != SB_ENOMEM ? SB_GRPC_INVALID_ARGUMENT : SB_GRPC_RESOURCE_EXHAUSTED,
+                     rc && rc != SB_ENOMEM ? "the request message has no JSON form (invalid UTF-8?)"
+                                           : "out of memory");
         return;
     }
+    /* Everything but the arena's first block, which the arena does not need zeroed. */
+    memset(c, 0, offsetof(gcall, arena_first));
     c->outer = req;
     c->m = m;
     c->g = g;
@@ -729,7 +827,8 @@ static void grpc_handle(sb_req *req, void *ud)
     r->start_ns = req->start_ns;
     memcpy(r->request_id, req->request_id, req->request_id_len);
     r->request_id_len = req->request_id_len;
-    bool ok = build(c, j);
+    bool ok = build(c, in, j);
+    protobuf_c_message_free_unpacked(in, &sb_pb_allocator);
     json_decref(j);
     if (!ok) {
         call_unref(c);
@@ -768,6 +867,12 @@ int sb_api_grpc_register(sb_app *app, sb_router *r)
         return SB_ENOMEM;
     g->app = app;
     g->max_message = sb__app_config(app)->grpc_max_message_bytes;
+    g->nloops = sb__app_nloops(app);
+    /* Untouched pages of a large calloc stay unmapped: a loop pays only for what it uses. */
+    g->caches =
+        sb__app_own(app, sb_calloc((size_t)(g->nloops > 0 ? g->nloops : 1), sizeof(rcache)));
+    if (!g->caches)
+        return SB_ENOMEM;
     int rc = 0;
     for (size_t i = 0; i < NMETHODS && !rc; i++) {
         g->routes[i] = (groute){&methods[i], g};
