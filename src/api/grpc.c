@@ -25,6 +25,7 @@
 #define GF_BODY   0x1u /* the fields not in the path or query are the JSON body */
 #define GF_STREAM 0x2u /* server streaming: the REST route streams NDJSON */
 #define GF_HEALTH 0x4u /* grpc.health.v1: readiness from GET /readyz */
+#define GF_WATCH  0x8u /* Health/Watch: the status, then the stream stays open */
 
 #define CALL_ARENA_FIRST 3072
 #define MAX_PATH         2048
@@ -100,6 +101,9 @@ static const gmethod methods[] = {
        GF_STREAM),
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
      &grpc__health__v1__health_check_response__descriptor, "GET", "/readyz", "", GF_HEALTH},
+    {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor,
+     &grpc__health__v1__health_check_response__descriptor, "GET", "/readyz", "",
+     GF_HEALTH | GF_WATCH},
 };
 
 static const char *const services[] = {
@@ -173,6 +177,7 @@ typedef struct gcall {
     bool inner_streaming; /* the REST handler began its stream */
     bool outer_streaming; /* the gRPC response head is sent: errors go in trailers */
     bool timer_on;
+    bool watching; /* Health/Watch: the open stream holds a reference */
     uv_timer_t timer;
     void (*abort_fn)(sb_req *req, void *ud);
     void *abort_ud;
@@ -207,6 +212,18 @@ static void inner_finish(gcall *c)
     if (c->inner_done)
         return;
     c->inner_done = true;
+    if (!c->outer) /* a Watch stream keeps its deadline */
+        timer_stop(c);
+    call_unref(c);
+}
+
+/* Health/Watch ended by the client, a failed write or the server draining. */
+static void watch_abort(sb_req *outer, void *ud)
+{
+    (void)outer;
+    gcall *c = ud;
+    c->outer = NULL;
+    c->watching = false;
     timer_stop(c);
     call_unref(c);
 }
@@ -370,7 +387,25 @@ static void answer(gcall *c, int status, const void *body, size_t len)
                        ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                        : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
         c->req.num_resp_headers = 0;
-        reply_message(c, &r.base);
+        if (!(m->flags & GF_WATCH)) {
+            reply_message(c, &r.base);
+            return;
+        }
+        /* Watch: the status now; the server has no status changes to announce but going
+         * away (draining ends the stream), so the stream then stays open. */
+        uint8_t b[16];
+        size_t n = protobuf_c_message_pack(&r.base, b + SB_GRPC_PREFIX_LEN);
+        sb_grpc_msg_prefix(b, n);
+        sb_req *o = c->outer;
+        if (sb_resp_stream_begin(o, 200, "application/grpc", 0, NULL) != 0) {
+            c->outer = NULL;
+            return;
+        }
+        c->outer_streaming = true;
+        c->watching = true;
+        c->refs++;
+        sb_req_on_abort(o, watch_abort, c);
+        sb_resp_stream_write(o, b, SB_GRPC_PREFIX_LEN + n); /* a failure ran watch_abort */
         return;
     }
     if (status < 200 || status >= 300) {
@@ -524,9 +559,13 @@ static const sb_req_ops inner_ops = {
 static void on_deadline(uv_timer_t *t)
 {
     gcall *c = t->data;
+    c->refs++; /* the streaming abort below may finish the call */
     if (c->outer)
         reply_error(c, SB_GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
-    c->refs++; /* the streaming abort below may finish the call */
+    if (c->watching) {
+        c->watching = false;
+        call_unref(c);
+    }
     if (c->inner_streaming && !c->inner_done) {
         if (c->abort_fn)
             c->abort_fn(&c->req, c->abort_ud);

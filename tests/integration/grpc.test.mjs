@@ -215,17 +215,44 @@ describe('gRPC', () => {
     assert.equal(noRoom.code, status.INVALID_ARGUMENT);
   });
 
-  it('health Check; unknown service NOT_FOUND; unknown methods UNIMPLEMENTED', async () => {
+  it('health: Check, Watch (status, then open until cancelled or the deadline), unknown service NOT_FOUND', async () => {
     assert.deepEqual(await unary(c.Health, 'Check', {}), { status: 'SERVING' });
     assert.deepEqual(await unary(c.Health, 'Check', { service: 'switchboard.v1.RoomService' }), { status: 'SERVING' });
     const e = await failure(unary(c.Health, 'Check', { service: 'nope.Service' }));
     assert.equal(e.code, status.NOT_FOUND);
-    const w = await new Promise((resolve) => {
-      const s = c.Health.Watch({});
-      s.on('error', resolve);
-      s.on('data', () => {});
+    // no credential needed, as GET /readyz
+    assert.deepEqual(await unary(c.Health, 'Check', {}, { key: null }), { status: 'SERVING' });
+
+    const w = c.Health.Watch({});
+    const first = await new Promise((resolve, reject) => {
+      w.once('data', resolve);
+      w.once('error', reject);
     });
-    assert.equal(w.code, status.UNIMPLEMENTED);
+    assert.deepEqual(first, { status: 'SERVING' });
+    const cancelled = new Promise((resolve) => w.on('error', resolve));
+    await new Promise((r) => setTimeout(r, 100));
+    w.cancel();
+    assert.equal((await cancelled).code, status.CANCELLED);
+
+    const wd = c.Health.Watch({}, new (await import('./lib/grpc.mjs')).grpc.Metadata(), { deadline: Date.now() + 300 });
+    const msgs = [];
+    wd.on('data', (m) => msgs.push(m));
+    wd.on('error', () => {}); // the status below carries it
+    const st = await new Promise((resolve) => wd.on('status', resolve));
+    assert.equal(st.code, status.DEADLINE_EXCEEDED);
+    assert.deepEqual(msgs, [{ status: 'SERVING' }]);
+  });
+
+  it('unknown methods and services: UNIMPLEMENTED', async () => {
+    const p = (await import('./lib/grpc.mjs')).grpc;
+    const client = new p.Client(`127.0.0.1:${srv.port}`, p.credentials.createSsl((await import('node:fs')).readFileSync(srv.caPath)), {
+      'grpc.ssl_target_name_override': 'localhost',
+    });
+    const err = await new Promise((resolve) => {
+      client.makeUnaryRequest('/switchboard.v1.RoomService/NoSuchMethod', (x) => x, (x) => x, Buffer.alloc(0), (e) => resolve(e));
+    });
+    assert.equal(err.code, status.UNIMPLEMENTED);
+    client.close();
   });
 
   /** A raw HTTP/2 gRPC call: {headers, trailers, body}. */
@@ -325,6 +352,9 @@ describe('gRPC', () => {
     assert.equal(r.headers[':status'], 200);
     assert.equal(r.trailers['grpc-status'], '4', 'the server sent DEADLINE_EXCEEDED');
     assert.ok(took >= 250 && took < 5000, `ended after ${took} ms`);
+    const w = await raw('/grpc.health.v1.Health/Watch', Buffer.alloc(0), { 'grpc-timeout': '200m' });
+    assert.equal(w.trailers['grpc-status'], '4', 'Watch ended by the server at its deadline');
+    assert.deepEqual([...w.body], [0, 0, 0, 0, 2, 0x08, 0x01], 'one message: SERVING');
     const z = await raw('/switchboard.v1.RoomService/ListRooms', Buffer.alloc(0), { 'grpc-timeout': '0m' });
     assert.equal(z.headers['grpc-status'], '4');
     // the standard client's deadline on a stream
@@ -360,6 +390,25 @@ describe('gRPC', () => {
     const got = again.events.filter((e) => e.data.room === room || e.data.room?.name === room).map((e) => e.id);
     assert.deepEqual(got.slice(0, expect.length), expect);
     again.call.cancel();
+
+    // the same stream over REST as NDJSON (what Subscribe reads), one envelope per line
+    const ac = new AbortController();
+    const res = await fetch(`${srv.plainUrl}/v1/events?since=${created.id}`, {
+      headers: { authorization: `Bearer ${ADMIN}`, accept: 'application/x-ndjson' },
+      signal: ac.signal,
+    });
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type'), /^application\/x-ndjson/);
+    const reader = res.body.getReader();
+    let text = '';
+    while (text.split('\n').filter((l) => l).length < expect.length) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString();
+    }
+    ac.abort();
+    const lines = text.split('\n').filter((l) => l).map((l) => JSON.parse(l));
+    assert.deepEqual(lines.filter((e) => e.data.room === room || e.data.room?.name === room).map((e) => e.id).slice(0, expect.length), expect);
 
     const bad = subscribe(c.EventService, { since: 'evt_unknown' }, { key: ADMIN });
     const st = await bad.done;
