@@ -89,14 +89,18 @@ static const gmethod methods[] = {
     V1("WebhookService", "DeleteWebhook", delete_webhook_request, EMPTY, "DELETE",
        "/v1/webhooks/{id}", "", 0),
     V1("WebhookService", "RotateWebhookSecret", rotate_webhook_secret_request,
-       MSG(rotate_webhook_secret_response), "POST", "/v1/webhooks/{id}/rotate-secret", "", GF_BODY),
-    V1("WebhookService", "TestWebhook", test_webhook_request, MSG(delivery), "POST",
+       MSG(webhook_endpoint), "POST", "/v1/webhooks/{id}/rotate-secret", "", GF_BODY),
+    V1("WebhookService", "TestWebhook", test_webhook_request, MSG(test_webhook_response), "POST",
        "/v1/webhooks/{id}/test", "", GF_BODY),
     V1("WebhookService", "ListWebhookDeliveries", list_webhook_deliveries_request,
-       MSG(list_webhook_deliveries_response), "GET", "/v1/webhooks/{id}/deliveries", "limit cursor",
-       0),
-    V1("WebhookService", "RetryWebhookDelivery", retry_webhook_delivery_request, MSG(delivery),
-       "POST", "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", "", GF_BODY),
+       MSG(list_webhook_deliveries_response), "GET", "/v1/webhooks/{id}/deliveries",
+       "limit cursor state", 0),
+    V1("WebhookService", "RetryWebhookDelivery", retry_webhook_delivery_request,
+       MSG(retry_webhook_delivery_response), "POST",
+       "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", "", GF_BODY),
+    V1("WebhookService", "RetryWebhookDeliveries", retry_webhook_deliveries_request,
+       MSG(retry_webhook_deliveries_response), "POST", "/v1/webhooks/{id}/deliveries/retry", "",
+       GF_BODY),
     V1("EventService", "Subscribe", subscribe_request, MSG(event), "GET", "/v1/events", "since",
        GF_STREAM),
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
@@ -366,8 +370,19 @@ static void reply_problem(gcall *c, int status, const void *body, size_t len)
     if (type && strncmp(type, urn, sizeof urn - 1) == 0)
         slug = type + sizeof urn - 1;
     sb_grpc_status st = sb_grpc_status_from_http(status);
-    if (slug && strcmp(slug, "already-exists") == 0)
-        st = SB_GRPC_ALREADY_EXISTS;
+    /* 409 says "conflict"; the slug says which kind gRPC has a name for. */
+    static const struct {
+        const char *slug;
+        sb_grpc_status st;
+    } by_slug[] = {
+        {"already-exists", SB_GRPC_ALREADY_EXISTS},
+        {"conflict", SB_GRPC_FAILED_PRECONDITION}, /* e.g. the session has already ended */
+        {"not-dead", SB_GRPC_FAILED_PRECONDITION}, /* a delivery that is not a dead letter */
+        {"limit-reached", SB_GRPC_RESOURCE_EXHAUSTED},
+    };
+    for (size_t i = 0; slug && i < sizeof by_slug / sizeof by_slug[0]; i++)
+        if (strcmp(slug, by_slug[i].slug) == 0)
+            st = by_slug[i].st;
     if (st == SB_GRPC_OK) /* 1xx/3xx: nothing a gRPC client can use */
         st = SB_GRPC_UNKNOWN;
     copy_headers(c, c->outer);

@@ -43,6 +43,7 @@ static const ProtobufCMessageDescriptor *const types[] = {
     &switchboard__v1__create_token_request__descriptor,
     &switchboard__v1__list_sessions_response__descriptor,
     &switchboard__v1__update_webhook_request__descriptor,
+    &switchboard__v1__retry_webhook_deliveries_request__descriptor,
     &switchboard__v1__list_webhook_deliveries_response__descriptor,
     &switchboard__v1__event__descriptor,
     &google__protobuf__struct__descriptor,
