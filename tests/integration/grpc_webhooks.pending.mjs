@@ -48,6 +48,7 @@ describe('gRPC WebhookService', () => {
     const up = await call('UpdateWebhook', { id: w.id, description: 'd2', enabled: false, events: ['room.created', 'room.closed'] });
     assert.equal(up.description, 'd2');
     assert.equal(up.enabled, false);
+    assert.equal(up.status, 'disabled');
     assert.deepEqual(up.events, ['room.created', 'room.closed']);
     const kept = await call('UpdateWebhook', { id: w.id, enabled: true });
     assert.deepEqual(kept.events, ['room.created', 'room.closed'], 'an empty repeated field leaves the list as it is');
@@ -81,32 +82,36 @@ describe('gRPC WebhookService', () => {
     const w = await call('CreateWebhook', { url: r.url, events: ['webhook.test'] });
     r.secrets = [w.secret];
     const t = await call('TestWebhook', { id: w.id });
+    assert.match(t.id, /^dlv_/);
+    assert.equal(t.endpoint_id, w.id);
+    assert.equal(t.event_type, 'webhook.test');
     assert.match(t.event_id, /^evt_/);
     await waitFor(() => r.deliveries.filter((d) => d.id === t.event_id).length >= 2, { timeoutMs: 10000, what: 'two failed attempts' });
     assert.equal(r.badSignatures.length, 0);
     let dead;
     await waitFor(async () => {
-      const l = await call('ListWebhookDeliveries', { id: w.id, state: 'dead' });
-      dead = (l.data ?? []).find((d) => d.event_id === t.event_id);
+      const l = await call('ListWebhookDeliveries', { id: w.id, status: 'dead' });
+      dead = (l.data ?? []).find((d) => d.id === t.id);
       return dead;
     }, { timeoutMs: 10000, what: 'a dead letter' });
-    assert.equal(dead.event_type, 'webhook.test');
-    assert.ok(dead.attempt_count >= 2);
-    assert.ok(dead.attempts.length >= 2);
-    assert.equal(dead.attempts[0].status, 500);
-    assert.equal(dead.attempts[0].outcome, 'retry');
+    assert.equal(dead.event_id, t.event_id);
+    assert.ok(dead.attempts >= 2);
+    assert.equal(dead.last_response_status, 500);
+    assert.ok(dead.attempt_log.length >= 2);
+    assert.equal(dead.attempt_log[0].status, 500);
 
     failing = false;
     const again = await call('RetryWebhookDelivery', { id: w.id, delivery_id: dead.id });
-    assert.deepEqual(again, { id: dead.id, state: 'pending' });
+    assert.equal(again.id, dead.id);
+    assert.equal(again.status, 'pending');
     await waitFor(() => r.ok().some((d) => d.id === t.event_id), { timeoutMs: 10000, what: 'the replayed delivery' });
     await waitFor(async () => {
-      const l = await call('ListWebhookDeliveries', { id: w.id, state: 'delivered' });
+      const l = await call('ListWebhookDeliveries', { id: w.id, status: 'delivered' });
       return (l.data ?? []).some((d) => d.id === dead.id);
-    }, { timeoutMs: 10000, what: 'delivered state' });
-    // a delivered one is not a dead letter: FAILED_PRECONDITION
+    }, { timeoutMs: 10000, what: 'delivered status' });
+    // a delivered one is not a dead letter: FAILED_PRECONDITION (REST 409)
     const e = await failure(call('RetryWebhookDelivery', { id: w.id, delivery_id: dead.id }));
-    assert.equal(e.code, status.FAILED_PRECONDITION);
+    assert.equal(e.code, status.FAILED_PRECONDITION, e.details);
     const bulk = await call('RetryWebhookDeliveries', { id: w.id, state: 'dead' });
     assert.equal(bulk.replayed ?? 0, 0, 'no dead letters left');
     assert.equal((await failure(call('RetryWebhookDelivery', { id: w.id, delivery_id: 'dlv_nope' }))).code, status.NOT_FOUND);
