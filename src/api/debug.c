@@ -2,7 +2,12 @@
  *
  * GET /debug/ws-echo upgrades to a WebSocket that sends every message back as it came (text as
  * text, binary as binary). `?close=CODE` makes the server close with CODE right after the
- * handshake, so that clients' handling of server close codes can be tested. */
+ * handshake, so that clients' handling of server close codes can be tested.
+ *
+ * GET /debug/stream answers the two shapes gRPC needs from an adapter: `?mode=trailers` streams
+ * "a" then "b" and ends with trailer fields (x-status: 0, x-message: done); `?mode=only` sends
+ * headers and no body (x-status: 5), which HTTP/2 sends as a single HEADERS frame
+ * ("Trailers-Only"). */
 #include <stdint.h>
 
 #include "net/router.h"
@@ -73,7 +78,28 @@ static void ws_echo(sb_req *req, void *ud)
     sb_ws_accept(req, &echo_handler, (void *)(uintptr_t)code, &ws); /* answers on failure */
 }
 
+static void stream_shapes(sb_req *req, void *ud)
+{
+    (void)ud;
+    if (sb_str_eq_lit(req->query, "mode=only")) {
+        sb_resp_header(req, "x-status", SB_STR_LIT("5"));
+        sb_resp_send(req, 200, "text/plain", NULL, 0);
+        return;
+    }
+    if (!sb_str_eq_lit(req->query, "mode=trailers")) {
+        sb_resp_problem(req, 400, "bad-query", "mode must be trailers or only");
+        return;
+    }
+    if (sb_resp_stream_begin(req, 200, "text/plain", 0, NULL) != 0)
+        return;
+    static const sb_http_header trailers[] = {{SB_STR_LIT("x-status"), SB_STR_LIT("0")},
+                                              {SB_STR_LIT("X-Message"), SB_STR_LIT("done")}};
+    if (sb_resp_stream_write(req, "a", 1) == 0 && sb_resp_stream_write(req, "b", 1) == 0)
+        sb_resp_stream_end_trailers(req, trailers, 2);
+}
+
 int sb_api_debug_register(sb_router *r)
 {
-    return sb_router_add(r, "GET", "/debug/ws-echo", ws_echo, NULL);
+    int rc = sb_router_add(r, "GET", "/debug/ws-echo", ws_echo, NULL);
+    return rc ? rc : sb_router_add(r, "GET", "/debug/stream", stream_shapes, NULL);
 }

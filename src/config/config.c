@@ -310,7 +310,7 @@ static const sb__config_key keys[] = {
      .type = SB__CFG_BOOL,
      .def = "false",
      .offset = F(bool, debug_ws_echo),
-     .help = "Serve /debug/ws-echo (tests only)."},
+     .help = "Serve /debug/ws-echo and /debug/stream (tests only)."},
 };
 
 /* Read by other modules straight from the environment; not keys. */

@@ -38,13 +38,15 @@ typedef struct h2_stream {
     int64_t hb_ms;
     sb_str hb; /* in the arena */
     uint64_t hb_due_ms;
-    bool too_large;  /* header list over a limit */
-    bool dispatched; /* handed to the router (or refused): the request is the handler's */
-    bool closed;     /* nghttp2 closed the stream */
-    bool streaming;  /* a streamed response is open (sb_resp_stream_begin) */
-    bool out_eof;    /* the response body is complete in out */
-    bool deferred;   /* the data source said DEFERRED: resume when out grows */
-    bool discard;    /* request body no longer wanted */
+    bool *gone;        /* set when the stream is freed during a call that reports it */
+    bool headers_done; /* the request's header block is complete */
+    bool too_large;    /* header list over a limit */
+    bool dispatched;   /* handed to the router (or refused): the request is the handler's */
+    bool closed;       /* nghttp2 closed the stream */
+    bool streaming;    /* a streamed response is open (sb_resp_stream_begin) */
+    bool out_eof;      /* the response body is complete in out */
+    bool deferred;     /* the data source said DEFERRED: resume when out grows */
+    bool discard;      /* request body no longer wanted */
     _Alignas(16) char arena_first[STREAM_ARENA_INLINE];
 } h2_stream;
 
@@ -56,8 +58,9 @@ struct h2_conn {
     size_t max_streams; /* ours to enforce: nghttp2 is told "unlimited" (see patch_settings) */
     size_t nopen;       /* streams with an sb_req that nghttp2 has not closed */
     int max_resets;
-    size_t held;                      /* request-body bytes buffered across streams */
-    size_t owed;                      /* connection-window bytes not yet given back */
+    size_t held;   /* request-body bytes buffered across streams */
+    size_t owed;   /* connection-window bytes not yet given back */
+    size_t queued; /* response bytes in streams' out buffers, not yet taken by nghttp2 */
     size_t block_bytes, block_frames; /* header block being received */
     uint64_t rst_window_ms;
     int rst_count;
@@ -193,15 +196,26 @@ static void stream_unlink(h2_stream *s)
     s->prev = s->next = NULL;
 }
 
+/* Drops what a stream's response buffer still holds. */
+static void out_drop(h2_stream *s)
+{
+    if (s->h2)
+        s->h2->queued -= s->out.len - s->out_off;
+    sb_buf_free(&s->out);
+    s->out_off = 0;
+}
+
 static void stream_free(h2_stream *s)
 {
+    if (s->gone)
+        *s->gone = true;
     body_release(s);
     if (s->h2) {
         if (!s->closed)
             nghttp2_session_set_stream_user_data(s->h2->s, s->id, NULL);
         stream_unlink(s);
     }
-    sb_buf_free(&s->out);
+    out_drop(s);
     sb_arena_reset(&s->req.arena);
     sb_free(s);
 }
@@ -254,6 +268,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
     if (n) {
         memcpy(buf, s->out.base + s->out_off, n);
         s->out_off += n;
+        s->h2->queued -= n;
         if (s->out_off == s->out.len) {
             sb_buf_reset(&s->out);
             s->out_off = 0;
@@ -309,6 +324,19 @@ static int submit_head(h2_stream *s, int status, sb_str ctype, int64_t clen, boo
     return rc == 0 ? 0 : SB_EIO;
 }
 
+/* kick() on behalf of a stream operation: SB_ECANCELED if the stream ended meanwhile (the
+ * connection closed while writing: its abort callback has run), else 0. */
+static int kick_stream(h2_stream *s)
+{
+    bool gone = false;
+    s->gone = &gone;
+    kick(s->h2);
+    if (gone)
+        return SB_ECANCELED;
+    s->gone = NULL;
+    return 0;
+}
+
 static void h2_send(sb_req *req, int status, sb_str ctype, const void *body, size_t len)
 {
     h2_stream *s = (h2_stream *)req;
@@ -327,11 +355,12 @@ static void h2_send(sb_req *req, int status, sb_str ctype, const void *body, siz
     int rc = 0;
     if (with_body) {
         rc = sb_buf_append(&s->out, body, len);
+        h2->queued += rc ? 0 : len;
         s->out_eof = true;
     }
     rc = rc ? rc : submit_head(s, status, ctype, no_body ? -1 : (int64_t)len, with_body);
     if (rc) {
-        sb_buf_free(&s->out);
+        out_drop(s);
         nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         sb_req_log_access(req, status, 0, dur);
     } else {
@@ -383,8 +412,7 @@ static int h2_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
     sb_req_log_access(req, status, 0, dur);
     s->streaming = true;
     s->out_eof = false;
-    kick(h2);
-    return 0;
+    return kick_stream(s);
 }
 
 static void resume(h2_stream *s)
@@ -415,8 +443,10 @@ static int h2_stream_write(sb_req *req, const void *data, size_t len)
         return SB_ECANCELED;
     if (len == 0)
         return 0;
-    if (s->out.len - s->out_off + len > SB_STREAM_MAX_QUEUED) {
-        /* The client does not read this stream: reset it; it reconnects and resumes. */
+    if (s->out.len - s->out_off + len > SB_STREAM_MAX_QUEUED ||
+        h2->queued + len > SB_CONN_OUT_MAX) {
+        /* The client does not read this stream (or, across its streams, the connection):
+         * reset it; it reconnects and resumes. */
         sb_stat_add(&req->loop->stats.timeouts, 1);
         stream_abort(s, NGHTTP2_CANCEL);
         kick(h2);
@@ -427,11 +457,11 @@ static int h2_stream_write(sb_req *req, const void *data, size_t len)
         kick(h2);
         return SB_ECANCELED;
     }
+    h2->queued += len;
     if (s->hb_ms > 0)
         s->hb_due_ms = now_ms(h2) + (uint64_t)s->hb_ms;
     resume(s);
-    kick(h2);
-    return 0;
+    return kick_stream(s);
 }
 
 static void stream_finish(h2_stream *s)
@@ -530,9 +560,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     h2_conn *h2 = ud;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    if (h2->fatal || h2->draining)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (h2->nopen >= h2->max_streams) {
+    if (h2->fatal || h2->draining || h2->nopen >= h2->max_streams) {
         /* RFC 9113 §5.1.2: a stream error, not a connection error; the client may retry it.
          * The stream gets no sb_req: its headers and body are ignored. */
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
@@ -680,6 +708,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (!s || s->dispatched)
         return 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        s->headers_done = true;
         if (s->too_large) {
             dispatch(h2, s); /* 431 */
             return 0;
@@ -743,7 +772,11 @@ static void make_callbacks(void)
 
 int sb_h2_attach(sb_conn *c)
 {
-    const sb_config *cfg = sb__server_config(c->loop->server);
+    return sb__h2_attach_with(c, sb__server_config(c->loop->server));
+}
+
+int sb__h2_attach_with(sb_conn *c, const sb_config *cfg)
+{
     pthread_once(&callbacks_once, make_callbacks);
     if (!callbacks)
         return SB_ENOMEM;
@@ -849,18 +882,19 @@ static void patch_settings(h2_conn *h2, uint8_t *f, size_t len)
 
 /* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
  * close the connection (on_close frees h2): the caller must not touch h2 after it. */
-static void pump(h2_conn *h2)
+/* Frames from nghttp2 into the transport until nghttp2 has none (0) or the transport holds
+ * SB_CONN_OUT_HIGH (1); SB_EIO if they could not be queued. */
+static int produce(h2_conn *h2)
 {
     sb_conn *c = h2->c;
-    if (h2->busy || c->closing)
-        return;
-    h2->busy++;
     bool tls = sb_conn_is_tls(c);
     sb_buf *o = sb_conn_write_begin(c);
-    bool failed = false;
+    int r = 0;
     for (;;) {
-        if (c->out.len + c->wout.len + (tls ? o->len : 0) >= SB_CONN_OUT_HIGH)
+        if (c->out.len + c->wout.len + (tls ? o->len : 0) >= SB_CONN_OUT_HIGH) {
+            r = 1;
             break;
+        }
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h2->s, &data);
         if (n < 0) {
@@ -871,27 +905,51 @@ static void pump(h2_conn *h2)
             break;
         size_t at = o->len;
         if (sb_buf_append(o, data, (size_t)n) != 0) {
-            failed = true;
+            r = SB_EIO;
             break;
         }
         if (!h2->settings_out)
             patch_settings(h2, (uint8_t *)o->base + at, (size_t)n);
         if (tls && o->len >= TLS_BATCH) {
             if (sb_conn_write_end(c) != 0) {
-                failed = true;
+                r = SB_EIO;
                 break;
             }
             o = sb_conn_write_begin(c);
         }
     }
-    if (!failed && sb_conn_write_end(c) != 0)
-        failed = true;
-    h2->busy--;
-    if (failed) {
-        if (tls)
-            sb_buf_reset(&c->loop->staging);
-        sb_conn_abort(c);
+    if (r != SB_EIO && sb_conn_write_end(c) != 0)
+        r = SB_EIO;
+    if (r == SB_EIO && tls)
+        sb_buf_reset(&c->loop->staging);
+    return r;
+}
+
+/* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
+ * close the connection (on_close frees h2): the caller must not touch h2 after it. */
+static void pump(h2_conn *h2)
+{
+    sb_conn *c = h2->c;
+    if (h2->busy || c->closing)
         return;
+    for (;;) {
+        h2->busy++;
+        int r = produce(h2);
+        h2->busy--;
+        if (r < 0) {
+            sb_conn_abort(c);
+            return;
+        }
+        if (r == 0 || c->writing)
+            break; /* done, or on_writable comes when the write completes */
+        /* Over the high mark and nothing in flight: nobody would call on_writable, so write
+         * now (also from inside on_data, as HTTP/1.1's pipelining does). */
+        bool cb = c->in_callback;
+        c->in_callback = false;
+        sb_conn_flush(c);
+        c->in_callback = cb;
+        if (c->closing)
+            return;
     }
     if (h2->fatal || (!nghttp2_session_want_read(h2->s) && !nghttp2_session_want_write(h2->s))) {
         sb_conn_close_after_write(c);
@@ -950,17 +1008,36 @@ static void h2_on_timeout(sb_conn *c, sb_deadline_kind kind)
 {
     h2_conn *h2 = c->proto_data;
     if (kind == SB_DL_PING) {
+        /* One due stream at a time, from the head: a write may end other streams (an abort
+         * callback is handler code). Each write either moves the stream's due time or ends
+         * its streaming, so this terminates. */
         uint64_t now = now_ms(h2);
-        for (h2_stream *s = h2->streams, *next; s; s = next) {
-            next = s->next;
-            if (s->streaming && s->hb_ms > 0 && s->hb_due_ms <= now && !s->closed)
-                h2_stream_write(&s->req, s->hb.base, s->hb.len);
+        h2->busy++; /* one pump below, not one per write */
+        for (;;) {
+            h2_stream *s = h2->streams;
+            while (s && !(s->streaming && s->hb_ms > 0 && s->hb_due_ms <= now && !s->closed))
+                s = s->next;
+            if (!s)
+                break;
+            h2_stream_write(&s->req, s->hb.base, s->hb.len);
         }
+        h2->busy--;
     } else if (kind == SB_DL_BODY) {
+        /* A body that stopped arriving gets 408 on its stream; a header block that stopped
+         * arriving holds the whole connection (nothing else may be sent meanwhile): GOAWAY. */
+        bool stalled_block = false;
         for (h2_stream *s = h2->streams; s; s = s->next) {
-            if (!s->dispatched && !s->closed)
+            if (s->dispatched || s->closed)
+                continue;
+            if (!s->headers_done)
+                stalled_block = true;
+            else
                 refuse(s, 408, "request-timeout",
-                       "the request did not arrive within http.body_timeout");
+                       "the request body did not arrive within http.body_timeout");
+        }
+        if (stalled_block) {
+            nghttp2_session_terminate_session(h2->s, NGHTTP2_NO_ERROR);
+            h2->fatal = true;
         }
     } else {
         /* Idle, or no request since the connection opened. */
@@ -978,17 +1055,22 @@ static void h2_on_drain(sb_conn *c)
     h2->draining = true;
     nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h2->s),
                           NGHTTP2_NO_ERROR, NULL, 0);
-    for (h2_stream *s = h2->streams, *next; s; s = next) {
-        next = s->next;
-        if (s->streaming) {
-            /* End the body cleanly and tell the handler, as HTTP/1.1 does. */
-            void (*fn)(sb_req *, void *) = s->abort_fn;
-            void *ud = s->abort_ud;
-            stream_finish(s);
-            if (fn)
-                fn(&s->req, ud);
-        }
+    /* End streamed bodies cleanly and tell their handlers, as HTTP/1.1 does; from the head
+     * each time, since a callback may end other streams. */
+    h2->busy++;
+    for (;;) {
+        h2_stream *s = h2->streams;
+        while (s && !s->streaming)
+            s = s->next;
+        if (!s)
+            break;
+        void (*fn)(sb_req *, void *) = s->abort_fn;
+        void *ud = s->abort_ud;
+        stream_finish(s);
+        if (fn)
+            fn(&s->req, ud);
     }
+    h2->busy--;
     pump(h2);
     if (!c->closing)
         sb_conn_flush(c);

@@ -21,6 +21,7 @@
 #define SB_NET_HTTP2_H
 
 #include "net/conn.h"
+#include "switchboard/config.h"
 
 #define SB_H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define SB_H2_PREFACE_LEN 24
@@ -28,5 +29,8 @@
 /* Makes HTTP/2 the connection's protocol; c->in may already hold the client preface and
  * frames. Queues the server's SETTINGS. SB_ENOMEM (the caller closes the connection). */
 int sb_h2_attach(sb_conn *c);
+
+/* The same with the limits taken from cfg instead of the server's (the fuzz target). */
+int sb__h2_attach_with(sb_conn *c, const sb_config *cfg);
 
 #endif

@@ -7,6 +7,7 @@ import http2 from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 
 import { h2connect, h2req } from './lib/h2.mjs';
+import { F, frame, RawH2, requestBlock, T } from './lib/h2raw.mjs';
 import { parseMetrics, run, sleep, startServer, waitFor } from './lib/server.mjs';
 
 const ADMIN = 'http2-itest-admin-key-0123456789abcdefghijklmn';
@@ -17,7 +18,7 @@ const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${n++}`;
 describe('HTTP/2', () => {
   let srv;
   before(async () => {
-    srv = await startServer({ plain: true, workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN } });
+    srv = await startServer({ plain: true, workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN }, args: ['--debug.ws-echo'] });
   });
   after(async () => {
     await srv?.cleanup();
@@ -135,6 +136,81 @@ describe('HTTP/2', () => {
     assert.ok([...m.keys()].length > 0);
   });
 
+  it('trailers: a streamed response ends with trailer fields; Trailers-Only is one HEADERS frame with END_STREAM', async () => {
+    const s = await h2connect(srv);
+    try {
+      const st = s.request({ ':path': '/debug/stream?mode=trailers' });
+      let body = '';
+      let headers;
+      st.setEncoding('utf8');
+      st.on('response', (h) => {
+        headers = h;
+      });
+      st.on('data', (d) => {
+        body += d;
+      });
+      const trailers = await new Promise((resolve, reject) => {
+        st.on('trailers', resolve);
+        st.on('error', reject);
+        st.on('end', () => resolve(null));
+      });
+      await new Promise((r) => (st.readableEnded ? r() : st.on('end', r)));
+      assert.equal(headers[':status'], 200);
+      assert.equal(body, 'ab');
+      assert.equal(trailers?.['x-status'], '0');
+      assert.equal(trailers?.['x-message'], 'done', 'trailer names are sent lower-case');
+    } finally {
+      s.close();
+    }
+    const c = await RawH2.open(srv);
+    try {
+      c.send(frame(T.HEADERS, F.END_HEADERS | F.END_STREAM, 1, requestBlock({ path: '/debug/stream?mode=only' })));
+      c.send(frame(T.HEADERS, F.END_HEADERS | F.END_STREAM, 3, requestBlock({ path: '/debug/stream?mode=trailers' })));
+      await c.waitFrame((f) => f.stream === 3 && f.type === T.HEADERS && (f.flags & F.END_STREAM), 'trailers on stream 3');
+      const one = c.frames.filter((f) => f.stream === 1);
+      assert.equal(one.length, 1, 'Trailers-Only: one frame');
+      assert.equal(one[0].type, T.HEADERS);
+      assert.equal(one[0].flags & (F.END_STREAM | F.END_HEADERS), F.END_STREAM | F.END_HEADERS);
+      const three = c.frames.filter((f) => f.stream === 3).map((f) => [f.type, f.flags & F.END_STREAM]);
+      assert.deepEqual(three[0], [T.HEADERS, 0]);
+      assert.deepEqual(three.at(-1), [T.HEADERS, F.END_STREAM], 'the trailer section ends the stream');
+      assert.ok(three.slice(1, -1).every(([t, es]) => t === T.DATA && es === 0), 'DATA between, none ending the stream');
+    } finally {
+      c.destroy();
+    }
+  });
+
+  it('clients that reset streams while their handlers work, or leave with requests pending: the server carries on', async () => {
+    const s = await h2connect(srv);
+    s.on('error', () => {});
+    const cancelled = [];
+    for (let i = 0; i < 30; i++) {
+      const st = s.request({ ':method': 'POST', ':path': '/v1/rooms', authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' });
+      st.on('error', () => {});
+      st.end(JSON.stringify({ name: uniq('rst') }));
+      cancelled.push(new Promise((r) => st.on('close', r)));
+      setImmediate(() => st.close(http2.constants.NGHTTP2_CANCEL));
+    }
+    await Promise.all(cancelled);
+    assert.equal((await req(s, 'GET', '/healthz')).status, 200, 'same connection still serves');
+    s.close();
+    const gone = await h2connect(srv);
+    gone.on('error', () => {});
+    for (let i = 0; i < 30; i++) {
+      const st = gone.request({ ':method': 'POST', ':path': '/v1/rooms', authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' });
+      st.on('error', () => {});
+      st.end(JSON.stringify({ name: uniq('gone') }));
+    }
+    setImmediate(() => gone.destroy());
+    await sleep(300);
+    const after = await h2connect(srv, { tls: false });
+    try {
+      assert.equal((await req(after, 'GET', '/v1/rooms?limit=1')).status, 200);
+    } finally {
+      after.close();
+    }
+  });
+
   it('SSE over h2: events arrive on the stream; cancelling the stream leaves the connection usable', async () => {
     const s = await h2connect(srv);
     try {
@@ -161,6 +237,34 @@ describe('HTTP/2', () => {
       assert.equal((await req(s, 'GET', '/healthz')).status, 200, 'connection still serves');
     } finally {
       s.close();
+    }
+  });
+});
+
+describe('HTTP/2 shares the request path of HTTP/1.1', () => {
+  it('rate limits (429, Retry-After, RateLimit headers) and request metrics count h2 requests', async () => {
+    const srv = await startServer({ plain: true, workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN },
+      args: ['--ratelimit.requests-per-second', '2', '--ratelimit.burst', '3'] });
+    try {
+      const metric = async (name) => parseMetrics(await (await fetch(`${srv.plainUrl}/metrics`)).text()).get(name) ?? 0;
+      const ok0 = await metric('switchboard_http_requests_total{code="2xx"}');
+      const s = await h2connect(srv);
+      try {
+        const seen = [];
+        for (let i = 0; i < 4; i++) seen.push(await req(s, 'GET', '/v1/rooms'));
+        assert.deepEqual(seen.map((r) => r.status), [200, 200, 200, 429]);
+        assert.equal(seen[0].headers['ratelimit-policy'], '"default";q=3;w=2');
+        assert.equal(seen[3].headers['retry-after'], '1');
+        assert.equal(seen[3].headers['content-type'], 'application/problem+json');
+        const bad = await req(s, 'GET', '/healthz', { headers: { 'x-request-id': 'not valid!' } });
+        assert.match(bad.headers['x-request-id'], /^[0-9a-f]{28}$/, 'an invalid X-Request-Id is replaced');
+      } finally {
+        s.close();
+      }
+      assert.ok((await metric('switchboard_http_requests_total{code="2xx"}')) >= ok0 + 4);
+      assert.ok((await metric('switchboard_http_requests_total{code="4xx"}')) >= 1);
+    } finally {
+      await srv.cleanup();
     }
   });
 });
