@@ -416,4 +416,27 @@ describe('gRPC', () => {
     const noauth = subscribe(c.EventService, {}, { key: null });
     assert.equal((await noauth.done).code, status.UNAUTHENTICATED);
   });
+
+  it('SIGTERM with open Subscribe and Watch streams and a pending deadline: they end, the server exits 0 clean', async () => {
+    const own = await startServer({ workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN } });
+    const oc = clients(own);
+    try {
+      const sub = subscribe(oc.EventService, {}, { key: ADMIN });
+      const sub2 = subscribe(oc.EventService, {}, { key: ADMIN, deadlineMs: 60000 });
+      const watch = oc.Health.Watch({});
+      watch.on('error', () => {});
+      await new Promise((resolve) => watch.once('data', resolve));
+      await unary(oc.RoomService, 'CreateRoom', { name: uniq('drain') }, { key: ADMIN });
+      await sub.wait((e) => e.type === 'room.created');
+      await sub2.wait((e) => e.type === 'room.created');
+      const ended = Promise.all([sub.done, sub2.done, new Promise((r) => watch.on('status', r))]);
+      const r = await own.stop();
+      assert.equal(r.code, 0);
+      const sts = await ended;
+      for (const st of sts) assert.notEqual(st.code, status.OK, 'the streams did not end as if complete');
+    } finally {
+      oc.close();
+      if (own.running) await own.cleanup();
+    }
+  });
 });
