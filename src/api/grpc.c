@@ -759,7 +759,8 @@ static bool skip_header(sb_str name)
 {
     return (name.len && name.base[0] == ':') || sb_str_case_eq(name, "content-type") ||
            sb_str_case_eq(name, "content-length") || sb_str_case_eq(name, "te") ||
-           sb_str_case_eq(name, "accept") ||
+           sb_str_case_eq(name, "accept") || sb_str_case_eq(name, "upgrade") ||
+           sb_str_case_eq(name, "connection") ||
            (name.len >= 5 && strncasecmp(name.base, "grpc-", 5) == 0);
 }
 
