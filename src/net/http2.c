@@ -400,8 +400,7 @@ static int h2_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
     req->responded = true;
     uint64_t dur = sb_now_ns() - req->start_ns;
     sb_stats_request(&loop->stats, status, dur);
-    s->discard = true;
-    body_release(s);
+    s->discard = true; /* req->body stays valid until the stream ends, as on HTTP/1.1 */
     if (submit_head(s, status, ctype, -1, true) != 0) {
         sb_req_log_access(req, status, 0, dur);
         s->abort_fn = NULL;
@@ -489,7 +488,10 @@ static void h2_stream_end_trailers(sb_req *req, const sb_http_header *t, size_t 
     nghttp2_nv *nva = n ? sb_arena_alloc(&req->arena, n * sizeof *nva) : NULL;
     size_t k = 0;
     for (size_t i = 0; nva && i < n; i++) {
-        const char *name = lower_name(&req->arena, t[i].name);
+        /* Copied: they go out after this call returns (when the body before them has). */
+        char *name = sb_arena_strndup(&req->arena, t[i].name.base, t[i].name.len);
+        for (size_t j = 0; name && j < t[i].name.len; j++)
+            name[j] = name[j] >= 'A' && name[j] <= 'Z' ? (char)(name[j] + 32) : name[j];
         char *value =
             sb_arena_strndup(&req->arena, t[i].value.base ? t[i].value.base : "", t[i].value.len);
         if (!name || !value)
@@ -513,7 +515,7 @@ static void refuse(h2_stream *s, int status, const char *slug, const char *detai
     sb_resp_problem(&s->req, status, slug, detail);
 }
 
-static void dispatch(h2_conn *h2, h2_stream *s)
+static void dispatch(h2_stream *s)
 {
     if (s->dispatched)
         return;
@@ -531,7 +533,6 @@ static void dispatch(h2_conn *h2, h2_stream *s)
     req->head = sb_str_eq_lit(req->method, "HEAD");
     const sb_http_header *rid = sb_req_header(req, "x-request-id");
     sb_req_set_request_id(req, rid ? rid->value : SB_STR_NULL);
-    (void)h2;
     sb_router_dispatch(req->loop->router, req);
 }
 
@@ -710,7 +711,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         s->headers_done = true;
         if (s->too_large) {
-            dispatch(h2, s); /* 431 */
+            dispatch(s); /* 431 */
             return 0;
         }
         if (s->content_length > (int64_t)h2->max_body) {
@@ -719,7 +720,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         }
     }
     if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
-        dispatch(h2, s);
+        dispatch(s);
     return 0;
 }
 

@@ -163,11 +163,17 @@ static void answer_held(int upto)
 
 static void end_streams(void)
 {
-    static const sb_http_header trailers[] = {{{"grpc-status", 11}, {"0", 1}},
-                                              {{"Grpc-Message", 12}, {"fine", 4}}};
     while (nstreams > 0) {
+        /* Names and values in memory that is gone when the call returns, as a handler's
+         * stack often is: the adapter must copy them. */
+        char *mem = malloc(32);
+        CHECK(mem);
+        memcpy(mem, "grpc-statusGrpc-Message0fine", 28);
+        sb_http_header trailers[] = {{{mem, 11}, {mem + 23, 1}}, {{mem + 11, 12}, {mem + 24, 4}}};
         sb_req *req = streams[--nstreams];
         sb_resp_stream_end_trailers(req, trailers, 2);
+        memset(mem, 'X', 32);
+        free(mem);
     }
 }
 
