@@ -105,7 +105,11 @@ measure_h2() { # NAME PORT OUT PID
     rps=$(awk '/^finished in/ { v = $4; sub(/,$/, "", v); print v }' "$out")
     total=$(awk '/^requests:/ { print $2 }' "$out")
     ok=$(awk '/^requests:/ { print $8 }' "$out")
-    [ -n "$rps" ] && [ -n "$ok" ] || { say "grpc.bench: cannot read h2load's output against $name:"; cat "$out"; return 1; }
+    if [ -z "$rps" ] || [ -z "$ok" ]; then
+        say "grpc.bench: cannot read h2load's output against $name:"
+        cat "$out"
+        return 1
+    fi
     read -r p50 p99 < <(awk -F'\t' '{ print $3 / 1000 }' "$out.log" | sort -g |
         awk '{ v[NR] = $1 }
              END {
@@ -150,8 +154,8 @@ peer_answer=$(check "$g_port" "$api_key")
 case "$sb_answer" in ERROR*|"") say "grpc.bench: switchboard's GetRoom failed: $sb_answer"; exit 1 ;; esac
 [ "$sb_answer" = "$peer_answer" ] || { say "grpc.bench: the answers differ:"; say "  switchboard: $sb_answer"; say "  grpc-js:     $peer_answer"; exit 1; }
 for p in "$sb_port" "$g_port"; do
-    a=$(check "$p")
-    [ "$a" = "ERROR 16" ] || { say "grpc.bench: port $p answered '$a' without a key (expected UNAUTHENTICATED)"; exit 1; }
+    noauth=$(check "$p")
+    [ "$noauth" = "ERROR 16" ] || { say "grpc.bench: port $p answered '$noauth' without a key (expected UNAUTHENTICATED)"; exit 1; }
 done
 say "  checked: both answer the same Room ($(printf '%s' "$sb_answer" | wc -c) B as JSON) and UNAUTHENTICATED without a key"
 
@@ -217,6 +221,7 @@ json=$RESULTS_DIR/grpc-$ts.json
 say "results: ${json#"$PWD"/}"
 
 if [ -n "$SUMMARY" ]; then
+    # shellcheck disable=SC2129 # three kinds of line, as the other benches write them
     printf 'row\tgrpc\tGetRoom vs grpc-js\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${R[sb.rps]}" "${R[grpcjs.rps]}" "$ratio" \
         "$(fmt_ms "${R[sb.p50]}")" "$(fmt_ms "${R[sb.p99]}")" "$(fmt_ms "${R[grpcjs.p50]}")" "$(fmt_ms "${R[grpcjs.p99]}")" \
         "${R[sb.rss]} kB" "${R[grpcjs.rss]} kB" "$goal" >>"$SUMMARY"
