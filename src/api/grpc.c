@@ -147,7 +147,6 @@ typedef struct rcache {
 } rcache;
 
 struct grpc_ctx {
-    sb_app *app;
     size_t max_message;
     int nloops;
     rcache *caches; /* one per loop, touched only by that loop */
@@ -914,19 +913,18 @@ static void grpc_fallback(sb_req *req, void *ud)
     sb_resp_problem(req, 404, "not-found", "no such resource");
 }
 
-int sb_api_grpc_register(sb_app *app, sb_router *r)
+int sb__grpc_install(sb_router *r, size_t max_message, int nloops, void **state)
 {
-    grpc_ctx *g = sb__app_own(app, sb_calloc(1, sizeof *g));
+    nloops = nloops > 0 ? nloops : 1;
+    /* One block: the context, then a cache per loop. Untouched pages of a large calloc stay
+     * unmapped, so a loop pays only for the cache it uses. */
+    grpc_ctx *g = sb_calloc(1, sizeof *g + (size_t)nloops * sizeof(rcache));
+    *state = g;
     if (!g)
         return SB_ENOMEM;
-    g->app = app;
-    g->max_message = sb__app_config(app)->grpc_max_message_bytes;
-    g->nloops = sb__app_nloops(app);
-    /* Untouched pages of a large calloc stay unmapped: a loop pays only for what it uses. */
-    g->caches =
-        sb__app_own(app, sb_calloc((size_t)(g->nloops > 0 ? g->nloops : 1), sizeof(rcache)));
-    if (!g->caches)
-        return SB_ENOMEM;
+    g->max_message = max_message;
+    g->nloops = nloops;
+    g->caches = (rcache *)(g + 1);
     int rc = 0;
     for (size_t i = 0; i < NMETHODS && !rc; i++) {
         g->routes[i] = (groute){&methods[i], g};
@@ -934,5 +932,15 @@ int sb_api_grpc_register(sb_app *app, sb_router *r)
     }
     if (!rc)
         sb_router_set_fallback(r, grpc_fallback, g);
+    return rc;
+}
+
+int sb_api_grpc_register(sb_app *app, sb_router *r)
+{
+    void *state = NULL;
+    int rc = sb__grpc_install(r, sb__app_config(app)->grpc_max_message_bytes, sb__app_nloops(app),
+                              &state);
+    if (state && !sb__app_own(app, state))
+        return SB_ENOMEM;
     return rc;
 }

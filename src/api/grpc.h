@@ -27,4 +27,8 @@
  * gRPC paths, 404 otherwise). Register after every REST route. Returns 0 or SB_ENOMEM. */
 int sb_api_grpc_register(sb_app *app, sb_router *r);
 
+/* Internal (unit tests): the same without an app. *state receives the memory the routes
+ * use (also on failure, or NULL); the caller frees it with sb_free after the router. */
+int sb__grpc_install(sb_router *r, size_t max_message, int nloops, void **state);
+
 #endif
