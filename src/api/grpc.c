@@ -817,6 +817,10 @@ static void grpc_handle(sb_req *req, void *ud)
         sb_resp_problem(req, 415, "unsupported-media-type", "gRPC methods take application/grpc");
         return;
     }
+    if (!req->ops->stream_end_trailers) { /* HTTP/1.1: no trailers, so no grpc-status */
+        sb_resp_problem(req, 426, "upgrade-required", "gRPC needs HTTP/2");
+        return;
+    }
     sb_grpc_msg msg;
     int rc = sb_grpc_msg_parse(req->body.base, req->body.len, g->max_message, &msg);
     if (rc == SB_EMSGSIZE) {

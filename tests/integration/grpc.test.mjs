@@ -175,6 +175,22 @@ describe('gRPC', () => {
     assert.equal(nf.code, status.NOT_FOUND);
   });
 
+  it('h2c (prior knowledge) on the plain listener; HTTP/1.1 is refused with 426', async () => {
+    const p = (await import('./lib/grpc.mjs')).loadProtos();
+    const insecure = new p.switchboard.v1.RoomService(`127.0.0.1:${srv.plainPort}`, (await import('./lib/grpc.mjs')).grpc.credentials.createInsecure());
+    const name = uniq('h2c');
+    const created = await unary(insecure, 'CreateRoom', { name }, { key: ADMIN });
+    assert.equal(created.name, name);
+    assert.equal((await unary(insecure, 'GetRoom', { name }, { key: ADMIN })).name, name);
+    insecure.close();
+    const res = await fetch(`${srv.plainUrl}/switchboard.v1.RoomService/GetRoom`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/grpc', authorization: `Bearer ${ADMIN}` },
+      body: Buffer.from([0, 0, 0, 0, 0]),
+    });
+    assert.equal(res.status, 426);
+  });
+
   it('auth: no token → UNAUTHENTICATED, bad token → UNAUTHENTICATED, a key without the scope → PERMISSION_DENIED', async () => {
     const e1 = await failure(unary(c.RoomService, 'ListRooms', {}, { key: null }));
     assert.equal(e1.code, status.UNAUTHENTICATED);
