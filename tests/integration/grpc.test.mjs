@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 
 import { readCa } from './lib/client.mjs';
 import { clients, failure, status, subscribe, unary } from './lib/grpc.mjs';
-import { startServer } from './lib/server.mjs';
+import { startServer, waitFor } from './lib/server.mjs';
 
 const ADMIN = 'grpc-itest-admin-key-0123456789abcdefghijklmn';
 let n = 0;
@@ -126,7 +126,12 @@ describe('gRPC', () => {
     const alice = await join(room, 'alice', { name: 'Alice', metadata: 'm0' });
     const bob = await join(room, 'bob');
 
-    const list = await call('RoomService', 'ListParticipants', { room });
+    // a join is announced on the WebSocket before its store write commits: poll briefly
+    let list;
+    await waitFor(async () => {
+      list = await call('RoomService', 'ListParticipants', { room });
+      return (list.data ?? []).length === 2;
+    }, { timeoutMs: 5000, what: 'both participants listed' });
     assert.deepEqual(list.data.map((p) => p.identity).sort(), ['alice', 'bob']);
     const p = await call('RoomService', 'GetParticipant', { room, identity: 'alice' });
     assert.equal(p.name, 'Alice');
