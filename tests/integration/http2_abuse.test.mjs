@@ -78,7 +78,7 @@ describe('HTTP/2 abuse', () => {
       const c = await RawH2.open(srv);
       const first = frame(T.HEADERS, F.END_STREAM, 1, requestBlock());
       const batch = Buffer.concat(Array(100).fill(cont));
-      const chunks = [first, ...Array(cont.length > 100 ? 50 : 2000).fill(batch)]; // ~20 MB or 1.8 MB of frames
+      const chunks = [first, ...Array(cont.length > 100 ? 200 : 2000).fill(batch)]; // ~80 MB or 1.8 MB of frames
       await c.sendAll(chunks);
       const ga = await c.waitFrame((f) => f.type === T.GOAWAY, 'GOAWAY');
       assert.equal(ga.code, E.ENHANCE_YOUR_CALM);
