@@ -941,8 +941,14 @@ static void pump(h2_conn *h2)
             sb_conn_abort(c);
             return;
         }
-        if (r == 0 || c->writing)
-            break; /* done, or on_writable comes when the write completes */
+        if (r == 0)
+            break;
+        if (c->writing) {
+            /* The peer is not reading: stop reading too (its PINGs, SETTINGS and requests
+             * would only queue more output); h2_on_writable resumes. */
+            sb_conn_pause_reading(c, true);
+            break;
+        }
         /* Over the high mark and nothing in flight: nobody would call on_writable, so write
          * now (also from inside on_data, as HTTP/1.1's pipelining does). */
         bool cb = c->in_callback;
@@ -953,7 +959,16 @@ static void pump(h2_conn *h2)
             return;
     }
     if (h2->fatal || (!nghttp2_session_want_read(h2->s) && !nghttp2_session_want_write(h2->s))) {
-        sb_conn_close_after_write(c);
+        /* Write the GOAWAY now. A peer that reads gets it and the transport lingers for a
+         * moment, reading and discarding, so that unread input does not turn into a reset
+         * that destroys it; a peer that does not read (its output is stuck) is not read
+         * from either: the write timeout ends it. */
+        bool cb = c->in_callback;
+        c->in_callback = false;
+        sb_conn_close_after_write(c); /* may close now: h2 is gone then */
+        c->in_callback = cb;
+        if (!uv_is_closing((uv_handle_t *)&c->tcp) && c->writing)
+            sb_conn_pause_reading(c, true);
         return;
     }
     arm_deadline(h2);
