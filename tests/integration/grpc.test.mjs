@@ -224,6 +224,11 @@ describe('gRPC', () => {
     assert.ok(text.includes('type.googleapis.com/google.rpc.ErrorInfo'));
     assert.ok(text.includes('urn:switchboard:problem:not-found'));
     assert.ok(text.includes(rid), 'request id in details');
+    // the access log line of the call carries the gRPC status (HTTP says 200)
+    const line = await srv.waitForLog((l) => l.msg === 'request' && l.request_id === rid);
+    assert.equal(line.path, '/switchboard.v1.RoomService/GetRoom');
+    assert.equal(line.status, 200);
+    assert.equal(line.grpc_status, 5);
 
     const bad = await failure(call('RoomService', 'CreateRoom', { name: 'not a valid name!' }));
     assert.equal(bad.code, status.INVALID_ARGUMENT);
