@@ -60,6 +60,7 @@ typedef struct sb_config {
     size_t http_max_header_bytes;   /* http.max_header_bytes */
     size_t http_max_headers;        /* http.max_headers */
     size_t http_max_body_bytes;     /* http.max_body_bytes */
+    size_t grpc_max_message_bytes;  /* grpc.max_message_bytes */
     int64_t http_header_timeout_ms; /* http.header_timeout */
     int64_t http_body_timeout_ms;   /* http.body_timeout */
     int64_t http_idle_timeout_ms;   /* http.idle_timeout */

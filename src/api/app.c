@@ -1,4 +1,5 @@
 #include "api/app.h"
+#include "api/grpc.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -172,6 +173,16 @@ static int load_revocations(sqlite3 *db, void *arg)
 sb_rtc *sb__app_rtc(const sb_app *app)
 {
     return app->rtc;
+}
+
+const sb_config *sb__app_config(const sb_app *app)
+{
+    return app->cfg;
+}
+
+int sb__app_nloops(const sb_app *app)
+{
+    return app->nloops;
 }
 
 sb_store *sb__app_store(const sb_app *app)
@@ -1330,6 +1341,8 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_rtc_register(app, r);
     rc = rc ? rc : sb_api_oauth_register(app, r);
     rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST (not /oauth) */
+    /* gRPC after it: a call's inner REST POST is wrapped already, the call itself is not. */
+    rc = rc ? rc : sb_api_grpc_register(app, r);
     return rc;
 }
 

@@ -162,6 +162,8 @@ int sb_api_idempotency_install(sb_app *app, sb_router *r);
 /* Internal: the store, and memory the app frees with itself (NULL if p is NULL or no room;
  * p is then freed). */
 sb_store *sb__app_store(const sb_app *app);
+const sb_config *sb__app_config(const sb_app *app);
+int sb__app_nloops(const sb_app *app);
 struct sb_rtc *sb__app_rtc(const sb_app *app);
 struct sb_oauth *sb__app_oauth(const sb_app *app);
 struct sb_rtc_cache_entry *sb__app_rtc_cache(sb_app *app, int loop_index);

@@ -185,6 +185,15 @@ static const sb__config_key keys[] = {
      .max = 1024,
      .help = "Queued (pipelined) responses per connection."},
 
+    {.name = "grpc.max_message_bytes",
+     .type = SB__CFG_SIZE,
+     .def = "1MiB",
+     .offset = F(size_t, grpc_max_message_bytes),
+     .min = 1024,
+     .max = 64 * MIB,
+     .help = "Largest gRPC request message; RESOURCE_EXHAUSTED beyond (the request body is "
+             "also bounded by http.max_body_bytes)."},
+
     {.name = "http2.max_concurrent_streams",
      .type = SB__CFG_COUNT,
      .def = "100",

@@ -20,7 +20,8 @@ struct sub {
     sub *prev, *next;
     hub_slot *slot;
     sb_ws *ws;   /* WebSocket, or */
-    sb_req *req; /* an SSE response */
+    sb_req *req; /* a streamed response: SSE, or NDJSON (one envelope per line; gRPC) */
+    bool ndjson;
     int64_t last_seq;
     char project[SB_ID_MAX];
 };
@@ -74,9 +75,11 @@ static int format_item(sub *s, sqlite3_stmt *st, item *it)
     if (!json)
         return SB_ENOMEM;
     it->seq = sqlite3_column_int64(st, 0);
-    if (s->ws) {
+    if (s->ws || s->ndjson) {
         it->len = strlen(json);
-        it->text = sb_strndup(json, it->len);
+        it->text = sb_strndup(json, it->len + (s->ndjson ? 1 : 0));
+        if (it->text && s->ndjson)
+            it->text[it->len++] = '\n';
     } else {
         sb_buf b;
         sb_buf_init(&b, SB_WS_MAX_SEND);
@@ -391,10 +394,12 @@ static void events_get(sb_req *req, void *ud)
     sb_auth who;
     bool ws = header_has(req, "upgrade", "websocket");
     bool sse = !ws && header_has(req, "accept", "text/event-stream");
+    bool ndjson = !ws && !sse && header_has(req, "accept", "application/x-ndjson");
     if (!sb_app_auth(h->app, req, SB_SCOPE_EVENTS_READ, &who))
         return;
-    if (!ws && !sse) {
-        sb_resp_problem(req, 406, "not-acceptable", "use WebSocket or Accept: text/event-stream");
+    if (!ws && !sse && !ndjson) {
+        sb_resp_problem(req, 406, "not-acceptable",
+                        "use WebSocket, Accept: text/event-stream or Accept: application/x-ndjson");
         return;
     }
     sub *s = sub_new(h, req->loop, who.project_id);
@@ -416,8 +421,11 @@ static void events_get(sb_req *req, void *ud)
         sb_resp_header(req, "X-Accel-Buffering", SB_STR_LIT("no"));
         sb_req_on_abort(req, sse_on_abort, s);
         sb_req_on_writable(req, sse_on_writable, s);
-        int rc = sb_resp_stream_begin(req, 200, "text/event-stream", SB_EVENTS_HEARTBEAT_MS,
-                                      ": keep-alive\n\n");
+        s->ndjson = ndjson;
+        int rc = ndjson ? sb_resp_stream_begin(req, 200, "application/x-ndjson",
+                                               SB_EVENTS_HEARTBEAT_MS, "\n")
+                        : sb_resp_stream_begin(req, 200, "text/event-stream",
+                                               SB_EVENTS_HEARTBEAT_MS, ": keep-alive\n\n");
         if (rc != 0) {
             if (rc == SB_ENOTSUP) /* nothing was sent */
                 sb_resp_problem(req, 406, "not-acceptable",

@@ -1,8 +1,10 @@
 /*
  * The live event stream: GET /v1/events (API.md "Events").
  *
- * A subscriber is a WebSocket (an Upgrade request) or a Server-Sent Events response
- * (`Accept: text/event-stream`) on one event loop, for one project. It starts after the
+ * A subscriber is a WebSocket (an Upgrade request), a Server-Sent Events response
+ * (`Accept: text/event-stream`) or an NDJSON response (`Accept: application/x-ndjson`: one
+ * envelope per line, an empty line as keep-alive; what gRPC's EventService/Subscribe reads
+ * through its synthetic request) on one event loop, for one project. It starts after the
  * event named by `?since=` (or the `Last-Event-ID` header), else at the project's newest
  * event (only new ones are sent). Events are read from the outbox (events table) with the
  * loop's reader connection, in sequence order, and sent as the envelope

@@ -359,7 +359,10 @@ static void h2_send(sb_req *req, int status, sb_str ctype, const void *body, siz
         h2->queued += rc ? 0 : len;
         s->out_eof = true;
     }
-    rc = rc ? rc : submit_head(s, status, ctype, no_body ? -1 : (int64_t)len, with_body);
+    /* content-length only for a body (or a HEAD's would-be body): an empty response is one
+     * HEADERS frame with END_STREAM and nothing more (gRPC's Trailers-Only). */
+    int64_t clen = no_body || (len == 0 && !req->head) ? -1 : (int64_t)len;
+    rc = rc ? rc : submit_head(s, status, ctype, clen, with_body);
     if (rc) {
         out_drop(s);
         nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);

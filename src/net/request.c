@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "net/loop.h"
@@ -252,6 +253,15 @@ void sb_req_log_access(sb_req *req, int status, size_t bytes, uint64_t dur_ns)
     rc = rc ? rc : sb_buf_append_str(b, "\",\"proto\":\"");
     rc = rc ? rc : sb_buf_append_str(b, req->ops->proto);
     rc = rc ? rc : sb_buf_append_str(b, "\"");
+    /* A gRPC error answered Trailers-Only: its status is in the head (HTTP says 200). */
+    for (int i = 0; !rc && i < req->num_resp_headers; i++) {
+        const sb_http_header *h = &req->resp_headers[i];
+        if (sb_str_case_eq(h->name, "grpc-status") && h->value.len > 0 && h->value.len < 4 &&
+            strspn(h->value.base, "0123456789") >= h->value.len) {
+            rc = sb_buf_append_str(b, ",\"grpc_status\":");
+            rc = rc ? rc : sb_buf_append(b, h->value.base, h->value.len);
+        }
+    }
     rc = rc ? rc : sb_log_line_end(b);
     if (rc) {
         b->len = mark;

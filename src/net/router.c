@@ -16,6 +16,8 @@ typedef struct route {
 struct sb_router {
     route *routes;
     int n, cap;
+    sb_handler_fn fallback;
+    void *fallback_ud;
 };
 
 int sb_router_new(sb_router **out)
@@ -187,5 +189,15 @@ void sb_router_dispatch(const sb_router *r, sb_req *req)
         sb_resp_problem(req, 405, "method-not-allowed", "this path does not accept that method");
         return;
     }
+    if (r->fallback) {
+        r->fallback(req, r->fallback_ud);
+        return;
+    }
     sb_resp_problem(req, 404, "not-found", "no such resource");
+}
+
+void sb_router_set_fallback(sb_router *r, sb_handler_fn fn, void *ud)
+{
+    r->fallback = fn;
+    r->fallback_ud = ud;
 }

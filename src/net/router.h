@@ -29,6 +29,10 @@ int sb_router_add(sb_router *r, const char *method, const char *pattern, sb_hand
 int sb_router_wrap_method(sb_router *r, const char *method, sb_handler_fn wrap,
                           void *(*make_ud)(sb_handler_fn fn, void *ud, void *ctx), void *ctx);
 
+/* fn answers, instead of the 404, requests whose path no route has (gRPC answers
+ * UNIMPLEMENTED to unknown methods). NULL restores the 404. */
+void sb_router_set_fallback(sb_router *r, sb_handler_fn fn, void *ud);
+
 /* Routes req: on a match, fills req->params and calls the handler. Otherwise answers 404,
  * or 405 with an Allow header when the path exists for other methods. */
 void sb_router_dispatch(const sb_router *r, sb_req *req);

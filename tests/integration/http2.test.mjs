@@ -159,6 +159,11 @@ describe('HTTP/2', () => {
       assert.equal(body, 'ab');
       assert.equal(trailers?.['x-status'], '0');
       assert.equal(trailers?.['x-message'], 'done', 'trailer names are sent lower-case');
+      const only = await req(s, 'GET', '/debug/stream?mode=only');
+      assert.equal(only.status, 200);
+      assert.equal(only.headers['x-status'], '5');
+      assert.equal(only.headers['content-length'], undefined, 'no content-length on an empty response');
+      assert.equal(only.text, '');
     } finally {
       s.close();
     }

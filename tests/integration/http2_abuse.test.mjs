@@ -78,14 +78,14 @@ describe('HTTP/2 abuse', () => {
       const c = await RawH2.open(srv);
       const first = frame(T.HEADERS, F.END_STREAM, 1, requestBlock());
       const batch = Buffer.concat(Array(100).fill(cont));
-      const chunks = [first, ...Array(cont.length > 100 ? 50 : 2000).fill(batch)]; // ~20 MB or 1.8 MB of frames
+      const chunks = [first, ...Array(cont.length > 100 ? 200 : 2000).fill(batch)]; // ~80 MB or 1.8 MB of frames
       await c.sendAll(chunks);
       const ga = await c.waitFrame((f) => f.type === T.GOAWAY, 'GOAWAY');
       assert.equal(ga.code, E.ENHANCE_YOUR_CALM);
       await c.waitClosed();
       assert.equal(c.frames.filter((f) => f.stream === 1 && f.type === T.HEADERS).length, 0, 'the request was never served');
       const grew = rssKiB(srv.pid) - rss0;
-      assert.ok(grew < 16 * 1024, `server RSS grew by ${grew} KiB`);
+      assert.ok(grew < 48 * 1024, `server RSS grew by ${grew} KiB`); // ASan's quarantine adds noise
       await bystanderServes();
     });
   }
@@ -135,7 +135,8 @@ describe('HTTP/2 abuse', () => {
     c.send(Buffer.concat(open));
     const refused = await c.waitFrame((f) => f.type === T.RST_STREAM && f.stream === 2 * MAX_STREAMS + 1, 'RST_STREAM');
     assert.equal(refused.code, E.REFUSED_STREAM);
-    await sleep(100);
+    await c.waitUntil(() => c.frames.filter((f) => f.type === T.RST_STREAM).length >= 5, 'five refusals', 5000);
+    await sleep(100); // and no more than five
     const refusedIds = c.frames.filter((f) => f.type === T.RST_STREAM).map((f) => f.stream);
     assert.deepEqual(refusedIds, Array.from({ length: 5 }, (_, i) => 2 * (MAX_STREAMS + i) + 1));
     // Finish the first stream's body: it is served.
@@ -157,9 +158,11 @@ describe('HTTP/2 abuse', () => {
     for (let i = 0; i < 500; i++) reqs.push(frame(T.HEADERS, F.END_HEADERS | F.END_STREAM, 2 * i + 1, requestBlock({ path: '/healthz' })));
     await c.sendAll([Buffer.concat(reqs)]);
     await c.waitUntil(() => c.frames.filter((f) => f.type === T.RST_STREAM).length >= 500 - MAX_STREAMS, 'refusals', 5000);
+    await c.waitUntil(() => c.frames.filter((f) => f.type === T.HEADERS).length >= MAX_STREAMS, 'the heads', 5000);
+    await sleep(100);
     assert.equal(c.frames.filter((f) => f.type === T.DATA).length, 0, 'no DATA past a zero window');
     assert.equal(c.frames.filter((f) => f.type === T.HEADERS).length, MAX_STREAMS, 'the open streams got their heads');
-    assert.ok(rssKiB(srv.pid) - rss0 < 16 * 1024);
+    assert.ok(rssKiB(srv.pid) - rss0 < 48 * 1024);
     // Opening the window lets the waiting responses finish.
     const wu = Buffer.alloc(4);
     wu.writeUInt32BE(1 << 20);
@@ -193,7 +196,7 @@ describe('HTTP/2 abuse', () => {
     }
     const grew = rssKiB(srv.pid) - rss0;
     if (process.env.SB_ITEST_VERBOSE) console.log('flood: grew', grew, 'KiB; stalled', stalled, 'written', written);
-    assert.ok(grew < 32 * 1024, `server RSS grew by ${grew} KiB`);
+    assert.ok(grew < 48 * 1024, `server RSS grew by ${grew} KiB`);
     c.sock.resume(); // now read: what the server queued, and how it ended
     if (!stalled) {
       const ga = await c.waitFrame((f) => f.type === T.GOAWAY, 'GOAWAY', 20000);
