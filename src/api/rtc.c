@@ -134,6 +134,7 @@ typedef struct hook_job {
     char name[257];
     char metadata[4097];
     char reason[32];
+    unsigned grants;
     int64_t at, joined_at;
 } hook_job;
 
@@ -184,10 +185,21 @@ static int hook_run(sqlite3 *db, void *arg)
         sqlite3_bind_int64(st, 5, j->joined_at);
         if ((rc = step(st)) != 0 || sqlite3_changes(db) == 0)
             return rc;
-        return sb_event_emit(db, j->project_id, "participant.joined", j->room,
-                             json_pack("{s:s,s:s,s:s}", "room", j->room, "session_id", j->session,
-                                       "identity", j->identity),
-                             NULL);
+        {
+            char at[32];
+            sb_time_rfc3339(j->joined_at, at);
+            json_t *p = json_pack(
+                "{s:s,s:s?,s:s?,s:o,s:s,s:s}", "identity", j->identity, "name",
+                j->name[0] ? j->name : NULL, "metadata", j->metadata[0] ? j->metadata : NULL,
+                "grants", sb_rtc_grants_json(j->grants), "joined_at", at, "session_id", j->session);
+            /* identity at the top as well: the same key as participant.left carries. */
+            return sb_event_emit(db, j->project_id, "participant.joined", j->room,
+                                 p ? json_pack("{s:s,s:s,s:s,s:o}", "room", j->room, "session_id",
+                                               j->session, "identity", j->identity, "participant",
+                                               p)
+                                   : NULL,
+                                 NULL);
+        }
     case J_LEFT:
         st = sb_store_stmt(db, "UPDATE session_participants SET left_at = ?1, leave_reason = ?2 "
                                "WHERE session_id = ?3 AND identity = ?4 AND joined_at = ?5 AND "
@@ -281,6 +293,7 @@ static void on_participant_joined(void *ud, const sb_live_room *room, const sb_l
         memcpy(j->identity, c->identity, sizeof j->identity);
         memcpy(j->name, c->name, sizeof j->name);
         snprintf(j->metadata, sizeof j->metadata, "%s", c->metadata);
+        j->grants = c->grants;
         j->joined_at = sb_live_participant_joined_at(p);
     }
     hook_submit(ud, j);

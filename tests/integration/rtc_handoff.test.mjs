@@ -206,6 +206,27 @@ describe('revoked tokens', () => {
   });
 });
 
+describe('events', () => {
+  it('participant.joined carries the participant object (grants, name, joined_at)', async () => {
+    await api('POST', '/v1/rooms', { name: 'evroom' });
+    const ev = new WebSocket(`ws://127.0.0.1:${srv.plainPort}/v1/events`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    const got = [];
+    ev.on('message', (d) => got.push(JSON.parse(d.toString())));
+    await new Promise((resolve, reject) => { ev.once('open', resolve); ev.once('error', reject); });
+    const p = await join('evroom', 'evie', { name: 'Evie', grants: { publish: false } });
+    await waitFor(() => got.some((e) => e.type === 'participant.joined' && e.data.identity === 'evie'));
+    const e = got.find((x) => x.type === 'participant.joined' && x.data.identity === 'evie');
+    assert.equal(e.data.room, 'evroom');
+    assert.equal(e.data.participant.identity, 'evie');
+    assert.equal(e.data.participant.name, 'Evie');
+    assert.equal(e.data.participant.grants.publish, false);
+    assert.equal(e.data.participant.joined_at, p.joinedMsg.participant.joined_at);
+    assert.equal(e.data.participant.session_id, e.data.session_id);
+    p.terminate();
+    ev.close();
+  });
+});
+
 describe('moves in flight at shutdown', () => {
   it('SIGTERM while 300 participants are joining (moves in transit) exits 0 with nothing leaked', async () => {
     const dir = await tempDir('itest-switchboard-handoff-term-');
