@@ -85,6 +85,16 @@ typedef struct sb_config {
     int ratelimit_rps;      /* ratelimit.requests_per_second */
     int ratelimit_burst;    /* ratelimit.burst */
 
+    /* webhooks (events/webhooks.c) */
+    char *webhooks_retry_schedule;           /* webhooks.retry_schedule: "0,5s,5m,..." */
+    int64_t webhooks_timeout_ms;             /* webhooks.timeout: one attempt, connect to 2xx */
+    bool webhooks_allow_private_targets;     /* webhooks.allow_private_targets (--dev: true) */
+    bool webhooks_allow_http;                /* webhooks.allow_http: plain http:// targets */
+    int webhooks_max_in_flight_per_endpoint; /* webhooks.max_in_flight_per_endpoint */
+    int64_t webhooks_rotation_overlap_ms;    /* webhooks.rotation_overlap */
+    int webhooks_breaker_threshold;          /* webhooks.breaker_threshold */
+    int64_t webhooks_breaker_cooldown_ms;    /* webhooks.breaker_cooldown */
+
     /* test support */
     bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */
 } sb_config;

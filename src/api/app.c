@@ -19,6 +19,7 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "events/webhooks.h"
 #include "net/loop.h"
 #include "net/server_internal.h"
 #include "switchboard/error.h"
@@ -86,6 +87,7 @@ struct sb_app {
     sb_ratelimit *rl;
     pthread_mutex_t rl_lock;
     sb_rtc *rtc;
+    struct sb_webhooks *webhooks; /* the webhook dispatcher (events/webhooks.c) */
 };
 
 sb_rtc *sb__app_rtc(const sb_app *app)
@@ -873,7 +875,8 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
     dbpath = path_join(cfg->data_dir, "switchboard.db");
     if (!dbpath)
         goto fail;
-    sb_store_opts so = {.path = dbpath, .readers = nloops, .synchronous_full = true};
+    /* One reader per loop, plus one for the webhook dispatcher's thread (the last). */
+    sb_store_opts so = {.path = dbpath, .readers = nloops + 1, .synchronous_full = true};
     if ((rc = sb_store_open(&app->store, &so, err, errlen)) != 0)
         goto fail;
     if ((rc = sb_store_run_sync(app->store, bootstrap_run, &b)) < 0) {
@@ -919,7 +922,8 @@ void sb_app_free(sb_app *app)
 {
     if (!app)
         return;
-    sb_rtc_free(app->rtc); /* its last hooks still write */
+    sb_rtc_free(app->rtc);           /* its last hooks still write */
+    sb_webhooks_stop(app->webhooks); /* writes its last attempts; before the store closes */
     sb_store_close(app->store);
     sb_jose_key_free(app->token_key);
     free(app->jwks_json); /* jansson's allocation */
@@ -941,6 +945,16 @@ void sb_app_free(sb_app *app)
     }
     sb_free(app->loops);
     sb_free(app);
+}
+
+const sb_config *sb_app_config(const sb_app *app)
+{
+    return app->cfg;
+}
+
+struct sb_webhooks *sb_app_webhooks(const sb_app *app)
+{
+    return app->webhooks;
 }
 
 const char *sb_app_generated_admin_key(const sb_app *app)
@@ -981,6 +995,10 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_signing_keys_register(app, r);
     rc = rc ? rc : sb_api_events_register(app, r);
     rc = rc ? rc : sb_api_rtc_register(app, r);
+    rc = rc ? rc : sb_api_webhooks_register(app, r);
+    if (!rc && !app->webhooks) /* webhooks: the dispatcher thread, with the last reader */
+        rc = sb_webhooks_start(&app->webhooks, app, app->store,
+                               sb_store_reader(app->store, app->nloops), app->cfg);
     rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST so far */
     return rc;
 }

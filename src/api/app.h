@@ -118,7 +118,13 @@ int sb_api_rooms_register(sb_app *app, sb_router *r);
 int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
-int sb_api_events_register(sb_app *app, sb_router *r); /* events/stream.c */
+int sb_api_events_register(sb_app *app, sb_router *r);   /* events/stream.c */
+int sb_api_webhooks_register(sb_app *app, sb_router *r); /* rest_webhooks.c */
+
+/* The configuration the app was made with, and its webhook dispatcher (NULL before
+ * sb_app_register has started it). */
+const sb_config *sb_app_config(const sb_app *app);
+struct sb_webhooks *sb_app_webhooks(const sb_app *app);
 
 /* Idempotency-Key on every POST route registered before it (idempotency.c). */
 int sb_api_idempotency_install(sb_app *app, sb_router *r);

@@ -15,6 +15,7 @@
 #include "config/config_table.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "events/webhook_policy.h" /* webhooks.retry_schedule */
 #include "switchboard/error.h"
 
 #define KIB     (INT64_C(1) << 10)
@@ -256,6 +257,64 @@ static const sb__config_key keys[] = {
      .min = 1,
      .max = 1000000,
      .help = "Default burst per credential: requests allowed at once before the rate applies."},
+
+    /* ---- webhooks (events/webhooks.c) ---- */
+    {.name = "webhooks.retry_schedule",
+     .type = SB__CFG_STRING,
+     .def = "0,5s,5m,30m,2h,5h,10h,10h",
+     .offset = F(char *, webhooks_retry_schedule),
+     .min = 1,
+     .max = 512,
+     .arg = "LIST",
+     .help = "Delay before each delivery attempt, comma-separated durations (ms, s, m, h); after "
+             "the last failed attempt a delivery is dead."},
+    {.name = "webhooks.timeout",
+     .type = SB__CFG_DURATION,
+     .def = "10s",
+     .offset = F(int64_t, webhooks_timeout_ms),
+     .min = 50,
+     .max = 5 * MINUTE,
+     .help = "Time one delivery attempt may take, connecting included; then it is retried."},
+    {.name = "webhooks.allow_private_targets",
+     .type = SB__CFG_BOOL,
+     .def = "false",
+     .offset = F(bool, webhooks_allow_private_targets),
+     .help = "Deliver to loopback, private, link-local and metadata addresses (SSRF guard off); "
+             "--dev turns it on."},
+    {.name = "webhooks.allow_http",
+     .type = SB__CFG_BOOL,
+     .def = "false",
+     .offset = F(bool, webhooks_allow_http),
+     .help = "Accept plain http:// endpoint URLs (always accepted when private targets are)."},
+    {.name = "webhooks.max_in_flight_per_endpoint",
+     .type = SB__CFG_INT,
+     .def = "32",
+     .offset = F(int, webhooks_max_in_flight_per_endpoint),
+     .min = 1,
+     .max = 1024,
+     .help = "Concurrent delivery attempts toward one endpoint."},
+    {.name = "webhooks.rotation_overlap",
+     .type = SB__CFG_DURATION,
+     .def = "24h",
+     .offset = F(int64_t, webhooks_rotation_overlap_ms),
+     .min = 0,
+     .max = 30 * 24 * HOUR,
+     .help = "After a secret rotation, time during which deliveries carry both signatures."},
+    {.name = "webhooks.breaker_threshold",
+     .type = SB__CFG_INT,
+     .def = "10",
+     .offset = F(int, webhooks_breaker_threshold),
+     .min = 1,
+     .max = 100000,
+     .help = "Consecutive failed attempts after which an endpoint's circuit opens."},
+    {.name = "webhooks.breaker_cooldown",
+     .type = SB__CFG_DURATION,
+     .def = "30s",
+     .offset = F(int64_t, webhooks_breaker_cooldown_ms),
+     .min = 10,
+     .max = HOUR,
+     .help = "Time an open circuit waits before one probe attempt (half-open)."},
+    /* ---- end webhooks ---- */
 
     {.name = "debug.ws_echo",
      .type = SB__CFG_BOOL,
@@ -1413,6 +1472,11 @@ static int validate(const sb_config *cfg, char *err, size_t errlen)
                     cert ? "tls.key" : "tls.cert");
     if (!cfg->dev && !cert && ntls > 0)
         return errf(err, errlen, "tls.cert and tls.key are required unless --dev");
+    /* webhooks */
+    int64_t sched[SB_WEBHOOK_SCHEDULE_MAX];
+    if (sb_webhook_schedule_parse(cfg->webhooks_retry_schedule, sched, SB_WEBHOOK_SCHEDULE_MAX, why,
+                                  sizeof why) < 0)
+        return errf(err, errlen, "webhooks.retry_schedule: %s", why);
     return 0;
 }
 

@@ -135,9 +135,71 @@ static const char migration_1[] =
 static const char migration_2[] =
     "CREATE INDEX sessions_project_started ON sessions(project_id, started_at, id);";
 
+/* ---- migration 3: webhooks (events/webhooks.c, api/rest_webhooks.c) ---- */
+/*
+ * webhooks: endpoints; secrets sealed (AES-GCM under the app's data key) because they must be
+ * usable to sign. cursor_seq: the project's last event seq already fanned out into
+ * webhook_deliveries for this endpoint. webhook_deliveries: one row per (endpoint, event),
+ * the delivery state machine pending -> delivered | dead (dead -> pending on replay).
+ * webhook_attempts: every attempt, kept for GET /v1/webhooks/{id}/deliveries.
+ */
+static const char migration_3[] =
+    "CREATE TABLE webhooks ("
+    "  id TEXT PRIMARY KEY,"
+    "  project_id TEXT NOT NULL,"
+    "  url TEXT NOT NULL,"
+    "  events TEXT NOT NULL," /* JSON array of event types; [] = all */
+    "  description TEXT NULL,"
+    "  enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),"
+    "  secret BLOB NOT NULL,"
+    "  old_secret BLOB NULL,"
+    "  old_secret_until INTEGER NULL,"
+    "  disabled_reason TEXT NULL,"
+    "  cursor_seq INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX webhooks_project ON webhooks(project_id, created_at, id);"
+    "CREATE TABLE webhook_deliveries ("
+    "  id TEXT PRIMARY KEY,"
+    "  webhook_id TEXT NOT NULL,"
+    "  project_id TEXT NOT NULL,"
+    "  event_seq INTEGER NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  event_type TEXT NOT NULL,"
+    "  room_name TEXT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"       /* all attempts, replays included */
+    "  round_attempts INTEGER NOT NULL DEFAULT 0," /* since creation or the last replay */
+    "  next_at INTEGER NOT NULL,"
+    "  last_status INTEGER NULL,"
+    "  last_error TEXT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  UNIQUE (webhook_id, event_seq)"
+    ") STRICT;"
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(webhook_id, next_at) "
+    "  WHERE state = 'pending';"
+    "CREATE INDEX webhook_deliveries_room ON webhook_deliveries(webhook_id, room_name, event_seq) "
+    "  WHERE state = 'pending';"
+    "CREATE INDEX webhook_deliveries_dead ON webhook_deliveries(webhook_id, event_seq) "
+    "  WHERE state = 'dead';"
+    "CREATE TABLE webhook_attempts ("
+    "  delivery_id TEXT NOT NULL,"
+    "  attempt INTEGER NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  status INTEGER NULL,"
+    "  duration_ms INTEGER NOT NULL,"
+    "  outcome TEXT NOT NULL,"
+    "  error TEXT NULL,"
+    "  PRIMARY KEY (delivery_id, attempt)"
+    ") STRICT;";
+/* ---- end migration 3 ---- */
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
+    {3, "webhooks: endpoints, deliveries, attempts", migration_3},
 };
 
 const char *const sb__store_sql_event_seq_next =

@@ -235,7 +235,7 @@ static void test_open_schema(void **state)
     fixture *f = *state;
     sb_store *s = open_store(f, 1, 0, 0);
     assert_int_equal(sb_store_schema_version(s), sb__store_schema_latest());
-    assert_int_equal(sb_store_schema_version(s), 2);
+    assert_int_equal(sb_store_schema_version(s), 3); /* 3: webhooks */
     sqlite3 *r = sb_store_reader(s, 0);
     assert_non_null(r);
     assert_null(sb_store_reader(s, 1));
@@ -281,7 +281,7 @@ static void test_reopen_idempotent(void **state)
     sb_store_close(s);
     for (int i = 0; i < 2; i++) {
         s = open_store(f, 1, 0, 0);
-        assert_int_equal(sb_store_schema_version(s), 2);
+        assert_int_equal(sb_store_schema_version(s), 3); /* 3: webhooks */
         assert_int_equal(project_exists(sb_store_reader(s, 0), "p1"), 1);
         sb_store_close(s);
     }

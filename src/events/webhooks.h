@@ -1,0 +1,75 @@
+/*
+ * The webhook dispatcher: delivers the durable outbox to each project's webhook endpoints
+ * (API.md "Events", Standard Webhooks v1).
+ *
+ * State lives in SQLite, never only in memory (migration 3):
+ *   - webhooks.cursor_seq: the last event of the project already fanned out to an endpoint;
+ *   - webhook_deliveries: one row per (endpoint, event): pending -> delivered | dead, with the
+ *     attempt count and when the next attempt is due;
+ *   - webhook_attempts: every attempt (time, HTTP status, duration, outcome, error).
+ * A restart (even after kill -9) resumes from those rows: delivery is at least once, and
+ * `webhook-id` is the event id on every attempt.
+ *
+ * Threading: one dedicated thread runs a libuv loop with libcurl's multi interface
+ * (curl_multi_socket_action driven by uv_poll and uv_timer), so request loops never wait on
+ * a receiver. It reads with its own store reader connection and writes through store jobs
+ * (fan-out of new events into deliveries; one job per batch of finished attempts). It is
+ * woken by the store's commit hook when an event was emitted, when an endpoint changes, and
+ * by a slow backstop timer.
+ *
+ * Policy: an event of a room is not sent to an endpoint before the earlier events of that
+ * room for that endpoint are delivered or dead (events without a room are unordered); at
+ * most webhooks.max_in_flight_per_endpoint attempts per endpoint at once; a circuit breaker
+ * per endpoint opens after webhooks.breaker_threshold consecutive failures and lets one
+ * probe through after webhooks.breaker_cooldown, so a dead receiver costs the others
+ * nothing; 2xx = delivered; 410 = endpoint disabled (event webhook.endpoint.disabled);
+ * anything else (429, 5xx, other statuses, timeouts, connection errors, refused targets) is
+ * retried on webhooks.retry_schedule with jitter, Retry-After honoured; after the last
+ * attempt the delivery is dead (listed and replayable through the API).
+ *
+ * SSRF guard: every address curl is about to connect to is classified
+ * (sb_webhook_addr_refused) unless webhooks.allow_private_targets (or --dev); a refused one
+ * fails the attempt with an error naming the address and why.
+ */
+#ifndef SB_EVENTS_WEBHOOKS_H
+#define SB_EVENTS_WEBHOOKS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "switchboard/config.h"
+
+typedef struct sb_webhooks sb_webhooks;
+typedef struct sb_app sb_app;
+typedef struct sb_store sb_store;
+typedef struct sqlite3 sqlite3;
+
+#define SB_WEBHOOKS_MAX_PER_PROJECT 50
+#define SB_WEBHOOKS_FANOUT_BATCH    1000 /* events fanned out per endpoint per job */
+#define SB_WEBHOOKS_BACKSTOP_MS     1000 /* wake at least this often */
+#define SB_WEBHOOKS_MAX_BUSY        8192 /* attempts in flight or awaiting their write */
+#define SB_WEBHOOKS_MAX_BODY        (1 << 20)
+
+/* Starts the dispatcher thread. reader: a store reader connection only it will use. The
+ * app must outlive it. Returns 0, SB_ENOMEM, or SB_EIO (thread or curl init failed). */
+int sb_webhooks_start(sb_webhooks **out, sb_app *app, sb_store *store, sqlite3 *reader,
+                      const sb_config *cfg);
+
+/* Stops it: in-flight attempts are abandoned (their deliveries stay pending and are sent
+ * again on the next start), finished ones are written, the thread joined. Must run while
+ * the store is open. NULL is ignored. */
+void sb_webhooks_stop(sb_webhooks *w);
+
+/* An endpoint was created, changed or deleted, or a delivery replayed (committed): reload
+ * endpoints and look for due deliveries now. Safe from any thread; NULL is ignored. */
+void sb_webhooks_changed(sb_webhooks *w);
+
+/* Whether deliveries may go to private addresses (webhooks.allow_private_targets or --dev). */
+bool sb_webhooks_private_allowed(const sb_config *cfg);
+
+/* Inside a store job: makes a pending delivery of an existing event (by id) to one endpoint,
+ * due now (POST .../test). Returns 0 or a negative SB_E*. */
+int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
+                              const char *event_id);
+
+#endif
