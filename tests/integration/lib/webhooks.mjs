@@ -11,8 +11,8 @@ import { sleep, waitFor } from './server.mjs';
  *   secrets: () => array of whsec_ secrets that must EACH verify the delivery (set later with
  *     r.secrets = [...]); a delivery that fails any is recorded in r.badSignatures and answered 400.
  *   respond(d, r): optional; returns {status, headers, delayMs} for delivery d (default 204).
- * Records r.deliveries: {id, timestamp, signature, sigCount, event (parsed body), receivedAt,
- * status}. r.ids() lists webhook-ids in arrival order; r.close() stops it.
+ * Records r.deliveries on arrival: {id, timestamp, signature, sigCount, event (parsed body),
+ * receivedAt, verified, status (0 until answered)}. r.ids() lists webhook-ids in arrival order; r.close() stops it.
  */
 export async function startReceiver({ secrets = [], respond, port = 0, host = '127.0.0.1' } = {}) {
   const r = {
@@ -62,12 +62,13 @@ export async function startReceiver({ secrets = [], respond, port = 0, host = '1
       } catch {
         verified = false;
       }
+      d.verified = verified;
+      r.deliveries.push(d); // on arrival: a request in flight when the sender dies counts
       let out = { status: 204 };
       if (!verified) out = { status: 400 };
       else if (r.respond) out = (await r.respond(d, r)) ?? { status: 204 };
       if (out.delayMs) await sleep(out.delayMs);
       d.status = out.status;
-      r.deliveries.push(d);
       if (res.destroyed) return;
       res.writeHead(out.status, out.headers ?? {});
       res.end();
