@@ -7,6 +7,7 @@
 #include <openssl/hmac.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "core/ids.h"
@@ -108,7 +109,16 @@ int sb_webhook_retry_after_parse(const char *v, size_t n, int64_t now_ms, int64_
     time_t t = curl_getdate(buf, NULL);
     if (t == (time_t)-1)
         return SB_EINVAL;
-    int64_t at = (int64_t)t * 1000, d = at - now_ms;
+    int64_t secs = (int64_t)t, now_s = now_ms / 1000;
+    if (secs > now_s + SB_WEBHOOK_DELAY_MAX / 1000) { /* far future: no overflow below */
+        *delay_ms = SB_WEBHOOK_DELAY_MAX;
+        return 0;
+    }
+    if (secs < now_s) {
+        *delay_ms = 0;
+        return 0;
+    }
+    int64_t at = secs * 1000, d = at - now_ms;
     *delay_ms = d < 0 ? 0 : d > SB_WEBHOOK_DELAY_MAX ? SB_WEBHOOK_DELAY_MAX : d;
     return 0;
 }
@@ -287,6 +297,11 @@ bool sb_webhook_url_ok(const char *url, bool allow_http, char *why, size_t whyle
             snprintf(why, whylen, "url must not contain spaces, control or non-ASCII characters");
             return false;
         }
+    /* Written out in full: curl would also take "http:/host" or a bare host name. */
+    if (strncasecmp(url, "https://", 8) != 0 && strncasecmp(url, "http://", 7) != 0) {
+        snprintf(why, whylen, "url must be an absolute http(s) URL with a host");
+        return false;
+    }
     CURLU *u = curl_url();
     if (!u) {
         snprintf(why, whylen, "out of memory");
