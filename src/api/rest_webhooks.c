@@ -61,45 +61,11 @@ typedef struct wh_job {
     json_t *result;
 } wh_job;
 
-#define WH_COLS                                                                                    \
-    "id, url, events, description, enabled, disabled_reason, created_at, updated_at, "             \
-    "old_secret_until"
-
-static json_t *webhook_json(sqlite3_stmt *st)
-{
-    json_t *events = json_loads((const char *)sqlite3_column_text(st, 2), 0, NULL);
-    json_t *overlap = json_null();
-    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
-        overlap = sb_app_time_or_null(st, 8);
-    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:o,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
-                     "url", sqlite3_column_text(st, 1), "events", events ? events : json_array(),
-                     "description",
-                     sqlite3_column_type(st, 3) == SQLITE_NULL
-                         ? json_null()
-                         : json_string((const char *)sqlite3_column_text(st, 3)),
-                     "enabled", sqlite3_column_int(st, 4), "disabled_reason",
-                     sqlite3_column_type(st, 5) == SQLITE_NULL
-                         ? json_null()
-                         : json_string((const char *)sqlite3_column_text(st, 5)),
-                     "created_at", sb_app_time_or_null(st, 6), "updated_at",
-                     sb_app_time_or_null(st, 7), "previous_secret_expires_at", overlap);
-}
+#define WH_COLS SB_WEBHOOKS_ENDPOINT_COLS
 
 static int read_back(sqlite3 *db, wh_job *j)
 {
-    sqlite3_stmt *st =
-        sb_store_stmt(db, "SELECT " WH_COLS " FROM webhooks WHERE id = ?1 AND project_id = ?2");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        j->result = webhook_json(st);
-    sqlite3_reset(st);
-    if (rc == SQLITE_DONE)
-        return SB_ENOENT;
-    return rc == SQLITE_ROW && j->result ? 0 : SB_EIO;
+    return sb_webhooks_endpoint_read(db, j->id, j->who.project_id, &j->result);
 }
 
 static int step_done(sqlite3_stmt *st)
@@ -326,7 +292,7 @@ static void webhooks_list(sb_req *req, void *ud)
     }
     sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
     sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, webhook_json, 6, 0, "listing webhooks");
+    sb_app_send_page(req, st, &pg, sb_webhooks_endpoint_json, 6, 0, "listing webhooks");
 }
 
 /* Whether webhook id exists in the caller's project (reader). -1 on error. */
@@ -363,7 +329,7 @@ static void webhooks_get(sb_req *req, void *ud)
     }
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, who.project_id, -1, SQLITE_STATIC);
-    json_t *w = sqlite3_step(st) == SQLITE_ROW ? webhook_json(st) : NULL;
+    json_t *w = sqlite3_step(st) == SQLITE_ROW ? sb_webhooks_endpoint_json(st) : NULL;
     sqlite3_reset(st);
     if (!w) {
         not_found(req);
@@ -385,7 +351,7 @@ static int update_run(sqlite3 *db, void *arg)
             "cursor_seq = CASE WHEN ?7 = 1 AND enabled = 0 THEN COALESCE((SELECT next_seq - 1 "
             "FROM event_counters WHERE project_id = ?2), 0) ELSE cursor_seq END, "
             "disabled_reason = CASE WHEN ?7 = 1 THEN NULL WHEN ?7 = 0 AND enabled = 1 THEN "
-            "'disabled through the API' ELSE disabled_reason END, "
+            "'manual' ELSE disabled_reason END, "
             "enabled = CASE WHEN ?7 >= 0 THEN ?7 ELSE enabled END, updated_at = MAX(?8, "
             "updated_at + 1) WHERE id = ?1 AND project_id = ?2");
     if (!st)
@@ -526,7 +492,14 @@ static int rotate_run(sqlite3 *db, void *arg)
     if (sqlite3_changes(db) == 0)
         return SB_ENOENT;
     rc = sb_app_audit(db, &j->who, j->req->request_id, "webhook.rotate_secret", "webhook", j->id);
-    return rc ? rc : read_back(db, j);
+    rc = rc ? rc : read_back(db, j);
+    if (!rc) {
+        char t[32];
+        sb_time_rfc3339(j->now + j->overlap_ms, t);
+        json_object_set_new(j->result, "previous_secret_expires_at",
+                            j->overlap_ms > 0 ? json_string(t) : json_null());
+    }
+    return rc;
 }
 
 static void rotate_done(void *arg, int rc)
@@ -557,6 +530,64 @@ static void webhooks_rotate(sb_req *req, void *ud)
         wipe(j);
 }
 
+/* ---- the delivery object ------------------------------------------------------------------ */
+
+#define DLV_COLS                                                                                   \
+    "d.id, d.webhook_id, d.event_id, d.event_type, d.room_name, d.state, d.attempts, d.next_at, "  \
+    "d.last_status, d.last_error, d.created_at, d.event_seq, (SELECT MAX(at) FROM "                \
+    "webhook_attempts WHERE delivery_id = d.id)"
+
+static json_t *text_or_null(sqlite3_stmt *st, int col)
+{
+    return sqlite3_column_type(st, col) == SQLITE_NULL
+               ? json_null()
+               : json_string((const char *)sqlite3_column_text(st, col));
+}
+
+static json_t *attempts_json(sqlite3 *db, const char *delivery_id);
+
+/* A row of DLV_COLS as {id, endpoint_id, event_id, event_type, room, status, attempts,
+ * created_at, last_attempt_at, next_attempt_at, last_response_status, last_error,
+ * attempt_log} (attempt_log only when db is not NULL). */
+static json_t *delivery_json(sqlite3 *db, sqlite3_stmt *st)
+{
+    const char *id = (const char *)sqlite3_column_text(st, 0);
+    const char *state = (const char *)sqlite3_column_text(st, 5);
+    bool pending = strcmp(state, "pending") == 0;
+    json_t *o = json_pack(
+        "{s:s,s:s,s:s,s:s,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o}", "id", id, "endpoint_id",
+        sqlite3_column_text(st, 1), "event_id", sqlite3_column_text(st, 2), "event_type",
+        sqlite3_column_text(st, 3), "room", text_or_null(st, 4), "status", state, "attempts",
+        sqlite3_column_int(st, 6), "created_at", sb_app_time_or_null(st, 10), "last_attempt_at",
+        sb_app_time_or_null(st, 12), "next_attempt_at",
+        pending ? sb_app_time_or_null(st, 7) : json_null(), "last_response_status",
+        sqlite3_column_type(st, 8) == SQLITE_NULL ? json_null()
+                                                  : json_integer(sqlite3_column_int(st, 8)),
+        "last_error", text_or_null(st, 9));
+    if (o && db) {
+        json_t *log = attempts_json(db, id);
+        if (!log || json_object_set_new(o, "attempt_log", log) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+/* Reads one delivery of webhook_id by id into *out (inside a job). */
+static int delivery_read(sqlite3 *db, const char *id, json_t **out)
+{
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "SELECT " DLV_COLS " FROM webhook_deliveries d WHERE d.id = ?1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *out = rc == SQLITE_ROW ? delivery_json(NULL, st) : NULL;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW && *out ? 0 : rc == SQLITE_DONE ? SB_ENOENT : SB_EIO;
+}
+
 /* ---- POST /v1/webhooks/{id}/test ------------------------------------------------------- */
 
 static int test_run(sqlite3 *db, void *arg)
@@ -577,12 +608,14 @@ static int test_run(sqlite3 *db, void *arg)
         return SB_ENOENT;
     if (!enabled)
         return RC_CONFLICT;
-    json_t *data =
-        json_pack("{s:s,s:s}", "webhook_id", j->id, "message", "a test event sent from the API");
+    json_t *data = json_pack("{s:s,s:s}", "endpoint_id", j->id, "message",
+                             "This is a test event from Switchboard.");
     int rc = data ? sb_event_emit(db, j->who.project_id, "webhook.test", NULL, data, j->event_id)
                   : SB_ENOMEM;
-    rc = rc ? rc : sb_webhooks_enqueue_event(db, j->id, j->who.project_id, j->event_id);
+    rc = rc ? rc
+            : sb_webhooks_enqueue_event(db, j->id, j->who.project_id, j->event_id, j->delivery_id);
     rc = rc ? rc : sb_app_audit(db, &j->who, j->req->request_id, "webhook.test", "webhook", j->id);
+    rc = rc ? rc : delivery_read(db, j->delivery_id, &j->result);
     return rc;
 }
 
@@ -598,8 +631,10 @@ static void test_done(void *arg, int rc)
         sb_app_internal_error(j->req, "sending a test event", rc);
     else {
         sb_webhooks_changed(sb_app_webhooks(j->app));
-        sb_app_send_json(j->req, 202, json_pack("{s:s}", "event_id", j->event_id));
+        sb_app_send_json(j->req, 202, j->result);
+        j->result = NULL;
     }
+    json_decref(j->result);
     wipe(j);
 }
 
@@ -665,12 +700,12 @@ static void deliveries_list(sb_req *req, void *ud)
     sb_auth who;
     sb_page pg;
     char id[SB_ID_MAX];
-    sb_str state = SB_STR_NULL;
+    sb_str status = SB_STR_NULL;
     if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_READ, &who) || !sb_app_page(req, &pg))
         return;
-    if (sb_req_query(req, "state", &state) && !sb_str_eq_lit(state, "pending") &&
-        !sb_str_eq_lit(state, "delivered") && !sb_str_eq_lit(state, "dead")) {
-        sb_resp_problem(req, 400, "invalid-parameter", "state must be pending, delivered or dead");
+    if (sb_req_query(req, "status", &status) && !sb_str_eq_lit(status, "pending") &&
+        !sb_str_eq_lit(status, "delivered") && !sb_str_eq_lit(status, "dead")) {
+        sb_resp_problem(req, 400, "invalid-parameter", "status must be pending, delivered or dead");
         return;
     }
     int own = take_id(req, 0, id) ? owned(app, req, &who, id) : 0;
@@ -683,20 +718,19 @@ static void deliveries_list(sb_req *req, void *ud)
     }
     sqlite3 *db = sb_app_reader(app, req);
     sqlite3_stmt *st = sb_store_stmt(
-        db, "SELECT id, event_id, event_type, room_name, state, attempts, next_at, last_status, "
-            "last_error, created_at, updated_at, event_seq FROM webhook_deliveries WHERE "
-            "webhook_id = ?1 AND (?6 IS NULL OR state = ?6) AND (?2 = 0 OR event_seq > ?3 OR "
-            "(event_seq = ?3 AND id > ?4)) ORDER BY event_seq, id LIMIT ?5");
+        db, "SELECT " DLV_COLS " FROM webhook_deliveries d WHERE d.webhook_id = ?1 AND (?6 IS "
+            "NULL OR d.state = ?6) AND (?2 = 0 OR d.event_seq > ?3 OR (d.event_seq = ?3 AND "
+            "d.id > ?4)) ORDER BY d.event_seq, d.id LIMIT ?5");
     if (!st) {
         sb_app_internal_error(req, "listing deliveries", SB_EIO);
         return;
     }
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sb_app_bind_page(st, &pg);
-    if (state.base)
-        sqlite3_bind_text(st, 6, state.base, (int)state.len, SQLITE_STATIC);
+    if (status.base)
+        sqlite3_bind_text(st, 6, status.base, (int)status.len, SQLITE_STATIC);
     json_t *data = json_array();
-    int n = 0, rc;
+    int n = 0, rc = SQLITE_NOMEM;
     bool more = false;
     int64_t last_seq = 0;
     char last_id[SB_ID_MAX] = "";
@@ -705,30 +739,13 @@ static void deliveries_list(sb_req *req, void *ud)
             more = true;
             break;
         }
-        const char *did = (const char *)sqlite3_column_text(st, 0);
-        bool pending = strcmp((const char *)sqlite3_column_text(st, 4), "pending") == 0;
-        json_t *o = json_pack(
-            "{s:s,s:s,s:s,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o}", "id", did, "event_id",
-            sqlite3_column_text(st, 1), "event_type", sqlite3_column_text(st, 2), "room",
-            sqlite3_column_type(st, 3) == SQLITE_NULL
-                ? json_null()
-                : json_string((const char *)sqlite3_column_text(st, 3)),
-            "state", sqlite3_column_text(st, 4), "attempt_count", sqlite3_column_int(st, 5),
-            "next_attempt_at", pending ? sb_app_time_or_null(st, 6) : json_null(), "last_status",
-            sqlite3_column_type(st, 7) == SQLITE_NULL ? json_null()
-                                                      : json_integer(sqlite3_column_int(st, 7)),
-            "last_error",
-            sqlite3_column_type(st, 8) == SQLITE_NULL
-                ? json_null()
-                : json_string((const char *)sqlite3_column_text(st, 8)),
-            "created_at", sb_app_time_or_null(st, 9), "updated_at", sb_app_time_or_null(st, 10),
-            "attempts", attempts_json(db, did));
+        json_t *o = delivery_json(db, st);
         if (!o || json_array_append_new(data, o) != 0) {
             rc = SQLITE_NOMEM;
             break;
         }
         last_seq = sqlite3_column_int64(st, 11);
-        snprintf(last_id, sizeof last_id, "%s", did);
+        snprintf(last_id, sizeof last_id, "%s", sqlite3_column_text(st, 0));
         n++;
     }
     sqlite3_reset(st);
@@ -774,9 +791,10 @@ static int retry_one_run(sqlite3 *db, void *arg)
     sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, j->now);
     int rc = step_done(st);
-    return rc ? rc
-              : sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery.retry",
-                             "webhook_delivery", j->delivery_id);
+    rc = rc ? rc
+            : sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery_retry",
+                           "webhook_delivery", j->delivery_id);
+    return rc ? rc : delivery_read(db, j->delivery_id, &j->result);
 }
 
 static void retry_one_done(void *arg, int rc)
@@ -791,9 +809,10 @@ static void retry_one_done(void *arg, int rc)
         sb_app_internal_error(j->req, "replaying a delivery", rc);
     else {
         sb_webhooks_changed(sb_app_webhooks(j->app));
-        sb_app_send_json(j->req, 202,
-                         json_pack("{s:s,s:s}", "id", j->delivery_id, "state", "pending"));
+        sb_app_send_json(j->req, 202, j->result);
+        j->result = NULL;
     }
+    json_decref(j->result);
     wipe(j);
 }
 
@@ -846,7 +865,7 @@ static int retry_bulk_run(sqlite3 *db, void *arg)
     if (rc)
         return rc;
     j->count = sqlite3_changes(db);
-    rc = sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery.retry_bulk", "webhook",
+    rc = sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery_retry_bulk", "webhook",
                       j->id);
     return rc;
 }

@@ -299,7 +299,7 @@ bool sb_webhook_url_ok(const char *url, bool allow_http, char *why, size_t whyle
         }
     /* Written out in full: curl would also take "http:/host" or a bare host name. */
     if (strncasecmp(url, "https://", 8) != 0 && strncasecmp(url, "http://", 7) != 0) {
-        snprintf(why, whylen, "url must be an absolute http(s) URL with a host");
+        snprintf(why, whylen, "url must start with https:// or http://");
         return false;
     }
     CURLU *u = curl_url();

@@ -412,7 +412,7 @@ static int fanout_run(sqlite3 *db, void *arg)
         st = sb_store_stmt(
             db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
                 "event_id, event_type, room_name, state, attempts, round_attempts, next_at, "
-                "created_at, updated_at) SELECT 'dlv_' || lower(hex(randomblob(12))), ?1, "
+                "created_at, updated_at) SELECT 'dlv_' || lower(hex(randomblob(10))), ?1, "
                 "e.project_id, e.seq, e.id, e.type, e.room_name, 'pending', 0, 0, ?4, ?5, ?5 "
                 "FROM events e WHERE e.project_id = ?2 AND e.seq > ?3 AND e.seq <= ?3 + ?6 AND "
                 "e.type <> 'webhook.test' AND (?7 = '[]' OR e.type IN (SELECT value FROM "
@@ -557,32 +557,25 @@ static int write_attempt(sqlite3 *db, attempt *a)
 }
 
 /* 410 Gone: the endpoint is disabled, once, with its event and an audit row. */
-static int disable_endpoint(sqlite3 *db, const endpoint *ep, int status)
+static int disable_endpoint(sqlite3 *db, const endpoint *ep)
 {
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE webhooks SET enabled = 0, disabled_reason = ?2, "
-                                         "updated_at = ?3 WHERE id = ?1 AND enabled = 1 "
-                                         "RETURNING url");
+    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE webhooks SET enabled = 0, disabled_reason = "
+                                         "'gone', updated_at = MAX(?2, updated_at + 1) WHERE "
+                                         "id = ?1 AND enabled = 1");
     if (!st)
         return SB_EIO;
-    char reason[64];
-    snprintf(reason, sizeof reason, "the endpoint answered %d Gone", status);
     sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, sb_time_ms());
-    int s = sqlite3_step(st);
-    char *url = s == SQLITE_ROW ? sb_strdup((const char *)sqlite3_column_text(st, 0)) : NULL;
-    if (s == SQLITE_ROW)
-        s = sqlite3_step(st);
+    sqlite3_bind_int64(st, 2, sb_time_ms());
+    int rc = sb_store_errno(sqlite3_step(st));
     sqlite3_reset(st);
-    int rc = sb_store_errno(s);
-    if (rc || !url) {
-        sb_free(url);
+    if (rc || sqlite3_changes(db) == 0)
         return rc;
-    }
-    json_t *data = json_pack("{s:s,s:s,s:s}", "webhook_id", ep->id, "url", url, "reason", reason);
-    sb_free(url);
-    rc = data ? sb_event_emit(db, ep->project, "webhook.endpoint.disabled", NULL, data, NULL)
-              : SB_ENOMEM;
+    json_t *obj = NULL;
+    rc = sb_webhooks_endpoint_read(db, ep->id, ep->project, &obj);
+    json_t *data = rc ? NULL : json_pack("{s:o}", "endpoint", obj);
+    rc = rc      ? rc
+         : !data ? SB_ENOMEM
+                 : sb_event_emit(db, ep->project, "webhook.endpoint.disabled", NULL, data, NULL);
     sb_auth system = {.scopes = 0};
     snprintf(system.project_id, sizeof system.project_id, "%s", ep->project);
     snprintf(system.credential_id, sizeof system.credential_id, "system");
@@ -597,7 +590,7 @@ static int flush_run(sqlite3 *db, void *arg)
     for (attempt *a = j->head; a; a = a->qnext) {
         int rc = write_attempt(db, a);
         if (!rc && a->outcome == OUT_GONE)
-            rc = disable_endpoint(db, a->ep, a->status);
+            rc = disable_endpoint(db, a->ep);
         if (rc)
             return rc;
     }
@@ -818,6 +811,12 @@ static void record_latency(sb_webhooks *w, int64_t ms)
     sb_stat_add(&w->lat_buckets[i], 1);
 }
 
+/* 408, 425, 429 and 5xx are worth another attempt; other statuses will not change. */
+static bool retryable_status(long status)
+{
+    return status == 408 || status == 425 || status == 429 || status >= 500;
+}
+
 static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
 {
     long status = 0;
@@ -843,6 +842,11 @@ static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
     } else if (cc == CURLE_OK && status == 410) {
         a->outcome = OUT_GONE;
         snprintf(a->error, sizeof a->error, "HTTP 410 Gone: the endpoint is disabled");
+    } else if (cc == CURLE_OK && !retryable_status(status)) {
+        /* The receiver refuses this request for good (400, 401, 404, a redirect...). */
+        a->outcome = OUT_DEAD;
+        snprintf(a->error, sizeof a->error, "HTTP %ld (not retried)", status);
+        a->next_at = now;
     } else {
         if (a->refused[0]) {
             snprintf(a->error, sizeof a->error, "%s", a->refused);
@@ -1248,26 +1252,69 @@ static int render_metrics(sb_buf *o, void *ud)
     return rc;
 }
 
+/* ---- the endpoint object (API and events) ---------------------------------------------------- */
+
+static json_t *text_or_null(sqlite3_stmt *st, int col)
+{
+    return sqlite3_column_type(st, col) == SQLITE_NULL
+               ? json_null()
+               : json_string((const char *)sqlite3_column_text(st, col));
+}
+
+json_t *sb_webhooks_endpoint_json(sqlite3_stmt *st)
+{
+    json_t *events = json_loads((const char *)sqlite3_column_text(st, 2), 0, NULL);
+    int enabled = sqlite3_column_int(st, 4);
+    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:s,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
+                     "url", sqlite3_column_text(st, 1), "events", events ? events : json_array(),
+                     "description", text_or_null(st, 3), "enabled", enabled, "status",
+                     enabled ? "enabled" : "disabled", "disabled_reason", text_or_null(st, 5),
+                     "created_at", sb_app_time_or_null(st, 6), "updated_at",
+                     sb_app_time_or_null(st, 7));
+}
+
+int sb_webhooks_endpoint_read(sqlite3 *db, const char *id, const char *project_id, json_t **out)
+{
+    sqlite3_stmt *st = sb_store_stmt(db, "SELECT " SB_WEBHOOKS_ENDPOINT_COLS
+                                         " FROM webhooks WHERE id = ?1 AND project_id = ?2");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, project_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *out = rc == SQLITE_ROW ? sb_webhooks_endpoint_json(st) : NULL;
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        return SB_ENOENT;
+    return rc == SQLITE_ROW && *out ? 0 : SB_EIO;
+}
+
 /* ---- start and stop ------------------------------------------------------------------------ */
 
 int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
-                              const char *event_id)
+                              const char *event_id, char *delivery_id)
 {
     sqlite3_stmt *st = sb_store_stmt(
         db, "INSERT INTO webhook_deliveries (id, webhook_id, project_id, event_seq, event_id, "
             "event_type, room_name, state, attempts, round_attempts, next_at, created_at, "
-            "updated_at) SELECT 'dlv_' || lower(hex(randomblob(12))), ?1, project_id, seq, id, "
+            "updated_at) SELECT 'dlv_' || lower(hex(randomblob(10))), ?1, project_id, seq, id, "
             "type, room_name, 'pending', 0, 0, ?4, ?4, ?4 FROM events WHERE id = ?3 AND "
-            "project_id = ?2");
+            "project_id = ?2 RETURNING id");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, project_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, event_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, sb_time_ms());
-    int rc = sb_store_errno(sqlite3_step(st));
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        snprintf(delivery_id, SB_ID_MAX, "%s", sqlite3_column_text(st, 0));
+        s = sqlite3_step(st);
+    } else if (s == SQLITE_DONE) {
+        s = SQLITE_NOTFOUND;
+    }
     sqlite3_reset(st);
-    return rc;
+    return s == SQLITE_NOTFOUND ? SB_ENOENT : sb_store_errno(s);
 }
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;

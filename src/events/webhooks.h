@@ -34,6 +34,8 @@
 #ifndef SB_EVENTS_WEBHOOKS_H
 #define SB_EVENTS_WEBHOOKS_H
 
+#include <jansson.h>
+#include <sqlite3.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -42,7 +44,6 @@
 typedef struct sb_webhooks sb_webhooks;
 typedef struct sb_app sb_app;
 typedef struct sb_store sb_store;
-typedef struct sqlite3 sqlite3;
 
 #define SB_WEBHOOKS_MAX_PER_PROJECT 50
 #define SB_WEBHOOKS_FANOUT_BATCH    1000 /* events fanned out per endpoint per job */
@@ -68,8 +69,18 @@ void sb_webhooks_changed(sb_webhooks *w);
 bool sb_webhooks_private_allowed(const sb_config *cfg);
 
 /* Inside a store job: makes a pending delivery of an existing event (by id) to one endpoint,
- * due now (POST .../test). Returns 0 or a negative SB_E*. */
+ * due now (POST .../test), and writes its id to delivery_id (SB_ID_MAX). Returns 0, SB_ENOENT
+ * (no such event in the project) or another negative SB_E*. */
 int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
-                              const char *event_id);
+                              const char *event_id, char *delivery_id);
+
+/* The endpoint object of the API and of webhook.endpoint.disabled events: {id, url, events,
+ * description, enabled, status, disabled_reason, created_at, updated_at}, never the secret.
+ * _json builds it from a row of SB_WEBHOOKS_ENDPOINT_COLS; _read reads it by id and project
+ * (0, SB_ENOENT or SB_EIO; *out is new). */
+#define SB_WEBHOOKS_ENDPOINT_COLS                                                                  \
+    "id, url, events, description, enabled, disabled_reason, created_at, updated_at"
+json_t *sb_webhooks_endpoint_json(sqlite3_stmt *st);
+int sb_webhooks_endpoint_read(sqlite3 *db, const char *id, const char *project_id, json_t **out);
 
 #endif

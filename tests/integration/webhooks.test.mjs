@@ -58,6 +58,8 @@ describe('webhooks', () => {
     assert.deepEqual(p.json().events, []);
     assert.equal(p.json().description, null);
     assert.equal(p.json().enabled, false);
+    assert.equal(p.json().status, 'disabled');
+    assert.equal(p.json().disabled_reason, 'manual');
     const rot = await api('POST', `/v1/webhooks/${w.id}/rotate-secret`);
     assert.equal(rot.status, 200, rot.text);
     assert.match(rot.json().secret, /^whsec_/);
@@ -73,7 +75,7 @@ describe('webhooks', () => {
   it('validates bodies and URLs', async () => {
     for (const [body, re] of [
       [{}, /url is required/],
-      [{ url: 'ftp://example.com/' }, /https or http/],
+      [{ url: 'ftp://example.com/' }, /https:\/\/ or http:\/\//],
       [{ url: 'https://user:pw@example.com/' }, /credentials/],
       [{ url: 'not a url' }, /url/],
       [{ url: 'https://example.com/', events: ['nope'] }, /events\[0\]/],
@@ -113,6 +115,8 @@ describe('webhooks', () => {
     const [room] = await makeRooms(api, uniq('sig'), 1);
     const t = await api('POST', `/v1/webhooks/${wa.id}/test`);
     assert.equal(t.status, 202, t.text);
+    assert.equal(t.json().status, 'pending');
+    assert.equal(t.json().event_type, 'webhook.test');
     const testId = t.json().event_id;
     await waitFor(() => a.ids().includes(testId) && a.deliveries.some((d) => d.event.data?.room?.name === room) && b.deliveries.length >= 1,
       { timeoutMs: 10000, what: 'deliveries' });
@@ -125,7 +129,7 @@ describe('webhooks', () => {
     assert.match(d.signature, /^v1,[A-Za-z0-9+/]{43}=$/);
     const tv = a.deliveries.find((x) => x.id === testId);
     assert.equal(tv.event.type, 'webhook.test');
-    assert.equal(tv.event.data.webhook_id, wa.id);
+    assert.equal(tv.event.data.endpoint_id, wa.id);
     await sleep(300);
     assert.ok(!b.ids().includes(testId), 'the test event is delivered to its endpoint only');
     assert.ok(b.deliveries.every((x) => x.event.type === 'room.created'), 'the filter holds');
@@ -144,6 +148,7 @@ describe('webhooks', () => {
         if (k.includes('e500') && i <= 2) return { status: 500 };
         if (k.includes('tmo') && i === 1) return { status: 200, delayMs: 900 };
         if (k.includes('r429') && i === 1) return { status: 429, headers: { 'retry-after': '1' } };
+        if (k.includes('e404')) return { status: 404 };
         return { status: 200 };
       },
     });
@@ -151,7 +156,7 @@ describe('webhooks', () => {
     r.secrets = [w.secret];
     const base = uniq('retry');
     const names = [`${base}-e500`, `${base}-tmo`, `${base}-r429`];
-    for (const name of names) assert.equal((await api('POST', '/v1/rooms', { json: { name } })).status, 201);
+    for (const name of [...names, `${base}-e404`]) assert.equal((await api('POST', '/v1/rooms', { json: { name } })).status, 201);
     await waitFor(() => names.every((nm) => r.ok().some((d) => d.event.data.room.name === nm)), { timeoutMs: 15000, what: 'all three delivered' });
     const byRoom = (nm) => r.deliveries.filter((d) => d.event.data.room.name === nm);
     // 500, 500, 200 with the same webhook-id
@@ -165,23 +170,29 @@ describe('webhooks', () => {
     let log;
     await waitFor(async () => {
       log = await deliveries(api, w.id);
-      return log.filter((x) => x.state === 'delivered').length === 3;
+      return log.filter((x) => x.status === 'delivered').length === 3;
     }, { timeoutMs: 5000, what: 'log says delivered' });
     const e500 = log.find((x) => byRoom(names[0])[0].id === x.event_id);
-    assert.equal(e500.attempt_count, 3);
-    assert.deepEqual(e500.attempts.map((a) => a.status), [500, 500, 200]);
-    assert.deepEqual(e500.attempts.map((a) => a.outcome), ['retry', 'retry', 'delivered']);
-    assert.equal(e500.attempts[0].error, 'HTTP 500');
-    for (const a of e500.attempts) {
+    assert.equal(e500.attempts, 3);
+    assert.deepEqual(e500.attempt_log.map((a) => a.status), [500, 500, 200]);
+    assert.deepEqual(e500.attempt_log.map((a) => a.outcome), ['retry', 'retry', 'delivered']);
+    assert.equal(e500.attempt_log[0].error, 'HTTP 500');
+    for (const a of e500.attempt_log) {
       assert.ok(Date.parse(a.at) > 0);
       assert.equal(typeof a.duration_ms, 'number');
     }
     const tmo = log.find((x) => byRoom(names[1])[0].id === x.event_id);
-    assert.equal(tmo.attempts[0].status, null);
-    assert.match(tmo.attempts[0].error, /timed out/);
-    assert.equal(tmo.attempts.at(-1).outcome, 'delivered');
+    assert.equal(tmo.attempt_log[0].status, null);
+    assert.match(tmo.attempt_log[0].error, /timed out/);
+    assert.equal(tmo.attempt_log.at(-1).outcome, 'delivered');
+    // a 404 is not retried: dead after one attempt
+    const e404 = log.find((x) => x.room === `${base}-e404`);
+    assert.equal(e404.status, 'dead');
+    assert.equal(e404.attempts, 1);
+    assert.equal(e404.attempt_log[0].error, 'HTTP 404 (not retried)');
+    assert.equal(byRoom(`${base}-e404`).length, 1);
     const t429 = log.find((x) => r429[0].id === x.event_id);
-    assert.deepEqual(t429.attempts.map((a) => a.status), [429, 200]);
+    assert.deepEqual(t429.attempt_log.map((a) => a.status), [429, 200]);
     assert.deepEqual(r.badSignatures, []);
     await api('DELETE', `/v1/webhooks/${w.id}`);
   });
@@ -237,11 +248,14 @@ describe('webhooks', () => {
     await waitFor(() => watch.deliveries.length >= 1, { timeoutMs: 10000, what: 'the disabled event' });
     const ev = watch.deliveries[0].event;
     assert.equal(ev.type, 'webhook.endpoint.disabled');
-    assert.equal(ev.data.webhook_id, wg.id);
-    assert.equal(ev.data.url, gone.url);
+    assert.equal(ev.data.endpoint.id, wg.id);
+    assert.equal(ev.data.endpoint.url, gone.url);
+    assert.equal(ev.data.endpoint.status, 'disabled');
+    assert.equal(ev.data.endpoint.secret, undefined);
     const g = (await api('GET', `/v1/webhooks/${wg.id}`)).json();
     assert.equal(g.enabled, false);
-    assert.match(g.disabled_reason, /410/);
+    assert.equal(g.status, 'disabled');
+    assert.equal(g.disabled_reason, 'gone');
     // both rooms' events may have been in flight together; nothing new is sent after that
     await sleep(300);
     const sent = gone.deliveries.length;
@@ -252,8 +266,8 @@ describe('webhooks', () => {
     assert.equal(watch.deliveries.length, 1, 'disabled once');
     const log = await deliveries(api, wg.id);
     const first = log.find((x) => x.event_id === gone.deliveries[0].id);
-    assert.equal(first.state, 'dead');
-    assert.equal(first.attempts[0].outcome, 'gone');
+    assert.equal(first.status, 'dead');
+    assert.equal(first.attempt_log[0].outcome, 'gone');
     assert.equal((await api('POST', `/v1/webhooks/${wg.id}/test`)).status, 409);
     const audit = (await api('GET', '/v1/audit?limit=200')).json().data.filter((a) => a.target_id === wg.id);
     assert.ok(audit.some((a) => a.action === 'webhook.disable' && a.credential_id === 'system'));
@@ -298,19 +312,21 @@ describe('webhooks', () => {
     await makeRooms(api, uniq('dead'), 4);
     let dead;
     await waitFor(async () => {
-      dead = await deliveries(api, w.id, 'state=dead');
+      dead = await deliveries(api, w.id, 'status=dead');
       return dead.length === 4;
     }, { timeoutMs: 10000, what: 'four dead letters' });
     for (const d of dead) {
-      assert.equal(d.attempt_count, 3);
-      assert.deepEqual(d.attempts.map((a) => a.outcome), ['retry', 'retry', 'dead']);
-      assert.equal(d.last_status, 500);
+      assert.equal(d.attempts, 3);
+      assert.deepEqual(d.attempt_log.map((a) => a.outcome), ['retry', 'retry', 'dead']);
+      assert.equal(d.last_response_status, 500);
       assert.equal(d.next_attempt_at, null);
     }
     assert.equal(r.deliveries.length, 12);
     healthy = true;
     const one = await api('POST', `/v1/webhooks/${w.id}/deliveries/${dead[0].id}/retry`);
     assert.equal(one.status, 202, one.text);
+    assert.equal(one.json().status, 'pending');
+    assert.equal(one.json().id, dead[0].id);
     await waitFor(() => r.ok().length === 1, { timeoutMs: 5000, what: 'replayed one' });
     assert.equal(r.ok()[0].id, dead[0].event_id);
     assert.equal((await api('POST', `/v1/webhooks/${w.id}/deliveries/${dead[0].id}/retry`)).status, 409, 'not dead any more');
@@ -320,11 +336,11 @@ describe('webhooks', () => {
     assert.equal(bulk.json().replayed, 3);
     await waitFor(() => r.ok().length === 4, { timeoutMs: 5000, what: 'replayed in bulk' });
     assert.deepEqual(new Set(r.ok().map((d) => d.id)), new Set(dead.map((d) => d.event_id)));
-    await waitFor(async () => (await deliveries(api, w.id, 'state=delivered')).length === 4, { timeoutMs: 5000, what: 'all delivered' });
+    await waitFor(async () => (await deliveries(api, w.id, 'status=delivered')).length === 4, { timeoutMs: 5000, what: 'all delivered' });
     const log = await deliveries(api, w.id);
-    assert.equal(log[0].attempts.length, 4);
-    assert.equal(log[0].attempts[3].outcome, 'delivered');
-    assert.equal((await api('GET', `/v1/webhooks/${w.id}/deliveries?state=bogus`)).status, 400);
+    assert.equal(log[0].attempt_log.length, 4);
+    assert.equal(log[0].attempt_log[3].outcome, 'delivered');
+    assert.equal((await api('GET', `/v1/webhooks/${w.id}/deliveries?status=bogus`)).status, 400);
     assert.deepEqual(r.badSignatures, []);
     await api('DELETE', `/v1/webhooks/${w.id}`);
   });

@@ -66,8 +66,8 @@ describe('webhooks survive kill -9', () => {
     api = apiClient(srv, { key: admin });
     // The restarted server tries the dead receiver (connection refused) and keeps the events.
     await waitFor(async () => {
-      const log = await deliveries(api, w.id, 'state=pending');
-      return log.some((d) => d.attempts.some((a) => a.status === null && a.outcome === 'retry' && a.error));
+      const log = await deliveries(api, w.id, 'status=pending');
+      return log.some((d) => d.attempt_log.some((a) => a.status === null && a.outcome === 'retry' && a.error));
     }, { timeoutMs: 10000, what: 'failed attempts against the dead receiver' });
     await sleep(300);
 
@@ -98,7 +98,7 @@ describe('webhooks survive kill -9', () => {
     const log = await deliveries(api, w.id);
     assert.equal(log.length, N);
     assert.deepEqual(new Set(log.map((d) => d.event_id)), ids, 'the same ids as the outbox');
-    await waitFor(async () => (await deliveries(api, w.id, 'state=delivered')).length === N,
+    await waitFor(async () => (await deliveries(api, w.id, 'status=delivered')).length === N,
       { timeoutMs: 5000, what: 'every delivery recorded as delivered' });
     assert.deepEqual(rcv.badSignatures, []);
     const dup = ok.length - ids.size;

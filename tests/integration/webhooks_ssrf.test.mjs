@@ -51,10 +51,10 @@ describe('webhooks SSRF guard (no --dev)', () => {
       let log;
       await waitFor(async () => {
         log = await deliveries(api, hooks[i].id);
-        return log.length === 1 && log[0].state === 'dead';
+        return log.length === 1 && log[0].status === 'dead';
       }, { timeoutMs: 10000, what: `dead delivery for ${targets[i][0]}` });
-      assert.equal(log[0].attempts.length, 2, targets[i][0]);
-      for (const a of log[0].attempts) {
+      assert.equal(log[0].attempt_log.length, 2, targets[i][0]);
+      for (const a of log[0].attempt_log) {
         assert.equal(a.status, null);
         assert.match(a.error, /^refused target: /, targets[i][0]);
         assert.match(a.error, targets[i][1], targets[i][0]);
