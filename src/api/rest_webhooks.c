@@ -784,13 +784,24 @@ static int retry_one_run(sqlite3 *db, void *arg)
         return SB_EIO;
     if (!dead)
         return RC_CONFLICT;
+    /* Back in its room's order: blocked behind the room's pending head, if there is one. */
     st = sb_store_stmt(db, "UPDATE webhook_deliveries SET state = 'pending', round_attempts = 0, "
-                           "next_at = ?2, updated_at = ?2 WHERE id = ?1");
+                           "blocked = room_name IS NOT NULL, next_at = ?2, updated_at = ?2 WHERE "
+                           "id = ?1 RETURNING room_name");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, j->now);
-    int rc = step_done(st);
+    char room[SB_WEBHOOKS_ROOM_MAX + 1] = "";
+    s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL)
+            snprintf(room, sizeof room, "%s", sqlite3_column_text(st, 0));
+        s = sqlite3_step(st);
+    }
+    sqlite3_reset(st);
+    int rc = sb_store_errno(s);
+    rc = rc || !room[0] ? rc : sb_webhooks_unblock_room(db, j->id, room);
     rc = rc ? rc
             : sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery_retry",
                            "webhook_delivery", j->delivery_id);
@@ -849,7 +860,8 @@ static int retry_bulk_run(sqlite3 *db, void *arg)
         return SB_EIO;
     st = sb_store_stmt(
         db, "UPDATE webhook_deliveries SET state = 'pending', round_attempts = 0, next_at = ?2, "
-            "updated_at = ?2 WHERE id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = ?1 "
+            "blocked = room_name IS NOT NULL, updated_at = ?2 WHERE id IN (SELECT id FROM "
+            "webhook_deliveries WHERE webhook_id = ?1 "
             "AND state = 'dead' AND (?3 IS NULL OR event_type = ?3) AND (?4 = 0 OR created_at >= "
             "?4) AND (?5 = 0 OR created_at < ?5) ORDER BY event_seq LIMIT ?6)");
     if (!st)
@@ -865,8 +877,10 @@ static int retry_bulk_run(sqlite3 *db, void *arg)
     if (rc)
         return rc;
     j->count = sqlite3_changes(db);
-    rc = sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery_retry_bulk", "webhook",
-                      j->id);
+    rc = sb_webhooks_unblock_all(db, j->id);
+    rc = rc ? rc
+            : sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery_retry_bulk",
+                           "webhook", j->id);
     return rc;
 }
 

@@ -28,6 +28,7 @@
 #define ERROR_MAX          240
 #define MAX_RESPONSE_BYTES (64 * 1024) /* response body read and dropped; beyond: abort */
 #define LATENCY_BUCKETS    12
+#define EASY_POOL          128 /* idle curl easy handles kept */
 
 static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,    100,
                                                        250, 500, 1000, 2500, 10000, 30000};
@@ -74,8 +75,10 @@ struct attempt {
     size_t resp_bytes;
     char delivery_id[SB_ID_MAX];
     char event_id[SB_ID_MAX];
-    int attempt_no; /* total, 1-based */
-    int round_no;   /* within the schedule round, 1-based */
+    char room[SB_WEBHOOKS_ROOM_MAX + 1]; /* "" when the event has none */
+    int64_t rowid;                       /* of the delivery row */
+    int attempt_no;                      /* total, 1-based */
+    int round_no;                        /* within the schedule round, 1-based */
     int64_t at_ms;
     uint64_t t0_ns;
     int64_t retry_after_ms;
@@ -136,6 +139,8 @@ struct sb_webhooks {
 
     endpoint *endpoints;
     int nendpoints;
+    CURL *easy_pool[EASY_POOL]; /* finished handles kept for reuse (curl_easy_reset) */
+    int neasy;
     attempt *busy[BUSY_BUCKETS];
     int nbusy;
     attempt *results_head, *results_tail;
@@ -409,48 +414,73 @@ static int fanout_run(sqlite3 *db, void *arg)
     sqlite3_reset(st);
     rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sb_store_errno(rc);
     for (int i = 0; i < n && rc == 0; i++) {
+        int64_t latest = 0, lo = eps[i].cursor;
+        st = sb_store_stmt(db, "SELECT next_seq - 1 FROM event_counters WHERE project_id = ?1");
+        if (!st) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, eps[i].project, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            latest = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        int64_t hi =
+            latest < lo + SB_WEBHOOKS_FANOUT_BATCH ? latest : lo + SB_WEBHOOKS_FANOUT_BATCH;
+        if (hi < latest)
+            more = 1;
+        /* Every new delivery of a room starts blocked; the heads are unblocked below. */
         st = sb_store_stmt(
-            db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
-                "event_id, event_type, room_name, state, attempts, round_attempts, next_at, "
-                "created_at, updated_at) SELECT 'dlv_' || lower(hex(randomblob(10))), ?1, "
-                "e.project_id, e.seq, e.id, e.type, e.room_name, 'pending', 0, 0, ?4, ?5, ?5 "
-                "FROM events e WHERE e.project_id = ?2 AND e.seq > ?3 AND e.seq <= ?3 + ?6 AND "
-                "e.type <> 'webhook.test' AND (?7 = '[]' OR e.type IN (SELECT value FROM "
-                "json_each(?7))) ORDER BY e.seq");
+            db,
+            "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
+            "event_id, event_type, room_name, state, attempts, round_attempts, blocked, "
+            "next_at, created_at, updated_at) SELECT 'dlv_' || lower(hex(randomblob(10))), ?1, "
+            "e.project_id, e.seq, e.id, e.type, e.room_name, 'pending', 0, 0, e.room_name IS "
+            "NOT NULL, ?4, ?5, ?5 FROM events e WHERE e.project_id = ?2 AND e.seq > ?3 AND "
+            "e.seq <= ?6 AND e.type <> 'webhook.test' AND (?7 = '[]' OR e.type IN (SELECT value "
+            "FROM json_each(?7))) ORDER BY e.seq");
         if (!st) {
             rc = SB_EIO;
             break;
         }
         sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, eps[i].project, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, eps[i].cursor);
+        sqlite3_bind_int64(st, 3, lo);
         sqlite3_bind_int64(st, 4, j->now + j->first_delay);
         sqlite3_bind_int64(st, 5, j->now);
-        sqlite3_bind_int(st, 6, SB_WEBHOOKS_FANOUT_BATCH);
+        sqlite3_bind_int64(st, 6, hi);
         sqlite3_bind_text(st, 7, eps[i].events, -1, SQLITE_STATIC);
         rc = sb_store_errno(sqlite3_step(st));
         sqlite3_reset(st);
         if (rc)
             break;
-        st = sb_store_stmt(db, "UPDATE webhooks SET cursor_seq = MIN(?2 + ?3, (SELECT next_seq - 1 "
-                               "FROM event_counters WHERE project_id = webhooks.project_id)) "
-                               "WHERE id = ?1 RETURNING cursor_seq < (SELECT next_seq - 1 FROM "
-                               "event_counters WHERE project_id = webhooks.project_id)");
+        st = sb_store_stmt(
+            db, "UPDATE webhook_deliveries SET blocked = 0 WHERE id IN (SELECT (SELECT p.id FROM "
+                "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND "
+                "p.room_name = r.room_name ORDER BY p.event_seq LIMIT 1) FROM (SELECT DISTINCT "
+                "room_name FROM webhook_deliveries WHERE webhook_id = ?1 AND event_seq > ?2 AND "
+                "event_seq <= ?3 AND room_name IS NOT NULL) r) AND blocked = 1 AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = "
+                "'pending' AND q.blocked = 0 AND q.room_name = webhook_deliveries.room_name)");
         if (!st) {
             rc = SB_EIO;
             break;
         }
         sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, eps[i].cursor);
-        sqlite3_bind_int(st, 3, SB_WEBHOOKS_FANOUT_BATCH);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            if (sqlite3_column_int(st, 0))
-                more = 1;
-            s = sqlite3_step(st);
-        }
+        sqlite3_bind_int64(st, 2, lo);
+        sqlite3_bind_int64(st, 3, hi);
+        rc = sb_store_errno(sqlite3_step(st));
         sqlite3_reset(st);
-        rc = sb_store_errno(s);
+        if (rc)
+            break;
+        st = sb_store_stmt(db, "UPDATE webhooks SET cursor_seq = ?2 WHERE id = ?1");
+        if (!st) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, hi);
+        rc = sb_store_errno(sqlite3_step(st));
+        sqlite3_reset(st);
     }
     for (int i = 0; i < n; i++)
         sb_free(eps[i].events);
@@ -506,6 +536,42 @@ static bool fanout_pending(sb_webhooks *w)
     return r;
 }
 
+/* ---- per-room order: unblocking a room's next delivery ---------------------------------- */
+
+int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *room)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE id = (SELECT p.id FROM "
+            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+            "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1 AND NOT EXISTS (SELECT 1 FROM "
+            "webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = "
+            "0 AND q.room_name = ?2)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
+int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE webhook_id = ?1 AND state = "
+            "'pending' AND blocked = 1 AND event_seq = (SELECT MIN(p.event_seq) FROM "
+            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+            "= webhook_deliveries.room_name) AND NOT EXISTS (SELECT 1 FROM webhook_deliveries q "
+            "WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = 0 AND q.room_name = "
+            "webhook_deliveries.room_name)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
 /* ---- results: one job writes a batch of finished attempts ------------------------------ */
 
 typedef struct flush_job {
@@ -516,29 +582,13 @@ typedef struct flush_job {
 
 static int write_attempt(sqlite3 *db, attempt *a)
 {
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, status, "
-            "duration_ms, outcome, error) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 "
-            "FROM webhook_deliveries WHERE id = ?1)");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, a->attempt_no);
-    sqlite3_bind_int64(st, 3, a->at_ms);
-    if (a->status > 0)
-        sqlite3_bind_int(st, 4, a->status);
-    sqlite3_bind_int64(st, 5, a->duration_ms);
-    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
-    if (a->error[0])
-        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
-    if (rc)
-        return rc;
     static const char *const state_of[OUT_COUNT] = {"delivered", "pending", "dead", "dead"};
-    st = sb_store_stmt(db, "UPDATE webhook_deliveries SET attempts = MAX(attempts, ?2), "
-                           "round_attempts = ?3, state = ?4, next_at = ?5, last_status = ?6, "
-                           "last_error = ?7, updated_at = ?8 WHERE id = ?1 AND state = 'pending'");
+    /* By rowid (the id confirms it is still the same row): the delivery first, and its
+     * attempt only if it is still there (the endpoint may have been deleted meanwhile). */
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET attempts = MAX(attempts, ?2), round_attempts = ?3, "
+            "state = ?4, next_at = ?5, last_status = ?6, last_error = ?7, updated_at = ?8 WHERE "
+            "rowid = ?9 AND id = ?1 AND state = 'pending'");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
@@ -551,8 +601,29 @@ static int write_attempt(sqlite3 *db, attempt *a)
     if (a->error[0])
         sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, sb_time_ms());
+    sqlite3_bind_int64(st, 9, a->rowid);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc;
+    st = sb_store_stmt(db,
+                       "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, "
+                       "status, duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, a->attempt_no);
+    sqlite3_bind_int64(st, 3, a->at_ms);
+    if (a->status > 0)
+        sqlite3_bind_int(st, 4, a->status);
+    sqlite3_bind_int64(st, 5, a->duration_ms);
+    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
+    if (a->error[0])
+        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
     rc = sb_store_errno(sqlite3_step(st));
     sqlite3_reset(st);
+    if (!rc && a->outcome != OUT_RETRY && a->room[0])
+        rc = sb_webhooks_unblock_room(db, a->ep->id, a->room);
     return rc;
 }
 
@@ -811,6 +882,26 @@ static void record_latency(sb_webhooks *w, int64_t ms)
     sb_stat_add(&w->lat_buckets[i], 1);
 }
 
+static CURL *easy_get(sb_webhooks *w)
+{
+    if (w->neasy > 0) {
+        CURL *e = w->easy_pool[--w->neasy];
+        curl_easy_reset(e);
+        return e;
+    }
+    return curl_easy_init();
+}
+
+static void easy_put(sb_webhooks *w, CURL *e)
+{
+    if (!e)
+        return;
+    if (w->neasy < EASY_POOL && !w->stopping)
+        w->easy_pool[w->neasy++] = e;
+    else
+        curl_easy_cleanup(e);
+}
+
 /* 408, 425, 429 and 5xx are worth another attempt; other statuses will not change. */
 static bool retryable_status(long status)
 {
@@ -826,7 +917,7 @@ static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
     sb_stat_add(&w->lat_sum_us, (uint64_t)((sb_now_ns() - a->t0_ns) / 1000u));
     record_latency(w, a->duration_ms);
     curl_multi_remove_handle(w->multi, a->easy);
-    curl_easy_cleanup(a->easy);
+    easy_put(w, a->easy);
     a->easy = NULL;
     curl_slist_free_all(a->headers);
     a->headers = NULL;
@@ -915,7 +1006,7 @@ static int add_header(struct curl_slist **l, const char *name, const char *value
 
 /* Builds and starts one attempt from a picked row (id, attempts, round_attempts, event_id,
  * type, created_at, data, project_id). */
-static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
+static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t rowid)
 {
     int rc = SB_ENOMEM;
     attempt *a = sb_calloc(1, sizeof *a);
@@ -924,23 +1015,35 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
     a->w = w;
     a->ep = ep;
     a->retry_after_ms = -1;
+    a->rowid = rowid;
     snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, 0));
     a->attempt_no = sqlite3_column_int(st, 1) + 1;
     a->round_no = sqlite3_column_int(st, 2) + 1;
     snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, 3));
-    json_t *env = sb_event_envelope(a->event_id, (const char *)sqlite3_column_text(st, 4),
-                                    sqlite3_column_int64(st, 5), ep->project,
-                                    (const char *)sqlite3_column_text(st, 6));
-    char *json = env ? json_dumps(env, JSON_COMPACT) : NULL;
-    json_decref(env);
-    if (!json)
+    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, 7));
+    /* The envelope of sb_event_envelope, written around the stored data text. */
+    sb_buf b;
+    char created[32];
+    sb_buf_init(&b, SB_WEBHOOKS_MAX_BODY);
+    sb_time_rfc3339(sqlite3_column_int64(st, 5), created);
+    const char *type = (const char *)sqlite3_column_text(st, 4);
+    rc = sb_buf_append_str(&b, "{\"id\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, strlen(a->event_id));
+    rc = rc ? rc : sb_buf_append_str(&b, "\",\"type\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(&b, type, strlen(type));
+    rc = rc ? rc : sb_buf_appendf(&b, "\",\"created_at\":\"%s\",\"project_id\":\"", created);
+    rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, strlen(ep->project));
+    rc = rc ? rc : sb_buf_append_str(&b, "\",\"data\":");
+    rc = rc ? rc
+            : sb_buf_append(&b, sqlite3_column_text(st, 6), (size_t)sqlite3_column_bytes(st, 6));
+    rc = rc ? rc : sb_buf_append(&b, "}", 2); /* with the NUL */
+    if (rc) {
+        sb_buf_free(&b);
         goto fail;
-    a->body_len = strlen(json);
-    a->body = sb_strndup(json, a->body_len);
-    free(json);
-    if (!a->body)
-        goto fail;
-
+    }
+    a->body = b.base;
+    a->body_len = b.len - 1;
     a->at_ms = sb_time_ms();
     a->t0_ns = sb_now_ns();
     int64_t ts = a->at_ms / 1000;
@@ -970,7 +1073,7 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
     if (rc)
         goto fail;
     rc = SB_ENOMEM;
-    CURL *e = a->easy = curl_easy_init();
+    CURL *e = a->easy = easy_get(w);
     if (!e)
         goto fail;
     curl_easy_setopt(e, CURLOPT_URL, ep->url);
@@ -1009,7 +1112,7 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
     }
     return 0;
 fail:
-    curl_easy_cleanup(a->easy);
+    easy_put(w, a->easy);
     curl_slist_free_all(a->headers);
     attempt_free(a);
     return rc;
@@ -1027,17 +1130,23 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
     int slots = limit - ep->inflight;
     if (slots > SB_WEBHOOKS_MAX_BUSY - w->nbusy)
         slots = SB_WEBHOOKS_MAX_BUSY - w->nbusy;
-    int64_t next = INT64_MAX;
+    /* Refill in batches: one query per few finished requests, not one per request. The
+     * finishing requests pump again. */
+    int refill = limit / 4 > 1 ? limit / 4 : 1;
+    if (ep->inflight > 0 && slots < refill)
+        return INT64_MAX;
     if (slots > 0) {
+        /* Due deliveries in order, from the index alone; the ones already in flight or
+         * awaiting their write are skipped before their event is read. */
         sqlite3_stmt *st = sb_store_stmt(
-            w->db,
-            "SELECT d.id, d.attempts, d.round_attempts, d.event_id, e.type, e.created_at, e.data "
-            "FROM webhook_deliveries d JOIN events e ON e.project_id = d.project_id AND e.seq = "
-            "d.event_seq WHERE d.webhook_id = ?1 AND d.state = 'pending' AND d.next_at <= ?2 AND "
-            "(d.room_name IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE "
-            "p.webhook_id = d.webhook_id AND p.state = 'pending' AND p.room_name = d.room_name "
-            "AND p.event_seq < d.event_seq)) ORDER BY d.next_at, d.event_seq LIMIT ?3");
-        if (!st) {
+            w->db, "SELECT d.id, d.rowid FROM webhook_deliveries d WHERE d.webhook_id = ?1 AND "
+                   "d.state = 'pending' AND d.blocked = 0 AND d.next_at <= ?2 ORDER BY d.next_at "
+                   "LIMIT ?3");
+        sqlite3_stmt *one = sb_store_stmt(
+            w->db, "SELECT d.id, d.attempts, d.round_attempts, d.event_id, e.type, e.created_at, "
+                   "e.data, d.room_name FROM webhook_deliveries d JOIN events e ON e.project_id = "
+                   "d.project_id AND e.seq = d.event_seq WHERE d.rowid = ?1");
+        if (!st || !one) {
             sb_log(SB_LOG_ERROR, "webhooks: cannot read deliveries", "reason",
                    sqlite3_errmsg(w->db), NULL);
             return now + SB_WEBHOOKS_BACKSTOP_MS;
@@ -1045,11 +1154,15 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
         sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, now);
         sqlite3_bind_int(st, 3, slots + ep->busy);
-        int started = 0, rc;
-        while (started < slots && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int started = 0;
+        while (started < slots && sqlite3_step(st) == SQLITE_ROW) {
             if (busy_has(w, (const char *)sqlite3_column_text(st, 0)))
                 continue;
-            if (start_attempt(w, ep, st) != 0)
+            int64_t rowid = sqlite3_column_int64(st, 1);
+            sqlite3_bind_int64(one, 1, rowid);
+            int rc = sqlite3_step(one) == SQLITE_ROW ? start_attempt(w, ep, one, rowid) : SB_EIO;
+            sqlite3_reset(one);
+            if (rc != 0)
                 break;
             started++;
         }
@@ -1057,9 +1170,10 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
         if (started == slots)
             return now; /* maybe more right away */
     }
-    sqlite3_stmt *st =
-        sb_store_stmt(w->db, "SELECT MIN(next_at) FROM webhook_deliveries WHERE "
-                             "webhook_id = ?1 AND state = 'pending' AND next_at > ?2");
+    int64_t next = INT64_MAX;
+    sqlite3_stmt *st = sb_store_stmt(w->db, "SELECT MIN(next_at) FROM webhook_deliveries WHERE "
+                                            "webhook_id = ?1 AND state = 'pending' AND "
+                                            "blocked = 0 AND next_at > ?2");
     if (st) {
         sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, now);
@@ -1132,6 +1246,8 @@ static void maybe_finish_stop(sb_webhooks *w)
     if (w->flush_running || w->fanout_running)
         return;
     w->closing = true;
+    while (w->neasy > 0)
+        curl_easy_cleanup(w->easy_pool[--w->neasy]);
     curl_multi_cleanup(w->multi); /* closes cached connections: sockets leave through socket_cb */
     w->multi = NULL;
     uv_close((uv_handle_t *)&w->async, close_cb);

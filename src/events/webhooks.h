@@ -50,6 +50,7 @@ typedef struct sb_store sb_store;
 #define SB_WEBHOOKS_BACKSTOP_MS     1000 /* wake at least this often */
 #define SB_WEBHOOKS_MAX_BUSY        8192 /* attempts in flight or awaiting their write */
 #define SB_WEBHOOKS_MAX_BODY        (1 << 20)
+#define SB_WEBHOOKS_ROOM_MAX        128 /* room names (rest_rooms.c) */
 
 /* Starts the dispatcher thread. reader: a store reader connection only it will use. The
  * app must outlive it. Returns 0, SB_ENOMEM, or SB_EIO (thread or curl init failed). */
@@ -73,6 +74,13 @@ bool sb_webhooks_private_allowed(const sb_config *cfg);
  * (no such event in the project) or another negative SB_E*. */
 int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
                               const char *event_id, char *delivery_id);
+
+/* Per-room order (inside a store job): a room's deliveries to an endpoint are `blocked`
+ * except the pending one with the lowest event seq. After a delivery of `room` stopped being
+ * pending, or one became pending again (replay), unblock_room unblocks the room's new head
+ * unless one is unblocked already; unblock_all does it for every room of the endpoint. */
+int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *room);
+int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id);
 
 /* The endpoint object of the API and of webhook.endpoint.disabled events: {id, url, events,
  * description, enabled, status, disabled_reason, created_at, updated_at}, never the secret.

@@ -171,6 +171,9 @@ static const char migration_3[] =
     "  state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),"
     "  attempts INTEGER NOT NULL DEFAULT 0,"       /* all attempts, replays included */
     "  round_attempts INTEGER NOT NULL DEFAULT 0," /* since creation or the last replay */
+    /* 1 while an earlier pending delivery of the same room and endpoint exists: only the
+     * room's head is unblocked, so picking due deliveries is one index range, no sort. */
+    "  blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),"
     "  next_at INTEGER NOT NULL,"
     "  last_status INTEGER NULL,"
     "  last_error TEXT NULL,"
@@ -179,7 +182,7 @@ static const char migration_3[] =
     "  UNIQUE (webhook_id, event_seq)"
     ") STRICT;"
     "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(webhook_id, next_at) "
-    "  WHERE state = 'pending';"
+    "  WHERE state = 'pending' AND blocked = 0;"
     "CREATE INDEX webhook_deliveries_room ON webhook_deliveries(webhook_id, room_name, event_seq) "
     "  WHERE state = 'pending';"
     "CREATE INDEX webhook_deliveries_dead ON webhook_deliveries(webhook_id, event_seq) "
