@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 
 import { apiClient } from './lib/api.mjs';
-import { startServer, tempDir } from './lib/server.mjs';
+import { parseMetrics, startServer, tempDir } from './lib/server.mjs';
 import { createWebhook, deliveries, sleep, startReceiver, waitFor } from './lib/webhooks.mjs';
 
 const N = 300;
@@ -38,6 +38,11 @@ describe('webhooks survive kill -9', () => {
     const port = rcv.port;
     const w = await createWebhook(api, { url: rcv.url, events: ['room.created'] });
     rcv.secrets = [w.secret];
+    // A second endpoint whose receiver stays up: the dead one must cost it nothing.
+    const healthy = await startReceiver();
+    cleanup.push(() => healthy.close());
+    const wh = await createWebhook(api, { url: healthy.url, events: ['room.created'] });
+    healthy.secrets = [wh.secret];
     const received = []; // across receiver lives
     const names = [];
     for (let i = 0; i < N; i += 25) {
@@ -69,6 +74,14 @@ describe('webhooks survive kill -9', () => {
       const log = await deliveries(api, w.id, 'status=pending');
       return log.some((d) => d.attempt_log.some((a) => a.status === null && a.outcome === 'retry' && a.error));
     }, { timeoutMs: 10000, what: 'failed attempts against the dead receiver' });
+    // The dead receiver's circuit is open; the healthy endpoint got every event meanwhile.
+    await waitFor(async () => {
+      const m = parseMetrics(await (await fetch(`${srv.plainUrl}/metrics`)).text());
+      return m.get('switchboard_webhook_breakers_open') === 1;
+    }, { timeoutMs: 10000, what: 'one open circuit breaker' });
+    await waitFor(() => new Set(healthy.deliveries.filter((d) => d.verified).map((d) => d.id)).size === N,
+      { timeoutMs: 15000, what: 'the healthy endpoint to get every event while the other is down' });
+    assert.deepEqual(healthy.badSignatures, []);
     await sleep(300);
 
     rcv = await startReceiver({ port });
@@ -100,6 +113,9 @@ describe('webhooks survive kill -9', () => {
     assert.deepEqual(new Set(log.map((d) => d.event_id)), ids, 'the same ids as the outbox');
     await waitFor(async () => (await deliveries(api, w.id, 'status=delivered')).length === N,
       { timeoutMs: 5000, what: 'every delivery recorded as delivered' });
+    // the probe went through: the circuit is closed again
+    const m = parseMetrics(await (await fetch(`${srv.plainUrl}/metrics`)).text());
+    assert.equal(m.get('switchboard_webhook_breakers_open'), 0);
     assert.deepEqual(rcv.badSignatures, []);
     const dup = ok.length - ids.size;
     console.log(`# crash test: ${N} events, ${ok.length} verified arrivals, ${dup} duplicates ` +
