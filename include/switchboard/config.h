@@ -94,6 +94,7 @@ typedef struct sb_config {
     int64_t webhooks_rotation_overlap_ms;    /* webhooks.rotation_overlap */
     int webhooks_breaker_threshold;          /* webhooks.breaker_threshold */
     int64_t webhooks_breaker_cooldown_ms;    /* webhooks.breaker_cooldown */
+    char *webhooks_ca_file;                  /* webhooks.ca_file: receivers' CAs; "" = system */
 
     /* test support */
     bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */

@@ -314,6 +314,14 @@ static const sb__config_key keys[] = {
      .min = 10,
      .max = HOUR,
      .help = "Time an open circuit waits before one probe attempt (half-open)."},
+    {.name = "webhooks.ca_file",
+     .type = SB__CFG_STRING,
+     .def = "",
+     .offset = F(char *, webhooks_ca_file),
+     .max = 4096,
+     .arg = "PATH",
+     .help = "PEM bundle of the CAs that receivers' certificates must chain to; empty means the "
+             "system store."},
     /* ---- end webhooks ---- */
 
     {.name = "debug.ws_echo",
