@@ -534,8 +534,8 @@ static void webhooks_rotate(sb_req *req, void *ud)
 
 #define DLV_COLS                                                                                   \
     "d.id, d.webhook_id, d.event_id, d.event_type, d.room_name, d.state, d.attempts, d.next_at, "  \
-    "d.last_status, d.last_error, d.created_at, d.event_seq, (SELECT MAX(at) FROM "                \
-    "webhook_attempts WHERE delivery_id = d.id)"
+    "d.last_status, d.last_error, d.created_at, d.event_seq, d.last_attempt_at, "                  \
+    "d.last_duration_ms"
 
 static json_t *text_or_null(sqlite3_stmt *st, int col)
 {
@@ -544,7 +544,7 @@ static json_t *text_or_null(sqlite3_stmt *st, int col)
                : json_string((const char *)sqlite3_column_text(st, col));
 }
 
-static json_t *attempts_json(sqlite3 *db, const char *delivery_id);
+static json_t *attempts_json(sqlite3 *db, sqlite3_stmt *d);
 
 /* A row of DLV_COLS as {id, endpoint_id, event_id, event_type, room, status, attempts,
  * created_at, last_attempt_at, next_attempt_at, last_response_status, last_error,
@@ -565,7 +565,7 @@ static json_t *delivery_json(sqlite3 *db, sqlite3_stmt *st)
                                                   : json_integer(sqlite3_column_int(st, 8)),
         "last_error", text_or_null(st, 9));
     if (o && db) {
-        json_t *log = attempts_json(db, id);
+        json_t *log = attempts_json(db, st);
         if (!log || json_object_set_new(o, "attempt_log", log) != 0) {
             json_decref(o);
             return NULL;
@@ -656,7 +656,9 @@ static void webhooks_test(sb_req *req, void *ud)
 
 /* ---- GET /v1/webhooks/{id}/deliveries ------------------------------------------------------ */
 
-static json_t *attempts_json(sqlite3 *db, const char *delivery_id)
+/* The attempt log of the delivery row d (DLV_COLS): its failed attempts (the newest
+ * ATTEMPTS_SHOWN) from webhook_attempts, then the successful one from the row itself. */
+static json_t *attempts_json(sqlite3 *db, sqlite3_stmt *d)
 {
     sqlite3_stmt *st = sb_store_stmt(
         db, "SELECT attempt, at, status, duration_ms, outcome, error FROM (SELECT * FROM "
@@ -667,7 +669,7 @@ static json_t *attempts_json(sqlite3 *db, const char *delivery_id)
         json_decref(a);
         return NULL;
     }
-    sqlite3_bind_text(st, 1, delivery_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 1, (const char *)sqlite3_column_text(d, 0), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 2, ATTEMPTS_SHOWN);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -677,16 +679,25 @@ static json_t *attempts_json(sqlite3 *db, const char *delivery_id)
                                   ? json_null()
                                   : json_integer(sqlite3_column_int(st, 2)),
                               "duration_ms", (json_int_t)sqlite3_column_int64(st, 3), "outcome",
-                              sqlite3_column_text(st, 4), "error",
-                              sqlite3_column_type(st, 5) == SQLITE_NULL
-                                  ? json_null()
-                                  : json_string((const char *)sqlite3_column_text(st, 5)));
+                              sqlite3_column_text(st, 4), "error", text_or_null(st, 5));
         if (!o || json_array_append_new(a, o) != 0) {
             rc = SQLITE_NOMEM;
             break;
         }
     }
     sqlite3_reset(st);
+    if (rc == SQLITE_DONE && strcmp((const char *)sqlite3_column_text(d, 5), "delivered") == 0 &&
+        sqlite3_column_type(d, 12) != SQLITE_NULL) {
+        json_t *o = json_pack("{s:i,s:o,s:o,s:I,s:s,s:n}", "attempt", sqlite3_column_int(d, 6),
+                              "at", sb_app_time_or_null(d, 12), "status",
+                              sqlite3_column_type(d, 8) == SQLITE_NULL
+                                  ? json_null()
+                                  : json_integer(sqlite3_column_int(d, 8)),
+                              "duration_ms", (json_int_t)sqlite3_column_int64(d, 13), "outcome",
+                              "delivered", "error");
+        if (!o || json_array_append_new(a, o) != 0)
+            rc = SQLITE_NOMEM;
+    }
     if (rc != SQLITE_DONE) {
         json_decref(a);
         return NULL;

@@ -554,6 +554,23 @@ int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *ro
     return rc;
 }
 
+/* After the room's unblocked delivery stopped being pending (at most one is unblocked per
+ * room, so none is now): unblocks the next one. */
+static int unblock_next(sqlite3 *db, const char *webhook_id, const char *room)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE rowid = (SELECT p.rowid FROM "
+            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+            "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
 int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id)
 {
     sqlite3_stmt *st = sb_store_stmt(
@@ -586,8 +603,9 @@ static int write_attempt(sqlite3 *db, attempt *a)
      * attempt only if it is still there (the endpoint may have been deleted meanwhile). */
     sqlite3_stmt *st = sb_store_stmt(
         db, "UPDATE webhook_deliveries SET attempts = MAX(attempts, ?2), round_attempts = ?3, "
-            "state = ?4, next_at = ?5, last_status = ?6, last_error = ?7, updated_at = ?8 WHERE "
-            "rowid = ?9 AND id = ?1 AND state = 'pending'");
+            "state = ?4, next_at = ?5, last_status = ?6, last_error = ?7, updated_at = ?8, "
+            "last_attempt_at = ?10, last_duration_ms = ?11 WHERE rowid = ?9 AND id = ?1 AND "
+            "state = 'pending'");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
@@ -601,10 +619,14 @@ static int write_attempt(sqlite3 *db, attempt *a)
         sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, sb_time_ms());
     sqlite3_bind_int64(st, 9, a->rowid);
+    sqlite3_bind_int64(st, 10, a->at_ms);
+    sqlite3_bind_int64(st, 11, a->duration_ms);
     int rc = sb_store_errno(sqlite3_step(st));
     sqlite3_reset(st);
     if (rc || sqlite3_changes(db) == 0)
         return rc;
+    if (a->outcome == OUT_DELIVERED) /* the row's last_* columns are its log entry */
+        return a->room[0] ? unblock_next(db, a->ep->id, a->room) : 0;
     st = sb_store_stmt(db,
                        "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, "
                        "status, duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
@@ -622,7 +644,7 @@ static int write_attempt(sqlite3 *db, attempt *a)
     rc = sb_store_errno(sqlite3_step(st));
     sqlite3_reset(st);
     if (!rc && a->outcome != OUT_RETRY && a->room[0])
-        rc = sb_webhooks_unblock_room(db, a->ep->id, a->room);
+        rc = unblock_next(db, a->ep->id, a->room);
     return rc;
 }
 

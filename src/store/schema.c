@@ -141,7 +141,8 @@ static const char migration_2[] =
  * usable to sign. cursor_seq: the project's last event seq already fanned out into
  * webhook_deliveries for this endpoint. webhook_deliveries: one row per (endpoint, event),
  * the delivery state machine pending -> delivered | dead (dead -> pending on replay).
- * webhook_attempts: every attempt, kept for GET /v1/webhooks/{id}/deliveries.
+ * webhook_attempts: every failed attempt, kept for GET /v1/webhooks/{id}/deliveries; the
+ * successful one is the delivery row's last_* columns (one write less on the common path).
  */
 static const char migration_3[] =
     "CREATE TABLE webhooks ("
@@ -175,6 +176,8 @@ static const char migration_3[] =
      * room's head is unblocked, so picking due deliveries is one index range, no sort. */
     "  blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),"
     "  next_at INTEGER NOT NULL,"
+    "  last_attempt_at INTEGER NULL,"
+    "  last_duration_ms INTEGER NULL,"
     "  last_status INTEGER NULL,"
     "  last_error TEXT NULL,"
     "  created_at INTEGER NOT NULL,"
