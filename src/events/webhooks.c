@@ -100,6 +100,7 @@ typedef struct posted {
 typedef struct sockctx {
     uv_poll_t poll;
     curl_socket_t fd;
+    int events; /* the uv_poll events started: an unchanged set costs no epoll_ctl */
     sb_webhooks *w;
 } sockctx;
 
@@ -804,7 +805,10 @@ static int socket_cb(CURL *easy, curl_socket_t s, int action, void *userp, void 
         ev |= UV_READABLE;
     if (action & CURL_POLL_OUT)
         ev |= UV_WRITABLE;
-    uv_poll_start(&c->poll, ev, on_poll);
+    if (ev != c->events) {
+        c->events = ev;
+        uv_poll_start(&c->poll, ev, on_poll);
+    }
     return 0;
 }
 
