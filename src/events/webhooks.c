@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -1116,7 +1117,10 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     if (w->cfg->webhooks_ca_file && *w->cfg->webhooks_ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, w->cfg->webhooks_ca_file);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS, wait for a connection that may turn out to multiplex (h2) rather than open
+     * another; plain http:// is HTTP/1.1 here, where waiting would serialize requests. */
+    if (strncasecmp(ep->url, "https:", 6) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);

@@ -63,6 +63,8 @@ describe('webhooks survive kill -9', () => {
     const ex = await srv.waitExit(5000);
     assert.equal(ex.signal, 'SIGKILL');
     received.push(...rcv.deliveries);
+    // webhooks.max_in_flight_per_endpoint (16) held against the slow receiver
+    assert.ok(rcv.maxInflight >= 2 && rcv.maxInflight <= 16, `max in flight ${rcv.maxInflight}`);
     await rcv.close(); // the receiver is down now
     const before = received.length;
 
@@ -123,5 +125,30 @@ describe('webhooks survive kill -9', () => {
     assert.ok(inFlight > 0 || dup > 0, 'the kill came while deliveries were unconfirmed');
     assert.ok(dup <= 16 + 1, `duplicates bounded by what was in flight at the kill: ${dup}`);
     await srv.stop();
+  });
+
+  it('SIGTERM with requests in flight exits 0 at once; the deliveries stay pending on disk', async () => {
+    const dataDir = await tempDir();
+    const admin = 'crash-itest-admin-key-0123456789abcdefghijkl';
+    const env = { SWITCHBOARD_ADMIN_KEY: admin };
+    const srv = await startServer({ plain: true, dataDir, env });
+    cleanup.push(() => srv.cleanup());
+    const api = apiClient(srv, { key: admin });
+    const slow = await startReceiver({ respond: () => ({ status: 200, delayMs: 5000 }) });
+    cleanup.push(() => slow.close());
+    const w = await createWebhook(api, { url: slow.url, events: ['room.created'] });
+    slow.secrets = [w.secret];
+    for (let i = 0; i < 5; i++) assert.equal((await api('POST', '/v1/rooms', { json: { name: `term-${process.pid}-${i}` } })).status, 201);
+    await waitFor(() => slow.inflight === 5, { timeoutMs: 5000, what: 'five requests in flight' });
+    const t0 = Date.now();
+    const r = await srv.stop({ timeoutMs: 8000 }); // asserts exit 0 and no sanitizer report
+    assert.ok(Date.now() - t0 < 4000, `stopped in ${Date.now() - t0} ms, not after the receiver's 5 s`);
+    assert.equal(r.code, 0);
+    // restarted, the same five are sent again (nothing was recorded as delivered)
+    const again = await startServer({ plain: true, dataDir, env });
+    cleanup.push(() => again.cleanup());
+    const log = await deliveries(apiClient(again, { key: admin }), w.id, 'status=pending');
+    assert.equal(log.length, 5);
+    await again.stop();
   });
 });

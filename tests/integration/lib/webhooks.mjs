@@ -18,6 +18,8 @@ export async function startReceiver({ secrets = [], respond, port = 0, host = '1
   const r = {
     secrets,
     deliveries: [],
+    inflight: 0, // requests received and not yet answered
+    maxInflight: 0,
     badSignatures: [],
     respond,
     ids() {
@@ -64,6 +66,9 @@ export async function startReceiver({ secrets = [], respond, port = 0, host = '1
       }
       d.verified = verified;
       r.deliveries.push(d); // on arrival: a request in flight when the sender dies counts
+      r.inflight++;
+      if (r.inflight > r.maxInflight) r.maxInflight = r.inflight;
+      res.on('close', () => r.inflight--);
       let out = { status: 204 };
       if (!verified) out = { status: 400 };
       else if (r.respond) out = (await r.respond(d, r)) ?? { status: 204 };
