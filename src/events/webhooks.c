@@ -1151,6 +1151,39 @@ fail:
     return rc;
 }
 
+/* A due delivery whose event is no longer in the outbox (removed by hand or by a future
+ * retention job): it cannot be sent, so it is dead at once rather than blocking its room
+ * and the endpoint's queue. st is the pick row (id, rowid, attempts, round_attempts, room). */
+static int orphan(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
+{
+    attempt *a = sb_calloc(1, sizeof *a);
+    if (!a)
+        return SB_ENOMEM;
+    a->w = w;
+    a->ep = ep;
+    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, 0));
+    a->rowid = sqlite3_column_int64(st, 1);
+    a->attempt_no = sqlite3_column_int(st, 2) + 1;
+    a->round_no = sqlite3_column_int(st, 3) + 1;
+    if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, 4));
+    a->at_ms = a->next_at = sb_time_ms();
+    a->outcome = OUT_DEAD;
+    snprintf(a->error, sizeof a->error, "the event is no longer in the outbox");
+    busy_add(w, a);
+    ep->refs++;
+    ep->busy++;
+    sb_stat_add(&w->outcomes[OUT_DEAD], 1);
+    if (w->results_tail)
+        w->results_tail->qnext = a;
+    else
+        w->results_head = a;
+    w->results_tail = a;
+    w->nresults++;
+    flush(w);
+    return 0;
+}
+
 /* ---- the pump ----------------------------------------------------------------------------- */
 
 /* Starts what endpoint ep may start now; returns when its next delivery is due (ms, or
@@ -1172,9 +1205,9 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
         /* Due deliveries in order, from the index alone; the ones already in flight or
          * awaiting their write are skipped before their event is read. */
         sqlite3_stmt *st = sb_store_stmt(
-            w->db, "SELECT d.id, d.rowid FROM webhook_deliveries d WHERE d.webhook_id = ?1 AND "
-                   "d.state = 'pending' AND d.blocked = 0 AND d.next_at <= ?2 ORDER BY d.next_at "
-                   "LIMIT ?3");
+            w->db, "SELECT d.id, d.rowid, d.attempts, d.round_attempts, d.room_name FROM "
+                   "webhook_deliveries d WHERE d.webhook_id = ?1 AND d.state = 'pending' AND "
+                   "d.blocked = 0 AND d.next_at <= ?2 ORDER BY d.next_at LIMIT ?3");
         sqlite3_stmt *one = sb_store_stmt(
             w->db, "SELECT d.id, d.attempts, d.round_attempts, d.event_id, e.type, e.created_at, "
                    "e.data, d.room_name FROM webhook_deliveries d JOIN events e ON e.project_id = "
@@ -1193,7 +1226,10 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
                 continue;
             int64_t rowid = sqlite3_column_int64(st, 1);
             sqlite3_bind_int64(one, 1, rowid);
-            int rc = sqlite3_step(one) == SQLITE_ROW ? start_attempt(w, ep, one, rowid) : SB_EIO;
+            int found = sqlite3_step(one);
+            int rc = found == SQLITE_ROW    ? start_attempt(w, ep, one, rowid)
+                     : found == SQLITE_DONE ? orphan(w, ep, st)
+                                            : SB_EIO;
             sqlite3_reset(one);
             if (rc != 0)
                 break;

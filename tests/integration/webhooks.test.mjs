@@ -7,7 +7,9 @@ import { after, before, describe, it } from 'node:test';
 import { Webhook } from 'standardwebhooks';
 
 import { apiClient } from './lib/api.mjs';
-import { parseMetrics, startServer } from './lib/server.mjs';
+import path from 'node:path';
+
+import { parseMetrics, run, startServer } from './lib/server.mjs';
 import { createWebhook, deliveries, makeRooms, sleep, startReceiver, waitFor } from './lib/webhooks.mjs';
 
 let n = 0;
@@ -342,6 +344,30 @@ describe('webhooks', () => {
     assert.equal(log[0].attempt_log[3].outcome, 'delivered');
     assert.equal((await api('GET', `/v1/webhooks/${w.id}/deliveries?status=bogus`)).status, 400);
     assert.deepEqual(r.badSignatures, []);
+    await api('DELETE', `/v1/webhooks/${w.id}`);
+  });
+
+  it('a delivery whose event left the outbox is dead at once and does not block its room', async () => {
+    let fail = true;
+    const r = await receiver({ respond: () => ({ status: fail ? 503 : 200 }) });
+    const w = await createWebhook(api, { url: r.url, events: ['room.created', 'room.updated'] });
+    r.secrets = [w.secret];
+    const [room] = await makeRooms(api, uniq('orphan'), 1);
+    await waitFor(() => r.deliveries.length >= 1, { timeoutMs: 5000, what: 'the first attempt' });
+    assert.equal((await api('PATCH', `/v1/rooms/${room}`, { json: { metadata: 'after' } })).status, 200);
+    const first = r.deliveries[0].id;
+    // remove the event behind the first delivery (as a retention job would)
+    const q = await run('sqlite3', [path.join(srv.dataDir, 'switchboard.db'), '.timeout 5000', `DELETE FROM events WHERE id = '${first}'`]);
+    assert.equal(q.code, 0, q.stderr);
+    fail = false;
+    let log;
+    await waitFor(async () => {
+      log = await deliveries(api, w.id);
+      return log.length === 2 && log[0].status === 'dead' && log[1].status === 'delivered';
+    }, { timeoutMs: 10000, what: 'dead orphan, then the room moves on' });
+    assert.equal(log[0].last_error, 'the event is no longer in the outbox');
+    assert.equal(r.ok().length, 1);
+    assert.equal(r.ok()[0].event.type, 'room.updated');
     await api('DELETE', `/v1/webhooks/${w.id}`);
   });
 
