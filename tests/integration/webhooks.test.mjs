@@ -9,7 +9,7 @@ import { Webhook } from 'standardwebhooks';
 import { apiClient } from './lib/api.mjs';
 import path from 'node:path';
 
-import { parseMetrics, run, startServer } from './lib/server.mjs';
+import { parseMetrics, run, runBin, startServer, tempDir } from './lib/server.mjs';
 import { createWebhook, deliveries, makeRooms, sleep, startReceiver, waitFor } from './lib/webhooks.mjs';
 
 let n = 0;
@@ -369,6 +369,15 @@ describe('webhooks', () => {
     assert.equal(r.ok().length, 1);
     assert.equal(r.ok()[0].event.type, 'room.updated');
     await api('DELETE', `/v1/webhooks/${w.id}`);
+  });
+
+  it('checks webhooks.retry_schedule when the config is loaded (flag and environment)', async () => {
+    const dir = await tempDir();
+    const bad = await runBin(['--dev', '--data-dir', dir, '--webhooks.retry-schedule', '0,5x', '--check-config']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /webhooks\.retry_schedule: entry 2 is not a duration/);
+    const env = await runBin(['--dev', '--data-dir', dir, '--check-config'], { env: { SWITCHBOARD_WEBHOOKS_RETRY_SCHEDULE: '0,200ms,1s' } });
+    assert.equal(env.code, 0, env.stderr);
   });
 
   it('exposes delivery metrics', async () => {
