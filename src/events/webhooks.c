@@ -1268,6 +1268,7 @@ static void pump(sb_webhooks *w)
     if (!w->fanout_running &&
         (w->fanout_again || sb_event_emitted_total() != w->fanned_total || fanout_pending(w)))
         fanout(w);
+    flush(w); /* results a full write queue (or no memory) left behind */
     int64_t next = now + SB_WEBHOOKS_BACKSTOP_MS;
     for (endpoint *ep = w->endpoints; ep; ep = ep->next) {
         if (!ep->live)

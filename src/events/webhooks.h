@@ -6,7 +6,8 @@
  *   - webhooks.cursor_seq: the last event of the project already fanned out to an endpoint;
  *   - webhook_deliveries: one row per (endpoint, event): pending -> delivered | dead, with the
  *     attempt count and when the next attempt is due;
- *   - webhook_attempts: every attempt (time, HTTP status, duration, outcome, error).
+ *   - webhook_attempts: every failed attempt (time, HTTP status, duration, outcome, error);
+ *     the successful one is kept in its delivery row (last_attempt_at, last_status, ...).
  * A restart (even after kill -9) resumes from those rows: delivery is at least once, and
  * `webhook-id` is the event id on every attempt.
  *
@@ -23,9 +24,11 @@
  * per endpoint opens after webhooks.breaker_threshold consecutive failures and lets one
  * probe through after webhooks.breaker_cooldown, so a dead receiver costs the others
  * nothing; 2xx = delivered; 410 = endpoint disabled (event webhook.endpoint.disabled);
- * anything else (429, 5xx, other statuses, timeouts, connection errors, refused targets) is
- * retried on webhooks.retry_schedule with jitter, Retry-After honoured; after the last
- * attempt the delivery is dead (listed and replayable through the API).
+ * 408, 425, 429, 5xx, timeouts, connection and TLS errors and refused targets are retried on
+ * webhooks.retry_schedule with ±20 % jitter, a longer Retry-After honoured; any other status
+ * makes the delivery dead at once, and so does the last failed attempt of the schedule
+ * (dead letters are listed and replayable through the API). A delivery whose event left
+ * the outbox is dead at once.
  *
  * SSRF guard: every address curl is about to connect to is classified
  * (sb_webhook_addr_refused) unless webhooks.allow_private_targets (or --dev); a refused one
