@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -254,6 +255,14 @@ int sb_webhook_secret_decode(const char *secret, unsigned char key[SB_WEBHOOK_KE
     return len;
 }
 
+/* Fetched once: a provider lookup per signature would cost more than the HMAC. */
+static pthread_once_t hmac_once = PTHREAD_ONCE_INIT;
+static EVP_MAC *hmac;
+static void hmac_fetch(void)
+{
+    hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+}
+
 int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int64_t timestamp,
                     const void *body, size_t len, char *out)
 {
@@ -261,8 +270,8 @@ int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int
     int tl = snprintf(ts, sizeof ts, "%lld", (long long)timestamp);
     unsigned char mac[32];
     size_t maclen = sizeof mac;
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *c = m ? EVP_MAC_CTX_new(m) : NULL;
+    pthread_once(&hmac_once, hmac_fetch);
+    EVP_MAC_CTX *c = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
     char digest[] = "SHA256";
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
                            OSSL_PARAM_construct_end()};
@@ -273,7 +282,6 @@ int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int
              EVP_MAC_update(c, (const unsigned char *)".", 1) && EVP_MAC_update(c, body, len) &&
              EVP_MAC_final(c, mac, &maclen, sizeof mac);
     EVP_MAC_CTX_free(c);
-    EVP_MAC_free(m);
     if (!ok)
         return SB_EIO;
     memcpy(out, "v1,", 3);
