@@ -322,6 +322,14 @@ static const sb__config_key keys[] = {
      .arg = "PATH",
      .help = "PEM bundle of the CAs that receivers' certificates must chain to; empty means the "
              "system store."},
+    {.name = "webhooks.retention",
+     .type = SB__CFG_DURATION,
+     .def = "720h",
+     .offset = F(int64_t, webhooks_retention_ms),
+     .min = SEC,
+     .max = 8760 * HOUR,
+     .help = "How long delivered and dead deliveries (and their attempts) are kept; pending "
+             "ones are never removed."},
     /* ---- end webhooks ---- */
 
     {.name = "debug.ws_echo",

@@ -22,13 +22,15 @@
 #include "store/store.h"
 #include "switchboard/error.h"
 
-#define FANOUT_ENDPOINTS 64   /* endpoints fanned out per job */
-#define RELOAD_EVERY_MS  5000 /* endpoints re-read at least this often */
-#define MAX_ENDPOINTS    4096 /* enabled endpoints the dispatcher tracks */
-#define BUSY_BUCKETS     4096
-#define ERROR_MAX        240
-#define LATENCY_BUCKETS  12
-#define EASY_POOL        128 /* idle curl easy handles kept */
+#define FANOUT_ENDPOINTS   64   /* endpoints fanned out per job */
+#define RELOAD_EVERY_MS    5000 /* endpoints re-read at least this often */
+#define MAX_ENDPOINTS      4096 /* enabled endpoints the dispatcher tracks */
+#define BUSY_BUCKETS       4096
+#define ERROR_MAX          240
+#define LATENCY_BUCKETS    12
+#define EASY_POOL          128   /* idle curl easy handles kept */
+#define RETENTION_BATCH    500   /* deliveries looked at per retention job */
+#define RETENTION_EVERY_MS 60000 /* at most this long between passes */
 
 static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,    100,
                                                        250, 500, 1000, 2500, 10000, 30000};
@@ -141,7 +143,10 @@ struct sb_webhooks {
     _Atomic uint64_t fanned_total; /* sb_event_emitted_total at the last fan-out submit */
     bool fanout_running, fanout_again;
     bool flush_running;
-    int jobs; /* store jobs whose completion has not run */
+    bool retention_running;
+    int64_t retention_at;     /* next retention pass */
+    int64_t retention_cursor; /* rowid where the next pass starts */
+    int jobs;                 /* store jobs whose completion has not run */
     bool stopping, closing;
 
     endpoint *endpoints;
@@ -1265,6 +1270,93 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
     return next;
 }
 
+/* ---- retention: finished deliveries older than webhooks.retention -------------------------- */
+
+typedef struct retention_job {
+    sb_webhooks *w;
+    int64_t cutoff, cursor;
+} retention_job;
+
+/* Walks the deliveries in rowid (creation) order from the cursor, at most RETENTION_BATCH
+ * rows per job, deleting finished ones last changed before the cutoff with their attempts;
+ * pending ones are kept and stepped over. Returns 1 while there may be more to look at. */
+static int retention_run(sqlite3 *db, void *arg)
+{
+    retention_job *j = arg;
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "SELECT rowid, id, state <> 'pending' AND updated_at < ?2 FROM webhook_deliveries "
+            "WHERE rowid > ?1 AND created_at < ?2 ORDER BY rowid LIMIT ?3");
+    sqlite3_stmt *da = sb_store_stmt(db, "DELETE FROM webhook_attempts WHERE delivery_id = ?1");
+    sqlite3_stmt *dd = sb_store_stmt(db, "DELETE FROM webhook_deliveries WHERE rowid = ?1");
+    if (!st || !da || !dd)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, j->cursor);
+    sqlite3_bind_int64(st, 2, j->cutoff);
+    sqlite3_bind_int(st, 3, RETENTION_BATCH);
+    struct {
+        int64_t rowid;
+        char id[SB_ID_MAX];
+        bool drop;
+    } rows[RETENTION_BATCH];
+    int n = 0, rc;
+    while (n < RETENTION_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rows[n].rowid = sqlite3_column_int64(st, 0);
+        snprintf(rows[n].id, SB_ID_MAX, "%s", sqlite3_column_text(st, 1));
+        rows[n].drop = sqlite3_column_int(st, 2);
+        n++;
+    }
+    sqlite3_reset(st);
+    rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        j->cursor = rows[i].rowid;
+        if (!rows[i].drop)
+            continue;
+        sqlite3_bind_text(da, 1, rows[i].id, -1, SQLITE_STATIC);
+        rc = sb_store_errno(sqlite3_step(da));
+        sqlite3_reset(da);
+        if (rc)
+            break;
+        sqlite3_bind_int64(dd, 1, rows[i].rowid);
+        rc = sb_store_errno(sqlite3_step(dd));
+        sqlite3_reset(dd);
+    }
+    return rc ? rc : n == RETENTION_BATCH;
+}
+
+static void retention_done(void *arg, int rc)
+{
+    retention_job *j = arg;
+    sb_webhooks *w = j->w;
+    w->jobs--;
+    w->retention_running = false;
+    if (rc < 0)
+        sb_log(SB_LOG_ERROR, "webhooks: retention pass failed", "reason", sb_strerror(rc), NULL);
+    /* A full batch: go on soon; else start from the oldest again at the next pass. */
+    w->retention_cursor = rc == 1 ? j->cursor : 0;
+    if (rc == 1)
+        w->retention_at = 0;
+    sb_free(j);
+    if (w->stopping)
+        maybe_finish_stop(w);
+}
+
+static void retention(sb_webhooks *w, int64_t now)
+{
+    if (w->retention_running || now < w->retention_at || w->stopping)
+        return;
+    int64_t every = w->cfg->webhooks_retention_ms / 2;
+    w->retention_at = now + (every < RETENTION_EVERY_MS ? every : RETENTION_EVERY_MS);
+    retention_job *j = sb_malloc(sizeof *j);
+    if (!j)
+        return;
+    *j = (retention_job){w, now - w->cfg->webhooks_retention_ms, w->retention_cursor};
+    if (!submit(w, retention_run, retention_done, j)) {
+        sb_free(j);
+        return;
+    }
+    w->retention_running = true;
+}
+
 static void on_due(uv_timer_t *t)
 {
     pump(t->data);
@@ -1281,6 +1373,7 @@ static void pump(sb_webhooks *w)
         (w->fanout_again || sb_event_emitted_total() != w->fanned_total || fanout_pending(w)))
         fanout(w);
     flush(w); /* results a full write queue (or no memory) left behind */
+    retention(w, now);
     int64_t next = now + SB_WEBHOOKS_BACKSTOP_MS;
     for (endpoint *ep = w->endpoints; ep; ep = ep->next) {
         if (!ep->live)

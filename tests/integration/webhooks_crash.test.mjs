@@ -151,4 +151,27 @@ describe('webhooks survive kill -9', () => {
     assert.equal(log.length, 5);
     await again.stop();
   });
+
+  it('webhooks.retention removes finished deliveries and their attempts, never pending ones', async () => {
+    const srv = await startServer({ plain: true, args: ['--webhooks.retention', '1s', '--webhooks.retry-schedule', '0,100ms,1h'] });
+    cleanup.push(() => srv.cleanup());
+    const api = apiClient(srv, { key: srv.adminKey });
+    const ok = await startReceiver();
+    const failing = await startReceiver({ respond: () => ({ status: 503 }) });
+    cleanup.push(() => ok.close());
+    cleanup.push(() => failing.close());
+    const wo = await createWebhook(api, { url: ok.url, events: ['room.created'] });
+    const wf = await createWebhook(api, { url: failing.url, events: ['room.created'] });
+    ok.secrets = [wo.secret];
+    failing.secrets = [wf.secret];
+    for (let i = 0; i < 3; i++) assert.equal((await api('POST', '/v1/rooms', { json: { name: `ret-${process.pid}-${i}` } })).status, 201);
+    await waitFor(async () => (await deliveries(api, wo.id, 'status=delivered')).length === 3, { timeoutMs: 5000, what: 'three delivered' });
+    await waitFor(() => failing.deliveries.length === 6, { timeoutMs: 5000, what: 'two failed attempts each' });
+    // finished rows go within about a second; the pending ones (retry in 1 h) stay
+    await waitFor(async () => (await deliveries(api, wo.id)).length === 0, { timeoutMs: 8000, what: 'delivered rows removed' });
+    const pending = await deliveries(api, wf.id);
+    assert.equal(pending.length, 3);
+    assert.ok(pending.every((d) => d.status === 'pending' && d.attempt_log.length === 2));
+    await srv.stop();
+  });
 });

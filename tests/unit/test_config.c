@@ -924,7 +924,7 @@ static void test_table(void **state)
 {
     (void)state;
     const sb__config_table *t = &sb__config_keys;
-    assert_int_equal(t->nkeys, 41); /* 41: + 9 webhooks.* */
+    assert_int_equal(t->nkeys, 42); /* 42: + 10 webhooks.* */
     for (size_t i = 0; i < t->nkeys; i++) {
         const sb__config_key *k = &t->keys[i];
         assert_non_null(k->help);
