@@ -1215,7 +1215,7 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
         slots = SB_WEBHOOKS_MAX_BUSY - w->nbusy;
     /* Refill in batches: one query per few finished requests, not one per request. The
      * finishing requests pump again. */
-    int refill = limit / 4 > 1 ? limit / 4 : 1;
+    int refill = limit / 16 > 1 ? limit / 16 : 1;
     if (ep->inflight > 0 && slots < refill)
         return INT64_MAX;
     if (slots > 0) {
