@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libuv1-dev libssl-dev libyaml-dev libjansson-dev libsqlite3-dev
-    libwslay-dev libnghttp2-dev protobuf-c-compiler libprotobuf-c-dev openssl curl ca-certificates)
+    libwslay-dev libnghttp2-dev protobuf-c-compiler libprotobuf-c-dev openssl curl ca-certificates
+    libcurl4-openssl-dev) # libcurl4-openssl-dev: webhook delivery (curl multi)
 test_pkgs=(libcmocka-dev clang libclang-rt-14-dev nodejs sqlite3 nghttp2-client)
 bench_pkgs=(wrk nginx-light)
 

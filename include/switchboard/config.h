@@ -107,6 +107,18 @@ typedef struct sb_config {
     char *security_allowed_ips; /* security.allowed_ips: comma-separated CIDRs, empty = all */
     char *http_trusted_proxies; /* http.trusted_proxies: CIDRs whose X-Forwarded-For is read */
 
+    /* webhooks (events/webhooks.c) */
+    char *webhooks_retry_schedule;           /* webhooks.retry_schedule: "0,5s,5m,..." */
+    int64_t webhooks_timeout_ms;             /* webhooks.timeout: one attempt, connect to 2xx */
+    bool webhooks_allow_private_targets;     /* webhooks.allow_private_targets (--dev: true) */
+    bool webhooks_allow_http;                /* webhooks.allow_http: plain http:// targets */
+    int webhooks_max_in_flight_per_endpoint; /* webhooks.max_in_flight_per_endpoint */
+    int64_t webhooks_rotation_overlap_ms;    /* webhooks.rotation_overlap */
+    int webhooks_breaker_threshold;          /* webhooks.breaker_threshold */
+    int64_t webhooks_breaker_cooldown_ms;    /* webhooks.breaker_cooldown */
+    char *webhooks_ca_file;                  /* webhooks.ca_file: receivers' CAs; "" = system */
+    int64_t webhooks_retention_ms;           /* webhooks.retention: finished deliveries kept */
+
     /* test support */
     bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */
 } sb_config;

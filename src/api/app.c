@@ -22,6 +22,7 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "events/webhooks.h"
 #include "net/loop.h"
 #include "net/server_internal.h"
 #include "switchboard/error.h"
@@ -107,8 +108,9 @@ struct sb_app {
     sb_rtc *rtc;
     sb_jti_set *revoked_rtc; /* participant tokens revoked by id (project + jti) */
     sb_oauth *oauth;
-    sb_ipallow *allowed_ips;     /* security.allowed_ips; NULL = any */
-    sb_ipallow *trusted_proxies; /* http.trusted_proxies; NULL = none */
+    sb_ipallow *allowed_ips;      /* security.allowed_ips; NULL = any */
+    sb_ipallow *trusted_proxies;  /* http.trusted_proxies; NULL = none */
+    struct sb_webhooks *webhooks; /* the webhook dispatcher (events/webhooks.c) */
 };
 
 sb_oauth *sb__app_oauth(const sb_app *app)
@@ -173,11 +175,6 @@ static int load_revocations(sqlite3 *db, void *arg)
 sb_rtc *sb__app_rtc(const sb_app *app)
 {
     return app->rtc;
-}
-
-const sb_config *sb__app_config(const sb_app *app)
-{
-    return app->cfg;
 }
 
 int sb__app_nloops(const sb_app *app)
@@ -1208,7 +1205,8 @@ int sb_app_new(sb_app **out, const sb_config *cfg, sb_server *server, int nloops
     dbpath = path_join(cfg->data_dir, "switchboard.db");
     if (!dbpath)
         goto fail;
-    sb_store_opts so = {.path = dbpath, .readers = nloops, .synchronous_full = true};
+    /* One reader per loop, plus one for the webhook dispatcher's thread (the last). */
+    sb_store_opts so = {.path = dbpath, .readers = nloops + 1, .synchronous_full = true};
     if ((rc = sb_store_open(&app->store, &so, err, errlen)) != 0)
         goto fail;
     if ((rc = sb_store_run_sync(app->store, bootstrap_run, &b)) < 0) {
@@ -1263,6 +1261,7 @@ void sb_app_free(sb_app *app)
     sb_rtc_free(app->rtc); /* its last hooks still write */
     sb_jti_set_free(app->revoked_rtc);
     sb_oauth_free(app->oauth);
+    sb_webhooks_stop(app->webhooks); /* writes its last attempts; before the store closes */
     sb_store_close(app->store);
     for (int i = 0; i < app->nserver_keys; i++)
         sb_jose_key_free(app->server_keys[i]);
@@ -1290,6 +1289,16 @@ void sb_app_free(sb_app *app)
     sb_free(app);
 }
 
+const sb_config *sb_app_config(const sb_app *app)
+{
+    return app->cfg;
+}
+
+struct sb_webhooks *sb_app_webhooks(const sb_app *app)
+{
+    return app->webhooks;
+}
+
 const char *sb_app_generated_admin_key(const sb_app *app)
 {
     return app->generated_admin_key;
@@ -1298,11 +1307,6 @@ const char *sb_app_generated_admin_key(const sb_app *app)
 const sb_jose_key *sb_app_token_key(const sb_app *app)
 {
     return app->token_key;
-}
-
-const sb_config *sb_app_config(const sb_app *app)
-{
-    return app->cfg;
 }
 
 const sb_jose_key *sb_app_server_key(const sb_app *app, const char *kid)
@@ -1340,6 +1344,10 @@ int sb_app_register(sb_app *app, sb_router *r)
     rc = rc ? rc : sb_api_events_register(app, r);
     rc = rc ? rc : sb_api_rtc_register(app, r);
     rc = rc ? rc : sb_api_oauth_register(app, r);
+    rc = rc ? rc : sb_api_webhooks_register(app, r);
+    if (!rc && !app->webhooks) /* webhooks: the dispatcher thread, with the last reader */
+        rc = sb_webhooks_start(&app->webhooks, app, app->store,
+                               sb_store_reader(app->store, app->nloops), app->cfg);
     rc = rc ? rc : sb_api_idempotency_install(app, r); /* last: wraps every POST (not /oauth) */
     /* gRPC after it: a call's inner REST POST is wrapped already, the call itself is not. */
     rc = rc ? rc : sb_api_grpc_register(app, r);

@@ -153,8 +153,12 @@ int sb_api_rooms_register(sb_app *app, sb_router *r);
 int sb_api_tokens_register(sb_app *app, sb_router *r);
 int sb_api_sessions_register(sb_app *app, sb_router *r);
 int sb_api_signing_keys_register(sb_app *app, sb_router *r);
-int sb_api_events_register(sb_app *app, sb_router *r); /* events/stream.c */
-int sb_api_oauth_register(sb_app *app, sb_router *r);  /* rest_oauth.c */
+int sb_api_events_register(sb_app *app, sb_router *r);   /* events/stream.c */
+int sb_api_oauth_register(sb_app *app, sb_router *r);    /* rest_oauth.c */
+int sb_api_webhooks_register(sb_app *app, sb_router *r); /* rest_webhooks.c */
+
+/* The webhook dispatcher (NULL before sb_app_register has started it). */
+struct sb_webhooks *sb_app_webhooks(const sb_app *app);
 
 /* Idempotency-Key on every POST route registered before it (idempotency.c). */
 int sb_api_idempotency_install(sb_app *app, sb_router *r);
@@ -162,7 +166,6 @@ int sb_api_idempotency_install(sb_app *app, sb_router *r);
 /* Internal: the store, and memory the app frees with itself (NULL if p is NULL or no room;
  * p is then freed). */
 sb_store *sb__app_store(const sb_app *app);
-const sb_config *sb__app_config(const sb_app *app);
 int sb__app_nloops(const sb_app *app);
 struct sb_rtc *sb__app_rtc(const sb_app *app);
 struct sb_oauth *sb__app_oauth(const sb_app *app);

@@ -942,7 +942,7 @@ int sb__grpc_install(sb_router *r, size_t max_message, int nloops, void **state)
 int sb_api_grpc_register(sb_app *app, sb_router *r)
 {
     void *state = NULL;
-    int rc = sb__grpc_install(r, sb__app_config(app)->grpc_max_message_bytes, sb__app_nloops(app),
+    int rc = sb__grpc_install(r, sb_app_config(app)->grpc_max_message_bytes, sb__app_nloops(app),
                               &state);
     if (state && !sb__app_own(app, state))
         return SB_ENOMEM;

@@ -16,6 +16,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "guard/ipallow.h"
+#include "events/webhook_policy.h" /* webhooks.retry_schedule */
 #include "switchboard/error.h"
 
 #define KIB     (INT64_C(1) << 10)
@@ -381,6 +382,79 @@ static const sb__config_key keys[] = {
      .max = 16384,
      .arg = "CIDRS",
      .help = "Comma-separated proxy CIDRs whose X-Forwarded-For names the client; empty = none."},
+    /* ---- webhooks (events/webhooks.c) ---- */
+    {.name = "webhooks.retry_schedule",
+     .type = SB__CFG_STRING,
+     .def = "0,5s,5m,30m,2h,5h,10h,10h",
+     .offset = F(char *, webhooks_retry_schedule),
+     .min = 1,
+     .max = 512,
+     .arg = "LIST",
+     .help = "Delay before each delivery attempt, comma-separated durations (ms, s, m, h); after "
+             "the last failed attempt a delivery is dead."},
+    {.name = "webhooks.timeout",
+     .type = SB__CFG_DURATION,
+     .def = "10s",
+     .offset = F(int64_t, webhooks_timeout_ms),
+     .min = 50,
+     .max = 5 * MINUTE,
+     .help = "Time one delivery attempt may take, connecting included; then it is retried."},
+    {.name = "webhooks.allow_private_targets",
+     .type = SB__CFG_BOOL,
+     .def = "false",
+     .offset = F(bool, webhooks_allow_private_targets),
+     .help = "Deliver to loopback, private, link-local and metadata addresses (SSRF guard off); "
+             "--dev turns it on."},
+    {.name = "webhooks.allow_http",
+     .type = SB__CFG_BOOL,
+     .def = "false",
+     .offset = F(bool, webhooks_allow_http),
+     .help = "Accept plain http:// endpoint URLs (always accepted when private targets are)."},
+    {.name = "webhooks.max_in_flight_per_endpoint",
+     .type = SB__CFG_INT,
+     .def = "32",
+     .offset = F(int, webhooks_max_in_flight_per_endpoint),
+     .min = 1,
+     .max = 1024,
+     .help = "Concurrent delivery attempts toward one endpoint."},
+    {.name = "webhooks.rotation_overlap",
+     .type = SB__CFG_DURATION,
+     .def = "24h",
+     .offset = F(int64_t, webhooks_rotation_overlap_ms),
+     .min = 0,
+     .max = 30 * 24 * HOUR,
+     .help = "After a secret rotation, time during which deliveries carry both signatures."},
+    {.name = "webhooks.breaker_threshold",
+     .type = SB__CFG_INT,
+     .def = "10",
+     .offset = F(int, webhooks_breaker_threshold),
+     .min = 1,
+     .max = 100000,
+     .help = "Consecutive failed attempts after which an endpoint's circuit opens."},
+    {.name = "webhooks.breaker_cooldown",
+     .type = SB__CFG_DURATION,
+     .def = "30s",
+     .offset = F(int64_t, webhooks_breaker_cooldown_ms),
+     .min = 10,
+     .max = HOUR,
+     .help = "Time an open circuit waits before one probe attempt (half-open)."},
+    {.name = "webhooks.ca_file",
+     .type = SB__CFG_STRING,
+     .def = "",
+     .offset = F(char *, webhooks_ca_file),
+     .max = 4096,
+     .arg = "PATH",
+     .help = "PEM bundle of the CAs that receivers' certificates must chain to; empty means the "
+             "system store."},
+    {.name = "webhooks.retention",
+     .type = SB__CFG_DURATION,
+     .def = "720h",
+     .offset = F(int64_t, webhooks_retention_ms),
+     .min = SEC,
+     .max = 8760 * HOUR,
+     .help = "How long delivered and dead deliveries (and their attempts) are kept; pending "
+             "ones are never removed."},
+    /* ---- end webhooks ---- */
 
     {.name = "debug.ws_echo",
      .type = SB__CFG_BOOL,
@@ -1560,6 +1634,11 @@ static int validate(const sb_config *cfg, char *err, size_t errlen)
         if (rc)
             return errf(err, errlen, "%s: %s", lists[i][0], why);
     }
+    /* webhooks */
+    int64_t sched[SB_WEBHOOK_SCHEDULE_MAX];
+    if (sb_webhook_schedule_parse(cfg->webhooks_retry_schedule, sched, SB_WEBHOOK_SCHEDULE_MAX, why,
+                                  sizeof why) < 0)
+        return errf(err, errlen, "webhooks.retry_schedule: %s", why);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 #include "core/metrics.h"
 
 #include <malloc.h>
+#include <pthread.h>
 
 #include "switchboard/error.h"
 
@@ -41,6 +42,52 @@ static int metric(sb_buf *o, const char *name, const char *type, const char *hel
 {
     return sb_buf_appendf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
                           (unsigned long long)v);
+}
+
+/* ---- sources outside the loops ---- */
+#define MAX_SOURCES 8
+static pthread_mutex_t sources_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    sb_metrics_source_fn fn;
+    void *ud;
+} sources[MAX_SOURCES];
+static int nsources;
+
+int sb_metrics_add_source(sb_metrics_source_fn fn, void *ud)
+{
+    int rc = SB_EAGAIN;
+    pthread_mutex_lock(&sources_lock);
+    if (nsources < MAX_SOURCES) {
+        sources[nsources].fn = fn;
+        sources[nsources++].ud = ud;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&sources_lock);
+    return rc;
+}
+
+void sb_metrics_remove_source(sb_metrics_source_fn fn, void *ud)
+{
+    pthread_mutex_lock(&sources_lock);
+    for (int i = 0; i < nsources; i++) {
+        if (sources[i].fn == fn && sources[i].ud == ud) {
+            for (int j = i + 1; j < nsources; j++)
+                sources[j - 1] = sources[j];
+            nsources--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sources_lock);
+}
+
+static int render_sources(sb_buf *o)
+{
+    int rc = 0;
+    pthread_mutex_lock(&sources_lock);
+    for (int i = 0; i < nsources && rc == 0; i++)
+        rc = sources[i].fn(o, sources[i].ud);
+    pthread_mutex_unlock(&sources_lock);
+    return rc;
 }
 
 int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t start_time_s)
@@ -151,5 +198,6 @@ int sb_metrics_render(sb_buf *o, sb_loop_stats *const *loops, int n, uint64_t st
             : metric(o, "switchboard_heap_held_bytes", "gauge",
                      "Heap bytes the allocator holds from the system (malloc arenas and mmaps).",
                      (uint64_t)(mi.arena + mi.hblkhd));
+    rc = rc ? rc : render_sources(o);
     return rc;
 }

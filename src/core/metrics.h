@@ -56,6 +56,14 @@ static inline void sb_stat_sub(sb_counter *c, uint64_t n)
 /* Records one finished request: status and duration. */
 void sb_stats_request(sb_loop_stats *s, int status, uint64_t duration_ns);
 
+/* More metric families from outside the loops (the webhook dispatcher): fn appends its
+ * Prometheus text to out; called from any loop thread (under a lock shared with add and
+ * remove), so it must read shared state atomically. At most 8 sources; add returns 0 or
+ * SB_EAGAIN; once remove returns, fn is not running and will not be called again. */
+typedef int (*sb_metrics_source_fn)(sb_buf *out, void *ud);
+int sb_metrics_add_source(sb_metrics_source_fn fn, void *ud);
+void sb_metrics_remove_source(sb_metrics_source_fn fn, void *ud);
+
 /* Appends the Prometheus text for the sum of n loops' stats. */
 int sb_metrics_render(sb_buf *out, sb_loop_stats *const *loops, int n, uint64_t start_time_s);
 

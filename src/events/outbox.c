@@ -1,5 +1,6 @@
 #include "events/outbox.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,14 @@ static void note_emitted(const char *project_id)
         return;
     }
     memcpy(emitted.ids[emitted.n++], project_id, len + 1);
+}
+
+/* Every sb_event_emit, process-wide (sb_event_emitted_total). */
+static _Atomic uint64_t emitted_total;
+
+uint64_t sb_event_emitted_total(void)
+{
+    return atomic_load_explicit(&emitted_total, memory_order_acquire);
 }
 
 int sb_event_take_emitted(char out[][SB_ID_MAX], int max)
@@ -69,8 +78,10 @@ int sb_event_emit(sqlite3 *db, const char *project_id, const char *type, const c
         sqlite3_reset(st);
     }
     free(text);
-    if (!rc)
+    if (!rc) {
         note_emitted(project_id);
+        atomic_fetch_add_explicit(&emitted_total, 1, memory_order_acq_rel);
+    }
     if (!rc && out_id)
         memcpy(out_id, id, sizeof id);
     return rc;

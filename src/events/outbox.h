@@ -38,6 +38,10 @@ int sb_event_emit(sqlite3 *db, const char *project_id, const char *type, const c
 #define SB_EVENT_EMITTED_ALL (-1)
 int sb_event_take_emitted(char out[][SB_ID_MAX], int max);
 
+/* How many events sb_event_emit has written in this process (committed or later rolled
+ * back): a commit hook that sees it change knows that new outbox rows may be visible. */
+uint64_t sb_event_emitted_total(void);
+
 /* Builds the envelope of a stored event row: id, type, created_at (ms), project_id, data
  * (JSON text). Returns a new object or NULL. */
 json_t *sb_event_envelope(const char *id, const char *type, int64_t created_at_ms,

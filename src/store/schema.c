@@ -171,9 +171,77 @@ static const char migration_5[] = "CREATE TABLE revoked_tokens ("
                                   ") STRICT, WITHOUT ROWID;"
                                   "CREATE INDEX revoked_tokens_until ON revoked_tokens(until_at);";
 
+/* ---- migration 3: webhooks (events/webhooks.c, api/rest_webhooks.c) ---- */
+/*
+ * webhooks: endpoints; secrets sealed (AES-GCM under the app's data key) because they must be
+ * usable to sign. cursor_seq: the project's last event seq already fanned out into
+ * webhook_deliveries for this endpoint. webhook_deliveries: one row per (endpoint, event),
+ * the delivery state machine pending -> delivered | dead (dead -> pending on replay).
+ * webhook_attempts: every failed attempt, kept for GET /v1/webhooks/{id}/deliveries; the
+ * successful one is the delivery row's last_* columns (one write less on the common path).
+ */
+static const char migration_3[] =
+    "CREATE TABLE webhooks ("
+    "  id TEXT PRIMARY KEY,"
+    "  project_id TEXT NOT NULL,"
+    "  url TEXT NOT NULL,"
+    "  events TEXT NOT NULL," /* JSON array of event types; [] = all */
+    "  description TEXT NULL,"
+    "  enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),"
+    "  secret BLOB NOT NULL,"
+    "  old_secret BLOB NULL,"
+    "  old_secret_until INTEGER NULL,"
+    "  disabled_reason TEXT NULL,"
+    "  cursor_seq INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX webhooks_project ON webhooks(project_id, created_at, id);"
+    "CREATE TABLE webhook_deliveries ("
+    "  id TEXT PRIMARY KEY,"
+    "  webhook_id TEXT NOT NULL,"
+    "  project_id TEXT NOT NULL,"
+    "  event_seq INTEGER NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  event_type TEXT NOT NULL,"
+    "  room_name TEXT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"       /* all attempts, replays included */
+    "  round_attempts INTEGER NOT NULL DEFAULT 0," /* since creation or the last replay */
+    /* 1 while an earlier pending delivery of the same room and endpoint exists: only the
+     * room's head is unblocked, so picking due deliveries is one index range, no sort. */
+    "  blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),"
+    "  next_at INTEGER NOT NULL,"
+    "  last_attempt_at INTEGER NULL,"
+    "  last_duration_ms INTEGER NULL,"
+    "  last_status INTEGER NULL,"
+    "  last_error TEXT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  UNIQUE (webhook_id, event_seq)"
+    ") STRICT;"
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(webhook_id, next_at) "
+    "  WHERE state = 'pending' AND blocked = 0;"
+    "CREATE INDEX webhook_deliveries_room ON webhook_deliveries(webhook_id, room_name, event_seq) "
+    "  WHERE state = 'pending';"
+    "CREATE INDEX webhook_deliveries_dead ON webhook_deliveries(webhook_id, event_seq) "
+    "  WHERE state = 'dead';"
+    "CREATE TABLE webhook_attempts ("
+    "  delivery_id TEXT NOT NULL,"
+    "  attempt INTEGER NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  status INTEGER NULL,"
+    "  duration_ms INTEGER NOT NULL,"
+    "  outcome TEXT NOT NULL,"
+    "  error TEXT NULL,"
+    "  PRIMARY KEY (delivery_id, attempt)"
+    ") STRICT;";
+/* ---- end migration 3 ---- */
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
+    {3, "webhooks: endpoints, deliveries, attempts", migration_3},
     {4, "OAuth 2.0 clients and revoked access tokens", migration_4},
     {5, "revoked participant tokens", migration_5},
 };

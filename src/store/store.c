@@ -47,6 +47,11 @@ struct sb_store {
     sb_store_stats stats;
     void (*commit_hook)(void *ud);
     void *commit_ud;
+    /* sb_store_add_commit_hook: more listeners (the webhook dispatcher) */
+    void (*extra_hooks[SB_STORE_MAX_COMMIT_HOOKS])(void *ud);
+    void *extra_ud[SB_STORE_MAX_COMMIT_HOOKS];
+    int nextra;
+    pthread_mutex_t hook_lock; /* guards the three above; held while they run */
 };
 
 static void set_err(char *err, size_t errlen, const char *what, sqlite3 *db)
@@ -306,6 +311,12 @@ static void *writer_main(void *arg)
 
         if (hook)
             hook(hook_ud); /* before the completions: a stream may see an event first */
+        if (ok) {
+            pthread_mutex_lock(&s->hook_lock); /* held while they run: see remove */
+            for (int i = 0; i < s->nextra; i++)
+                s->extra_hooks[i](s->extra_ud[i]);
+            pthread_mutex_unlock(&s->hook_lock);
+        }
 
         complete(first); /* outside the lock: done callbacks may submit */
         pthread_mutex_lock(&s->lock);
@@ -400,6 +411,7 @@ int sb_store_open(sb_store **out, const sb_store_opts *o, char *err, size_t errl
     }
 
     rc = SB_EIO;
+    s->hook_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
     if (pthread_mutex_init(&s->lock, NULL) != 0) {
         snprintf(err, errlen, "store: cannot create mutex");
         goto fail_close;
@@ -455,6 +467,7 @@ void sb_store_close(sb_store *s)
     pthread_cond_destroy(&s->notfull);
     pthread_cond_destroy(&s->nonempty);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->hook_lock);
     sb_free(s->readers);
     sb_free(s);
 }
@@ -593,6 +606,35 @@ void sb_store_set_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud)
     s->commit_hook = fn;
     s->commit_ud = ud;
     pthread_mutex_unlock(&s->lock);
+}
+
+int sb_store_add_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud)
+{
+    int rc = SB_EAGAIN;
+    pthread_mutex_lock(&s->hook_lock);
+    if (fn && s->nextra < SB_STORE_MAX_COMMIT_HOOKS) {
+        s->extra_hooks[s->nextra] = fn;
+        s->extra_ud[s->nextra++] = ud;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->hook_lock);
+    return rc;
+}
+
+void sb_store_remove_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud)
+{
+    pthread_mutex_lock(&s->hook_lock);
+    for (int i = 0; i < s->nextra; i++) {
+        if (s->extra_hooks[i] == fn && s->extra_ud[i] == ud) {
+            for (int j = i + 1; j < s->nextra; j++) {
+                s->extra_hooks[j - 1] = s->extra_hooks[j];
+                s->extra_ud[j - 1] = s->extra_ud[j];
+            }
+            s->nextra--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->hook_lock);
 }
 
 void sb_store_get_stats(sb_store *s, sb_store_stats *out)

@@ -173,6 +173,14 @@ int sb_store_errno(int sqlite_rc);
  */
 void sb_store_set_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud);
 
+/* More commit hooks beside the one above (same contract), for other listeners such as the
+ * webhook dispatcher: at most SB_STORE_MAX_COMMIT_HOOKS. add returns 0 or SB_EAGAIN (full); remove
+ * forgets the (fn, ud) pair (no-op if absent); once remove returns, fn is not running and
+ * will not be called again. */
+#define SB_STORE_MAX_COMMIT_HOOKS 4
+int sb_store_add_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud);
+void sb_store_remove_commit_hook(sb_store *s, void (*fn)(void *ud), void *ud);
+
 typedef struct sb_store_stats {
     uint64_t jobs_done;      /* jobs whose batch committed (kept or rolled back by the job) */
     uint64_t jobs_failed;    /* jobs that got SB_EIO because their batch failed */

@@ -61,6 +61,7 @@ POST   /v1/webhooks/{id}/rotate-secret                      webhooks:write
 POST   /v1/webhooks/{id}/test                               webhooks:write
 GET    /v1/webhooks/{id}/deliveries                         webhooks:read    list
 POST   /v1/webhooks/{id}/deliveries/{delivery_id}/retry     webhooks:write
+POST   /v1/webhooks/{id}/deliveries/retry                   webhooks:write
 GET    /v1/events                                           events:read
 POST   /oauth/token                                         client
 POST   /oauth/introspect                                    client

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# bench/webhooks.bench.sh BIN — signed webhook delivery: a batch of N events spread over R rooms
+# is delivered to one receiver, Switchboard (durable outbox → curl multi, Standard Webhooks
+# signatures, ordered per room) side by side with bench/peers/webhook-undici (node + an undici
+# Pool, the same signing, the same per-room order, in memory). Both deliver to the same receiver
+# (bench/webhook-receiver.mjs), which verifies every signature and measures, per delivery, the
+# time from the event's created_at to its arrival.
+#
+#   Switchboard: the batch is written into its outbox (events table) in one transaction with
+#   created_at = now, then one API call wakes the dispatcher (as any committed event does).
+#   Peer: reads a batch of the same shape, created_at = its start.
+#
+# Reported: signed deliveries/s (N / (last arrival − created_at)), p50/p99 created→2xx, the
+# sender's CPU time per delivery, the ratio. Server and peer pinned to BENCH_SERVER_CPU, the
+# receiver to BENCH_CLIENT_CPU. Goal: sb/peer deliveries/s >= 4.
+#
+# Knobs: BENCH_RUNS, BENCH_SERVER_CPU, BENCH_CLIENT_CPU, BENCH_RESULTS_DIR, BENCH_SUMMARY as for
+# the others, and BENCH_WEBHOOK_EVENTS (20000), BENCH_WEBHOOK_ROOMS (1000),
+# BENCH_WEBHOOK_CONCURRENCY (32: in-flight requests of both senders).
+# shellcheck disable=SC2317 # trap handlers are reached through trap
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+BENCH_NAME=webhooks.bench
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+
+EVENTS=${BENCH_WEBHOOK_EVENTS:-20000}
+ROOMS=${BENCH_WEBHOOK_ROOMS:-1000}
+CONC=${BENCH_WEBHOOK_CONCURRENCY:-32}
+GOAL_RATIO=4
+for v in EVENTS ROOMS CONC; do [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "BENCH_WEBHOOK_$v must be a positive integer"; done
+
+need_tools node npm taskset curl awk cmp sqlite3
+bin=${1:-}
+if [ -z "$bin" ] || [ ! -x "$bin" ] || [ -d "$bin" ]; then
+    die "Switchboard binary '${bin:-<none>}' not found or not executable (usage: $0 BIN)"
+fi
+case "$bin" in /*) ;; *) bin=$PWD/$bin ;; esac
+
+peer_dir=$here/peers/webhook-undici
+stamp=$peer_dir/node_modules/.sb-lock-stamp
+if [ ! -f "$stamp" ] || ! cmp -s "$peer_dir/package-lock.json" "$stamp"; then
+    say "webhooks.bench: npm ci in bench/peers/webhook-undici"
+    (cd "$peer_dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $peer_dir failed"
+    cp "$peer_dir/package-lock.json" "$stamp"
+fi
+
+bench_pinning
+pinning=${pinning/wrk/receiver}
+bench_tmpdir webhooks
+
+api_key=$(openssl rand -base64 64 | tr -dc 'A-Za-z0-9' | head -c 43)
+[ ${#api_key} -eq 43 ] || die "could not make a random API key"
+sb_data=$tmp/sb-data
+mkdir -p "$sb_data"
+sb_port=$(pick_port)
+sb_plain=$(pick_port)
+rcv_port=$(pick_port)
+rcv=http://127.0.0.1:$rcv_port
+
+bench_versions
+sb_ver=$("$bin" --version 2>/dev/null | head -n 1 || echo unknown)
+undici_ver=$(node -p 'require(process.argv[1]).version' "$peer_dir/node_modules/undici/package.json" 2>/dev/null || echo unknown)
+node_ver=$(node --version)
+
+say "Signed webhook delivery — Switchboard vs webhook-undici (node $node_ver, undici $undici_ver), side by side"
+say "  switchboard: $sb_ver (${bin}, commit $git_rev), --workers 1, webhooks.max_in_flight_per_endpoint $CONC"
+say "  batch:       $EVENTS room.updated events over $ROOMS rooms (ordered per room on both), $CONC requests in flight at most"
+say "  receiver:    node http, verifies every signature (HMAC-SHA256; first 200 also with npm standardwebhooks), answers 204"
+say "  runs:        $RUNS per sender, alternating; $policy by deliveries/s"
+say "  pinning:     $pinning"
+say ""
+
+"${pin_client[@]}" node "$here/webhook-receiver.mjs" "$rcv_port" "$peer_dir" >"$tmp/rcv.out" 2>&1 &
+rcv_pid=$!
+pids+=("$rcv_pid")
+wait_ready receiver "$rcv_pid" "$rcv/healthz" || { tail -n 20 "$tmp/rcv.out"; exit 1; }
+
+SWITCHBOARD_ADMIN_KEY=$api_key sb_start "$sb_data/tls/ca.pem" "https://127.0.0.1:$sb_port/healthz" \
+    --dev --workers 1 --data-dir "$sb_data" --listen "127.0.0.1:$sb_port" --plain-listen "127.0.0.1:$sb_plain" \
+    --log.file "$tmp/sb.log" --ratelimit.requests-per-second 1000000 --ratelimit.burst 1000000 \
+    --webhooks.max-in-flight-per-endpoint "$CONC" || exit 1
+api=http://127.0.0.1:$sb_plain
+code=$(curl -sS --max-time 5 -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+    -d "{\"url\":\"$rcv/hook\",\"events\":[\"room.updated\"]}" -o "$tmp/wh.json" -w '%{http_code}' "$api/v1/webhooks" || echo 000)
+[ "$code" = 201 ] || { say "webhooks.bench: creating the webhook answered $code"; cat "$tmp/wh.json"; exit 1; }
+sb_secret=$(node -p 'JSON.parse(require("fs").readFileSync(process.argv[1])).secret' "$tmp/wh.json")
+peer_secret="whsec_$(openssl rand -base64 32)"
+
+configure() { curl -fsS --max-time 5 -X PUT -d "{\"secret\":\"$1\"}" "$rcv/config" >/dev/null; }
+stats() { curl -fsS --max-time 5 "$rcv/stats"; }
+jget() { node -e 'const o = JSON.parse(process.argv[1]); console.log(o[process.argv[2]])' "$1" "$2"; }
+wait_count() { # N: until the receiver has N distinct deliveries (120 s at most)
+    local i=0
+    while [ "$i" -lt 1200 ]; do
+        [ "$(jget "$(stats)" distinct)" -ge "$1" ] && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+# One run: prints a JSON line {deliveries_per_sec, p50_ms, p99_ms, cpu_us_per_delivery, count, distinct, bad, rss_kb}
+run_sb() {
+    configure "$sb_secret"
+    local c0 c1
+    c0=$(cpu_ticks "$sb_pid")
+    sqlite3 "$sb_data/switchboard.db" <<SQL >/dev/null
+.timeout 10000
+BEGIN IMMEDIATE;
+WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < $EVENTS - 1),
+base AS (SELECT COALESCE((SELECT next_seq FROM event_counters WHERE project_id = 'prj_default'), 1) AS s,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS t)
+INSERT INTO events (project_id, seq, id, type, created_at, room_name, data)
+SELECT 'prj_default', base.s + i, 'evt_b' || substr(lower(hex(randomblob(10))), 1, 19), 'room.updated', base.t,
+       'bench-room-' || (i % $ROOMS), json_object('room', json_object('name', 'bench-room-' || (i % $ROOMS), 'metadata', 'm' || i))
+FROM c, base;
+INSERT INTO event_counters (project_id, next_seq) VALUES ('prj_default', (SELECT MAX(seq) + 1 FROM events WHERE project_id = 'prj_default'))
+ON CONFLICT (project_id) DO UPDATE SET next_seq = excluded.next_seq;
+COMMIT;
+SQL
+    # any committed event wakes the dispatcher; this one (room.created) is not for the endpoint
+    curl -fsS --max-time 5 -o /dev/null -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+        -d "{\"name\":\"wake-$RANDOM$RANDOM\"}" "$api/v1/rooms"
+    wait_count "$EVENTS" || { say "webhooks.bench: switchboard did not deliver $EVENTS events in 120 s: $(stats)"; return 1; }
+    c1=$(cpu_ticks "$sb_pid")
+    local s
+    s=$(stats)
+    node -e 'const s = JSON.parse(process.argv[1]); const n = +process.argv[2];
+        console.log(JSON.stringify({ deliveries_per_sec: n / ((s.last_ms - s.min_created_ms) / 1000), p50_ms: s.p50_ms, p99_ms: s.p99_ms,
+          cpu_us_per_delivery: (+process.argv[3]) * 10000 / n, count: s.count, distinct: s.distinct, bad: s.bad, rss_kb: +process.argv[4] }))' \
+        "$s" "$EVENTS" "$((c1 - c0))" "$(status_kb "$sb_pid" VmRSS)"
+}
+
+run_peer() {
+    configure "$peer_secret"
+    local out s
+    out=$("${pin_server[@]}" node "$peer_dir/peer.mjs" --url "$rcv/hook" --secret "$peer_secret" --events "$EVENTS" \
+        --rooms "$ROOMS" --concurrency "$CONC") || { say "webhooks.bench: the peer failed"; return 1; }
+    wait_count "$EVENTS" || { say "webhooks.bench: the peer did not deliver $EVENTS events: $(stats)"; return 1; }
+    s=$(stats)
+    node -e 'const s = JSON.parse(process.argv[1]); const p = JSON.parse(process.argv[2]); const n = +process.argv[3];
+        console.log(JSON.stringify({ deliveries_per_sec: n / ((s.last_ms - s.min_created_ms) / 1000), p50_ms: s.p50_ms, p99_ms: s.p99_ms,
+          cpu_us_per_delivery: (p.cpu_user_ms + p.cpu_system_ms) * 1000 / n, count: s.count, distinct: s.distinct, bad: s.bad, rss_kb: 0 }))' \
+        "$s" "$out" "$EVENTS"
+}
+
+declare -A R
+servers=(sb peer)
+for n in $(seq 1 "$RUNS"); do
+    k=$(((n - 1) % 2))
+    for s in "${servers[@]:k}" "${servers[@]:0:k}"; do
+        j=$("run_$s") || exit 1
+        R[$s.runs]+="$j"$'\n'
+        node -e 'const o = JSON.parse(process.argv[1]);
+            console.log(`  run ${process.argv[2]} ${process.argv[3].padEnd(14)} ${o.deliveries_per_sec.toFixed(0).padStart(7)} deliveries/s  p50 ${o.p50_ms} ms  p99 ${o.p99_ms} ms  ` +
+              `sender CPU ${o.cpu_us_per_delivery.toFixed(1)} us/delivery  (${o.count} verified, ${o.distinct} distinct, ${o.bad} bad signatures)`)' \
+            "$j" "$n" "$([ "$s" = sb ] && echo switchboard || echo webhook-undici)"
+    done
+done
+stop_sb
+stop_pid "$rcv_pid" 5
+forget_pid "$rcv_pid"
+
+sel=$(SB_RUNS=${R[sb.runs]} PEER_RUNS=${R[peer.runs]} RUNS=$RUNS GOAL=$GOAL_RATIO node -e '
+    const e = process.env;
+    const pick = (t) => { const r = t.trim().split("\n").map((l) => JSON.parse(l)).sort((a, b) => a.deliveries_per_sec - b.deliveries_per_sec);
+        return +e.RUNS < 3 ? r[r.length - 1] : r[Math.floor((r.length - 1) / 2)]; };
+    const sb = pick(e.SB_RUNS), peer = pick(e.PEER_RUNS);
+    const ratio = sb.deliveries_per_sec / peer.deliveries_per_sec;
+    const why = [];
+    if (ratio < +e.GOAL) why.push(`ratio ${ratio.toFixed(2)} < ${e.GOAL}`);
+    if (sb.bad || sb.distinct < sb.count - sb.count) why.push("bad signatures");
+    console.log(JSON.stringify({ sb, peer, ratio, cpu_ratio: peer.cpu_us_per_delivery / sb.cpu_us_per_delivery,
+      goal: why.length ? "goal missed" : "goal met", why: why.join(", ") }));')
+g() { node -e 'const o = JSON.parse(process.argv[1]); const v = process.argv[2].split(".").reduce((a, k) => a[k], o); console.log(typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(2)) : v)' "$sel" "$1"; }
+say "  --- $policy ---"
+row() { printf '  %-30s %14s %14s\n' "$@"; }
+row "" switchboard webhook-undici
+row "signed deliveries/s" "$(g sb.deliveries_per_sec)" "$(g peer.deliveries_per_sec)"
+row "ratio sb/peer" "$(g ratio)" ""
+row "created→2xx p50 (ms)" "$(g sb.p50_ms)" "$(g peer.p50_ms)"
+row "created→2xx p99 (ms)" "$(g sb.p99_ms)" "$(g peer.p99_ms)"
+row "sender CPU per delivery (us)" "$(g sb.cpu_us_per_delivery)" "$(g peer.cpu_us_per_delivery)"
+row "CPU ratio peer/sb" "$(g cpu_ratio)" ""
+say "  (the receiver is one node process on its own core: when it is saturated, it bounds both senders;"
+say "   the CPU per delivery then says more about the senders than deliveries/s)"
+goal=$(g goal) why=$(g why)
+say "  goal sb/peer deliveries/s >= $GOAL_RATIO: $goal${why:+ ($why)}"
+say ""
+
+mkdir -p "$RESULTS_DIR"
+ts=$(date -u +%Y%m%dT%H%M%SZ)
+json=$RESULTS_DIR/webhooks-$ts.json
+SEL=$sel SB_RUNS=${R[sb.runs]} PEER_RUNS=${R[peer.runs]} node -e '
+    const e = process.env, s = JSON.parse(e.SEL), runs = (t) => t.trim().split("\n").map((l) => JSON.parse(l));
+    const a = process.argv.slice(1);
+    console.log(JSON.stringify({ bench: "webhooks", timestamp: a[0], switchboard: { version: a[1], binary: a[2], commit: a[3] },
+        undici: a[4], node: a[5], params: { events: +a[6], rooms: +a[7], concurrency: +a[8], runs: +a[9], selection: a[10], pinning: a[11] },
+        goals: { webhooks: "sb/peer signed deliveries/s >= 4" },
+        senders: { switchboard: { runs: runs(e.SB_RUNS), selected: s.sb }, "webhook-undici": { runs: runs(e.PEER_RUNS), selected: s.peer } },
+        comparisons: { "sb/peer": { ratio: s.ratio, cpu_ratio: s.cpu_ratio, goal: s.goal + (s.why ? ": " + s.why : "") } } }, null, 2));' \
+    "$ts" "$sb_ver" "$bin" "$git_rev" "$undici_ver" "$node_ver" "$EVENTS" "$ROOMS" "$CONC" "$RUNS" "$policy" "$pinning" >"$json"
+say "results: ${json#"$PWD"/}"
+
+if [ -n "$SUMMARY" ]; then
+    printf 'row\twebhooks\tsigned deliveries/s vs webhook-undici\t%s\t%s\t%s\t%sms\t%sms\t%sms\t%sms\t%s kB\t-\t%s\n' \
+        "$(g sb.deliveries_per_sec)" "$(g peer.deliveries_per_sec)" "$(g ratio)" "$(g sb.p50_ms)" "$(g sb.p99_ms)" \
+        "$(g peer.p50_ms)" "$(g peer.p99_ms)" "$(g sb.rss_kb)" "$goal" >>"$SUMMARY"
+    printf 'note\twebhooks: %s events over %s rooms, %s in flight, one node receiver verifying every signature, %s, %s; latency = created_at → arrival; sender CPU/delivery sb %s us vs peer %s us\n' \
+        "$EVENTS" "$ROOMS" "$CONC" "$policy" "$pinning" "$(g sb.cpu_us_per_delivery)" "$(g peer.cpu_us_per_delivery)" >>"$SUMMARY"
+    printf 'goal\twebhooks: sb/peer signed deliveries/s >= %s\n' "$GOAL_RATIO" >>"$SUMMARY"
+fi
+exit 0

@@ -1,0 +1,1702 @@
+#include "events/webhooks.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "api/app.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "events/outbox.h"
+#include "events/webhook_policy.h"
+#include "store/store.h"
+#include "switchboard/error.h"
+
+#define FANOUT_ENDPOINTS   64   /* endpoints fanned out per job */
+#define RELOAD_EVERY_MS    5000 /* endpoints re-read at least this often */
+#define MAX_ENDPOINTS      4096 /* enabled endpoints the dispatcher tracks */
+#define BUSY_BUCKETS       4096
+#define ERROR_MAX          240
+#define LATENCY_BUCKETS    12
+#define EASY_POOL          128   /* idle curl easy handles kept */
+#define RETENTION_BATCH    500   /* deliveries looked at per retention job */
+#define RETENTION_EVERY_MS 60000 /* at most this long between passes */
+
+static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,    100,
+                                                       250, 500, 1000, 2500, 10000, 30000};
+static const char *const lat_le[LATENCY_BUCKETS] = {
+    "0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "10", "30"};
+
+/* A delivery's id: "dlv_" + the endpoint's rowid (8 hex digits) + the event's seq (12): unique
+ * because (endpoint, event) is, and increasing per endpoint, so that the id index grows at
+ * its end instead of taking random inserts. SQL expression over two SQL operands. */
+#define SB__DELIVERY_ID(webhook_rowid, seq)                                                        \
+    "printf('dlv_%08x%012x', " webhook_rowid " & 4294967295, " seq " & 281474976710655)"
+
+enum outcome { OUT_DELIVERED, OUT_RETRY, OUT_DEAD, OUT_GONE, OUT_COUNT };
+static const char *const outcome_name[OUT_COUNT] = {"delivered", "retry", "dead", "gone"};
+
+typedef struct endpoint endpoint;
+typedef struct attempt attempt;
+
+struct endpoint {
+    endpoint *next;
+    char id[SB_ID_MAX];
+    char project[SB_ID_MAX];
+    char *url;
+    int64_t updated_at;
+    unsigned char key[SB_WEBHOOK_KEY_MAX];
+    int keylen;
+    unsigned char old_key[SB_WEBHOOK_KEY_MAX];
+    int old_keylen;
+    int64_t old_until;
+    bool live;          /* enabled and present at the last reload */
+    bool gone;          /* answered 410: not live until its row changes */
+    bool seen;          /* mark for the reload sweep */
+    int refs;           /* attempts that point here */
+    int inflight;       /* HTTP requests running */
+    int busy;           /* attempts not yet written (in flight or awaiting the flush) */
+    int failures;       /* consecutive */
+    int64_t open_until; /* breaker: 0 closed; > now open; <= now half-open */
+    bool probing;
+};
+
+struct attempt {
+    attempt *hnext; /* busy set chain */
+    attempt *qnext; /* results queue */
+    sb_webhooks *w;
+    endpoint *ep;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    size_t body_len;
+    size_t resp_bytes;
+    char delivery_id[SB_ID_MAX];
+    char event_id[SB_ID_MAX];
+    char room[SB_WEBHOOKS_ROOM_MAX + 1]; /* "" when the event has none */
+    int64_t rowid;                       /* of the delivery row */
+    int attempt_no;                      /* total, 1-based */
+    int round_no;                        /* within the schedule round, 1-based */
+    int64_t at_ms;
+    uint64_t t0_ns;
+    int64_t retry_after_ms;
+    char refused[ERROR_MAX];
+    char errbuf[CURL_ERROR_SIZE];
+    /* result */
+    int status;
+    int64_t duration_ms;
+    enum outcome outcome;
+    int64_t next_at;
+    char error[ERROR_MAX];
+};
+
+typedef struct posted {
+    struct posted *next;
+    void (*fn)(void *);
+    void *arg;
+} posted;
+
+typedef struct sockctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    int events; /* the uv_poll events started: an unchanged set costs no epoll_ctl */
+    sb_webhooks *w;
+} sockctx;
+
+struct sb_webhooks {
+    sb_app *app;
+    sb_store *store;
+    sqlite3 *db; /* reader */
+    const sb_config *cfg;
+    int64_t schedule[SB_WEBHOOK_SCHEDULE_MAX];
+    int nschedule;
+    bool allow_private;
+    uint64_t rng;
+
+    pthread_t thread;
+    bool thread_started;
+    uv_loop_t loop;
+    uv_async_t async;
+    uv_timer_t curl_timer;
+    uv_timer_t due_timer;
+    uv_idle_t idle;
+    bool idle_on;
+    CURLM *multi;
+
+    pthread_mutex_t mq_lock; /* posted completions */
+    posted *mq_head, *mq_tail;
+    atomic_bool stop_requested;
+    atomic_bool wake_requested;
+    _Atomic uint64_t changed_gen;
+    uint64_t loaded_gen;
+    int64_t loaded_at;
+    _Atomic uint64_t fanned_total; /* sb_event_emitted_total at the last fan-out submit */
+    bool fanout_running, fanout_again;
+    bool flush_running;
+    bool retention_running;
+    int64_t retention_at;     /* next retention pass */
+    int64_t retention_cursor; /* rowid where the next pass starts */
+    int jobs;                 /* store jobs whose completion has not run */
+    bool stopping, closing;
+
+    endpoint *endpoints;
+    int nendpoints;
+    CURL *easy_pool[EASY_POOL]; /* finished handles kept for reuse (curl_easy_reset) */
+    int neasy;
+    attempt *busy[BUSY_BUCKETS];
+    int nbusy;
+    attempt *results_head, *results_tail;
+    int nresults;
+
+    /* metrics (read by any loop thread) */
+    sb_counter outcomes[OUT_COUNT];
+    sb_counter refused_total;
+    sb_counter lat_buckets[LATENCY_BUCKETS + 1];
+    sb_counter lat_sum_us;
+    sb_counter in_flight;
+    sb_counter breakers_open;
+};
+
+static void pump(sb_webhooks *w);
+static void pump_soon(sb_webhooks *w);
+static void maybe_finish_stop(sb_webhooks *w);
+
+static uint32_t rnd32(sb_webhooks *w)
+{
+    uint64_t x = w->rng; /* xorshift64* */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+bool sb_webhooks_private_allowed(const sb_config *cfg)
+{
+    return cfg->webhooks_allow_private_targets || cfg->dev;
+}
+
+/* ---- the busy set: deliveries in flight or awaiting their write ----------------------- */
+
+static unsigned busy_slot(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h % BUSY_BUCKETS;
+}
+
+static bool busy_has(sb_webhooks *w, const char *id)
+{
+    for (attempt *a = w->busy[busy_slot(id)]; a; a = a->hnext)
+        if (strcmp(a->delivery_id, id) == 0)
+            return true;
+    return false;
+}
+
+static void busy_add(sb_webhooks *w, attempt *a)
+{
+    unsigned s = busy_slot(a->delivery_id);
+    a->hnext = w->busy[s];
+    w->busy[s] = a;
+    w->nbusy++;
+}
+
+static void busy_remove(sb_webhooks *w, attempt *a)
+{
+    for (attempt **p = &w->busy[busy_slot(a->delivery_id)]; *p; p = &(*p)->hnext)
+        if (*p == a) {
+            *p = a->hnext;
+            w->nbusy--;
+            return;
+        }
+}
+
+/* ---- completions of store jobs, posted from the writer thread -------------------------- */
+
+static void post_done(void *target, void (*fn)(void *), void *arg)
+{
+    sb_webhooks *w = target;
+    posted *p = NULL;
+    for (int i = 0; i < 100 && !(p = sb_malloc(sizeof *p)); i++)
+        uv_sleep(10);
+    if (!p) {
+        sb_log(SB_LOG_ERROR, "webhooks: out of memory posting a completion", NULL);
+        abort();
+    }
+    *p = (posted){NULL, fn, arg};
+    pthread_mutex_lock(&w->mq_lock);
+    if (w->mq_tail)
+        w->mq_tail->next = p;
+    else
+        w->mq_head = p;
+    w->mq_tail = p;
+    pthread_mutex_unlock(&w->mq_lock);
+    uv_async_send(&w->async);
+}
+
+static bool submit(sb_webhooks *w, sb_store_job_fn job, sb_store_done_fn done, void *arg)
+{
+    int rc = sb_store_submit(w->store, job, done, arg, post_done, w);
+    if (rc != 0)
+        return false;
+    w->jobs++;
+    return true;
+}
+
+/* Runs on the writer thread after every commit: quick, no store calls. */
+static void commit_hook(void *ud)
+{
+    sb_webhooks *w = ud;
+    if (sb_event_emitted_total() != w->fanned_total) {
+        atomic_store(&w->wake_requested, true);
+        uv_async_send(&w->async);
+    }
+}
+
+void sb_webhooks_changed(sb_webhooks *w)
+{
+    if (!w)
+        return;
+    atomic_fetch_add(&w->changed_gen, 1);
+    atomic_store(&w->wake_requested, true);
+    uv_async_send(&w->async);
+}
+
+/* ---- endpoints ------------------------------------------------------------------------ */
+
+static int open_key(sb_webhooks *w, const void *sealed, int len, unsigned char *key)
+{
+    sb_buf b;
+    sb_buf_init(&b, 4096);
+    int rc = sealed && len > 0 ? sb__app_open(w->app, sealed, (size_t)len, &b) : SB_EINVAL;
+    rc = rc ? rc : sb_buf_append(&b, "", 1);
+    int n = rc ? rc : sb_webhook_secret_decode(b.base, key);
+    if (b.base)
+        OPENSSL_cleanse(b.base, b.cap);
+    sb_buf_free(&b);
+    return n;
+}
+
+static endpoint *find_endpoint(sb_webhooks *w, const char *id)
+{
+    for (endpoint *e = w->endpoints; e; e = e->next)
+        if (strcmp(e->id, id) == 0)
+            return e;
+    return NULL;
+}
+
+static void free_endpoint(sb_webhooks *w, endpoint *e)
+{
+    for (endpoint **p = &w->endpoints; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    if (e->open_until)
+        sb_stat_sub(&w->breakers_open, 1);
+    w->nendpoints--;
+    OPENSSL_cleanse(e->key, sizeof e->key);
+    OPENSSL_cleanse(e->old_key, sizeof e->old_key);
+    sb_free(e->url);
+    sb_free(e);
+}
+
+static void reload_endpoints(sb_webhooks *w, int64_t now)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        w->db, "SELECT id, project_id, url, secret, old_secret, old_secret_until, updated_at "
+               "FROM webhooks WHERE enabled = 1 ORDER BY id LIMIT ?1");
+    if (!st) {
+        sb_log(SB_LOG_ERROR, "webhooks: cannot read endpoints", "reason", sqlite3_errmsg(w->db),
+               NULL);
+        return;
+    }
+    uint64_t gen = atomic_load(&w->changed_gen);
+    for (endpoint *e = w->endpoints; e; e = e->next)
+        e->seen = false;
+    sqlite3_bind_int(st, 1, MAX_ENDPOINTS);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        endpoint *e = find_endpoint(w, id);
+        int64_t upd = sqlite3_column_int64(st, 6);
+        if (e && (e->live || e->gone) && e->updated_at == upd) {
+            e->seen = true;
+            continue;
+        }
+        bool fresh = !e;
+        if (fresh) {
+            e = sb_calloc(1, sizeof *e);
+            if (!e)
+                break;
+            snprintf(e->id, sizeof e->id, "%s", id);
+            snprintf(e->project, sizeof e->project, "%s", sqlite3_column_text(st, 1));
+        }
+        char *url = sb_strdup((const char *)sqlite3_column_text(st, 2));
+        int kl = open_key(w, sqlite3_column_blob(st, 3), sqlite3_column_bytes(st, 3), e->key);
+        int okl =
+            sqlite3_column_type(st, 4) == SQLITE_NULL
+                ? 0
+                : open_key(w, sqlite3_column_blob(st, 4), sqlite3_column_bytes(st, 4), e->old_key);
+        if (!url || kl < 0 || okl < 0) {
+            sb_log(SB_LOG_ERROR, "webhooks: cannot load an endpoint", "webhook_id", id, NULL);
+            sb_free(url);
+            if (fresh)
+                sb_free(e);
+            else
+                e->seen = false;
+            continue;
+        }
+        sb_free(e->url);
+        e->url = url;
+        e->keylen = kl;
+        e->old_keylen = okl;
+        e->old_until = okl > 0 ? sqlite3_column_int64(st, 5) : 0;
+        e->updated_at = upd;
+        e->live = e->seen = true;
+        e->gone = false;
+        if (fresh) {
+            e->next = w->endpoints;
+            w->endpoints = e;
+            w->nendpoints++;
+        }
+    }
+    sqlite3_reset(st);
+    for (endpoint *e = w->endpoints, *next; e; e = next) {
+        next = e->next;
+        if (!e->seen) {
+            e->live = false;
+            if (e->refs == 0)
+                free_endpoint(w, e);
+        }
+    }
+    w->loaded_gen = gen;
+    w->loaded_at = now;
+}
+
+/* ---- fan-out: new outbox events become pending deliveries (writer thread) -------------- */
+
+typedef struct fanout_job {
+    sb_webhooks *w;
+    int64_t now, first_delay;
+} fanout_job;
+
+static int fanout_run(sqlite3 *db, void *arg)
+{
+    fanout_job *j = arg;
+    struct {
+        char id[SB_ID_MAX], project[SB_ID_MAX];
+        int64_t rowid;
+        int64_t cursor;
+        char *events;
+    } eps[FANOUT_ENDPOINTS];
+    int n = 0, rc = 0, more = 0;
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "SELECT w.id, w.project_id, w.cursor_seq, w.events, w.rowid FROM webhooks w JOIN "
+            "event_counters c ON c.project_id = w.project_id WHERE w.enabled = 1 AND "
+            "w.cursor_seq < c.next_seq - 1 ORDER BY w.id LIMIT ?1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int(st, 1, FANOUT_ENDPOINTS + 1);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == FANOUT_ENDPOINTS) {
+            more = 1;
+            break;
+        }
+        snprintf(eps[n].id, SB_ID_MAX, "%s", sqlite3_column_text(st, 0));
+        snprintf(eps[n].project, SB_ID_MAX, "%s", sqlite3_column_text(st, 1));
+        eps[n].cursor = sqlite3_column_int64(st, 2);
+        eps[n].events = sb_strdup((const char *)sqlite3_column_text(st, 3));
+        eps[n].rowid = sqlite3_column_int64(st, 4);
+        if (!eps[n].events) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sb_store_errno(rc);
+    for (int i = 0; i < n && rc == 0; i++) {
+        int64_t latest = 0, lo = eps[i].cursor;
+        st = sb_store_stmt(db, "SELECT next_seq - 1 FROM event_counters WHERE project_id = ?1");
+        if (!st) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, eps[i].project, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            latest = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        int64_t hi =
+            latest < lo + SB_WEBHOOKS_FANOUT_BATCH ? latest : lo + SB_WEBHOOKS_FANOUT_BATCH;
+        if (hi < latest)
+            more = 1;
+        /* Every new delivery of a room starts blocked; the heads are unblocked below. */
+        st = sb_store_stmt(
+            db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
+                "event_id, event_type, room_name, state, attempts, round_attempts, blocked, "
+                "next_at, created_at, updated_at) SELECT " SB__DELIVERY_ID(
+                    "?8", "e.seq") ", ?1, "
+                                   "e.project_id, e.seq, e.id, e.type, e.room_name, 'pending', 0, "
+                                   "0, e.room_name IS "
+                                   "NOT NULL, ?4, ?5, ?5 FROM events e WHERE e.project_id = ?2 AND "
+                                   "e.seq > ?3 AND "
+                                   "e.seq <= ?6 AND e.type <> 'webhook.test' AND (?7 = '[]' OR "
+                                   "e.type IN (SELECT value "
+                                   "FROM json_each(?7))) ORDER BY e.seq");
+        if (!st) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, eps[i].project, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, lo);
+        sqlite3_bind_int64(st, 4, j->now + j->first_delay);
+        sqlite3_bind_int64(st, 5, j->now);
+        sqlite3_bind_int64(st, 6, hi);
+        sqlite3_bind_text(st, 7, eps[i].events, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, eps[i].rowid);
+        rc = sb_store_errno(sqlite3_step(st));
+        sqlite3_reset(st);
+        if (rc)
+            break;
+        st = sb_store_stmt(
+            db, "UPDATE webhook_deliveries SET blocked = 0 WHERE id IN (SELECT (SELECT p.id FROM "
+                "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND "
+                "p.room_name = r.room_name ORDER BY p.event_seq LIMIT 1) FROM (SELECT DISTINCT "
+                "room_name FROM webhook_deliveries WHERE webhook_id = ?1 AND event_seq > ?2 AND "
+                "event_seq <= ?3 AND room_name IS NOT NULL) r) AND blocked = 1 AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = "
+                "'pending' AND q.blocked = 0 AND q.room_name = webhook_deliveries.room_name)");
+        if (!st) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, lo);
+        sqlite3_bind_int64(st, 3, hi);
+        rc = sb_store_errno(sqlite3_step(st));
+        sqlite3_reset(st);
+        if (rc)
+            break;
+        st = sb_store_stmt(db, "UPDATE webhooks SET cursor_seq = ?2 WHERE id = ?1");
+        if (!st) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, hi);
+        rc = sb_store_errno(sqlite3_step(st));
+        sqlite3_reset(st);
+    }
+    for (int i = 0; i < n; i++)
+        sb_free(eps[i].events);
+    return rc ? rc : more;
+}
+
+static void fanout_done(void *arg, int rc)
+{
+    fanout_job *j = arg;
+    sb_webhooks *w = j->w;
+    sb_free(j);
+    w->jobs--;
+    w->fanout_running = false;
+    if (rc < 0)
+        sb_log(SB_LOG_ERROR, "webhooks: fan-out failed", "reason", sb_strerror(rc), NULL);
+    if (rc > 0)
+        w->fanout_again = true;
+    if (w->stopping) {
+        maybe_finish_stop(w);
+        return;
+    }
+    pump_soon(w);
+}
+
+static void fanout(sb_webhooks *w)
+{
+    if (w->fanout_running || w->stopping)
+        return;
+    fanout_job *j = sb_malloc(sizeof *j);
+    if (!j)
+        return;
+    *j = (fanout_job){w, sb_time_ms(), w->schedule[0]};
+    w->fanned_total = sb_event_emitted_total();
+    w->fanout_again = false;
+    if (!submit(w, fanout_run, fanout_done, j)) {
+        sb_free(j);
+        return;
+    }
+    w->fanout_running = true;
+}
+
+/* Whether some endpoint has events not yet fanned out (cheap read; also finds rows written
+ * by another process). */
+static bool fanout_pending(sb_webhooks *w)
+{
+    sqlite3_stmt *st = sb_store_stmt(w->db, "SELECT 1 FROM webhooks w JOIN event_counters c ON "
+                                            "c.project_id = w.project_id WHERE w.enabled = 1 AND "
+                                            "w.cursor_seq < c.next_seq - 1 LIMIT 1");
+    if (!st)
+        return false;
+    bool r = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return r;
+}
+
+/* ---- per-room order: unblocking a room's next delivery ---------------------------------- */
+
+int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *room)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE id = (SELECT p.id FROM "
+            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+            "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1 AND NOT EXISTS (SELECT 1 FROM "
+            "webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = "
+            "0 AND q.room_name = ?2)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* After the room's unblocked delivery stopped being pending (at most one is unblocked per
+ * room, so none is now): unblocks the next one. */
+static int unblock_next(sqlite3 *db, const char *webhook_id, const char *room)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE rowid = (SELECT p.rowid FROM "
+            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+            "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
+int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE webhook_id = ?1 AND state = "
+            "'pending' AND blocked = 1 AND event_seq = (SELECT MIN(p.event_seq) FROM "
+            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+            "= webhook_deliveries.room_name) AND NOT EXISTS (SELECT 1 FROM webhook_deliveries q "
+            "WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = 0 AND q.room_name = "
+            "webhook_deliveries.room_name)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* ---- results: one job writes a batch of finished attempts ------------------------------ */
+
+typedef struct flush_job {
+    sb_webhooks *w;
+    attempt *head;
+    int n;
+} flush_job;
+
+static int write_attempt(sqlite3 *db, attempt *a)
+{
+    static const char *const state_of[OUT_COUNT] = {"delivered", "pending", "dead", "dead"};
+    /* By rowid (the id confirms it is still the same row): the delivery first, and its
+     * attempt only if it is still there (the endpoint may have been deleted meanwhile). */
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "UPDATE webhook_deliveries SET attempts = MAX(attempts, ?2), round_attempts = ?3, "
+            "state = ?4, next_at = ?5, last_status = ?6, last_error = ?7, updated_at = ?8, "
+            "last_attempt_at = ?10, last_duration_ms = ?11 WHERE rowid = ?9 AND id = ?1 AND "
+            "state = 'pending'");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, a->attempt_no);
+    sqlite3_bind_int(st, 3, a->round_no);
+    sqlite3_bind_text(st, 4, state_of[a->outcome], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, a->outcome == OUT_RETRY ? a->next_at : a->at_ms);
+    if (a->status > 0)
+        sqlite3_bind_int(st, 6, a->status);
+    if (a->error[0])
+        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, sb_time_ms());
+    sqlite3_bind_int64(st, 9, a->rowid);
+    sqlite3_bind_int64(st, 10, a->at_ms);
+    sqlite3_bind_int64(st, 11, a->duration_ms);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc;
+    if (a->outcome == OUT_DELIVERED) /* the row's last_* columns are its log entry */
+        return a->room[0] ? unblock_next(db, a->ep->id, a->room) : 0;
+    st = sb_store_stmt(db,
+                       "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, "
+                       "status, duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, a->attempt_no);
+    sqlite3_bind_int64(st, 3, a->at_ms);
+    if (a->status > 0)
+        sqlite3_bind_int(st, 4, a->status);
+    sqlite3_bind_int64(st, 5, a->duration_ms);
+    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
+    if (a->error[0])
+        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
+    rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (!rc && a->outcome != OUT_RETRY && a->room[0])
+        rc = unblock_next(db, a->ep->id, a->room);
+    return rc;
+}
+
+/* 410 Gone: the endpoint is disabled, once, with its event and an audit row. */
+static int disable_endpoint(sqlite3 *db, const endpoint *ep)
+{
+    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE webhooks SET enabled = 0, disabled_reason = "
+                                         "'gone', updated_at = MAX(?2, updated_at + 1) WHERE "
+                                         "id = ?1 AND enabled = 1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, sb_time_ms());
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc;
+    json_t *obj = NULL;
+    rc = sb_webhooks_endpoint_read(db, ep->id, ep->project, &obj);
+    json_t *data = rc ? NULL : json_pack("{s:o}", "endpoint", obj);
+    rc = rc      ? rc
+         : !data ? SB_ENOMEM
+                 : sb_event_emit(db, ep->project, "webhook.endpoint.disabled", NULL, data, NULL);
+    sb_auth system = {.scopes = 0};
+    snprintf(system.project_id, sizeof system.project_id, "%s", ep->project);
+    snprintf(system.credential_id, sizeof system.credential_id, "system");
+    rc = rc ? rc
+            : sb_app_audit(db, &system, "webhook-delivery", "webhook.disable", "webhook", ep->id);
+    return rc;
+}
+
+static int flush_run(sqlite3 *db, void *arg)
+{
+    flush_job *j = arg;
+    for (attempt *a = j->head; a; a = a->qnext) {
+        int rc = write_attempt(db, a);
+        if (!rc && a->outcome == OUT_GONE)
+            rc = disable_endpoint(db, a->ep);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void flush(sb_webhooks *w);
+
+static void attempt_free(attempt *a)
+{
+    sb_free(a->body);
+    sb_free(a);
+}
+
+static void flush_done(void *arg, int rc)
+{
+    flush_job *j = arg;
+    sb_webhooks *w = j->w;
+    w->jobs--;
+    w->flush_running = false;
+    if (rc < 0) {
+        /* Not written: the deliveries are still pending on disk and will be sent again. */
+        sb_log(SB_LOG_ERROR, "webhooks: cannot record attempts", "reason", sb_strerror(rc), NULL);
+    }
+    bool gone = false;
+    for (attempt *a = j->head, *next; a; a = next) {
+        next = a->qnext;
+        busy_remove(w, a);
+        a->ep->busy--;
+        a->ep->refs--;
+        if (a->outcome == OUT_GONE)
+            gone = true;
+        if (!a->ep->live && a->ep->refs == 0)
+            free_endpoint(w, a->ep);
+        attempt_free(a);
+    }
+    sb_free(j);
+    if (gone)
+        atomic_fetch_add(&w->changed_gen, 1);
+    if (w->results_head)
+        flush(w);
+    if (w->stopping) {
+        maybe_finish_stop(w);
+        return;
+    }
+    pump_soon(w);
+}
+
+static void flush(sb_webhooks *w)
+{
+    if (w->flush_running || !w->results_head)
+        return;
+    flush_job *j = sb_malloc(sizeof *j);
+    if (!j)
+        return; /* the next completion tries again */
+    *j = (flush_job){w, w->results_head, w->nresults};
+    if (!submit(w, flush_run, flush_done, j)) {
+        sb_free(j);
+        return;
+    }
+    w->results_head = w->results_tail = NULL;
+    w->nresults = 0;
+    w->flush_running = true;
+}
+
+/* ---- curl glue -------------------------------------------------------------------------- */
+
+static void on_sock_closed(uv_handle_t *h)
+{
+    sb_free(h->data);
+}
+
+static void check_done(sb_webhooks *w);
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    sockctx *c = h->data;
+    int flags = 0, running;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    curl_multi_socket_action(c->w->multi, c->fd, flags, &running);
+    check_done(c->w);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t s, int action, void *userp, void *socketp)
+{
+    (void)easy;
+    sb_webhooks *w = userp;
+    sockctx *c = socketp;
+    if (action == CURL_POLL_REMOVE) {
+        if (c) {
+            uv_poll_stop(&c->poll);
+            curl_multi_assign(w->multi, s, NULL);
+            uv_close((uv_handle_t *)&c->poll, on_sock_closed);
+        }
+        return 0;
+    }
+    if (!c) {
+        c = sb_calloc(1, sizeof *c);
+        if (!c)
+            return -1;
+        c->fd = s;
+        c->w = w;
+        if (uv_poll_init_socket(&w->loop, &c->poll, s) != 0) {
+            sb_free(c);
+            return -1;
+        }
+        c->poll.data = c;
+        curl_multi_assign(w->multi, s, c);
+    }
+    int ev = 0;
+    if (action & CURL_POLL_IN)
+        ev |= UV_READABLE;
+    if (action & CURL_POLL_OUT)
+        ev |= UV_WRITABLE;
+    if (ev != c->events) {
+        c->events = ev;
+        uv_poll_start(&c->poll, ev, on_poll);
+    }
+    return 0;
+}
+
+static void on_curl_timer(uv_timer_t *t)
+{
+    sb_webhooks *w = t->data;
+    int running;
+    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(w);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    sb_webhooks *w = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&w->curl_timer);
+    else
+        uv_timer_start(&w->curl_timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* The SSRF guard: every address curl is about to connect to, after DNS. */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    attempt *a = clientp;
+    (void)purpose;
+    if (!a->w->allow_private) {
+        const char *why = sb_webhook_addr_refused(&addr->addr);
+        if (why) {
+            char ip[INET6_ADDRSTRLEN] = "?";
+            if (addr->family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&addr->addr)->sin_addr, ip, sizeof ip);
+            else if (addr->family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&addr->addr)->sin6_addr, ip,
+                          sizeof ip);
+            if (!a->refused[0])
+                snprintf(a->refused, sizeof a->refused,
+                         "refused target: %s is a %s address (webhooks.allow_private_targets is "
+                         "off)",
+                         ip, why);
+            return CURL_SOCKET_BAD;
+        }
+    }
+    return socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+}
+
+static size_t on_header(char *buf, size_t size, size_t n, void *ud)
+{
+    attempt *a = ud;
+    size_t len = size * n;
+    static const char name[] = "retry-after:";
+    if (len > sizeof name - 1 && strncasecmp(buf, name, sizeof name - 1) == 0) {
+        int64_t d;
+        if (sb_webhook_retry_after_parse(buf + sizeof name - 1, len - (sizeof name - 1),
+                                         sb_time_ms(), &d) == 0)
+            a->retry_after_ms = d;
+    }
+    return len;
+}
+
+/* The response body is read and dropped as it comes (nothing is kept, so a long one costs
+ * no memory; webhooks.timeout bounds how long a receiver can keep sending). */
+static size_t on_body(char *buf, size_t size, size_t n, void *ud)
+{
+    (void)buf;
+    attempt *a = ud;
+    a->resp_bytes += size * n;
+    return size * n;
+}
+
+/* ---- attempts --------------------------------------------------------------------------- */
+
+static void breaker_update(sb_webhooks *w, endpoint *ep, bool ok, int64_t now)
+{
+    bool was_open = ep->open_until != 0;
+    if (ok) {
+        ep->failures = 0;
+        ep->open_until = 0;
+    } else {
+        ep->failures++;
+        if (ep->probing || ep->failures >= w->cfg->webhooks_breaker_threshold)
+            ep->open_until = now + w->cfg->webhooks_breaker_cooldown_ms;
+    }
+    ep->probing = false;
+    bool is_open = ep->open_until != 0;
+    if (is_open && !was_open)
+        sb_stat_add(&w->breakers_open, 1);
+    else if (!is_open && was_open)
+        sb_stat_sub(&w->breakers_open, 1);
+}
+
+static void record_latency(sb_webhooks *w, int64_t ms)
+{
+    int i = 0;
+    while (i < LATENCY_BUCKETS && (uint64_t)ms > lat_bound_ms[i])
+        i++;
+    sb_stat_add(&w->lat_buckets[i], 1);
+}
+
+static CURL *easy_get(sb_webhooks *w)
+{
+    if (w->neasy > 0) {
+        CURL *e = w->easy_pool[--w->neasy];
+        curl_easy_reset(e);
+        return e;
+    }
+    return curl_easy_init();
+}
+
+static void easy_put(sb_webhooks *w, CURL *e)
+{
+    if (!e)
+        return;
+    if (w->neasy < EASY_POOL && !w->stopping)
+        w->easy_pool[w->neasy++] = e;
+    else
+        curl_easy_cleanup(e);
+}
+
+/* 408, 425, 429 and 5xx are worth another attempt; other statuses will not change. */
+static bool retryable_status(long status)
+{
+    return status == 408 || status == 425 || status == 429 || status >= 500;
+}
+
+static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
+{
+    long status = 0;
+    curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &status);
+    int64_t now = sb_time_ms();
+    a->duration_ms = (int64_t)((sb_now_ns() - a->t0_ns) / 1000000u);
+    sb_stat_add(&w->lat_sum_us, (uint64_t)((sb_now_ns() - a->t0_ns) / 1000u));
+    record_latency(w, a->duration_ms);
+    curl_multi_remove_handle(w->multi, a->easy);
+    easy_put(w, a->easy);
+    a->easy = NULL;
+    curl_slist_free_all(a->headers);
+    a->headers = NULL;
+    sb_free(a->body);
+    a->body = NULL;
+    a->ep->inflight--;
+    sb_stat_sub(&w->in_flight, 1);
+
+    a->status = cc == CURLE_OK ? (int)status : 0;
+    bool ok = cc == CURLE_OK && status >= 200 && status < 300;
+    if (ok) {
+        a->outcome = OUT_DELIVERED;
+    } else if (cc == CURLE_OK && status == 410) {
+        a->outcome = OUT_GONE;
+        snprintf(a->error, sizeof a->error, "HTTP 410 Gone: the endpoint is disabled");
+    } else if (cc == CURLE_OK && !retryable_status(status)) {
+        /* The receiver refuses this request for good (400, 401, 404, a redirect...). */
+        a->outcome = OUT_DEAD;
+        snprintf(a->error, sizeof a->error, "HTTP %ld (not retried)", status);
+        a->next_at = now;
+    } else {
+        if (a->refused[0]) {
+            snprintf(a->error, sizeof a->error, "%s", a->refused);
+            sb_stat_add(&w->refused_total, 1);
+        } else if (cc == CURLE_OPERATION_TIMEDOUT) {
+            snprintf(a->error, sizeof a->error, "timed out after %lld ms (webhooks.timeout)",
+                     (long long)w->cfg->webhooks_timeout_ms);
+        } else if (cc != CURLE_OK) {
+            snprintf(a->error, sizeof a->error, "%.200s",
+                     a->errbuf[0] ? a->errbuf : curl_easy_strerror(cc));
+        } else {
+            snprintf(a->error, sizeof a->error, "HTTP %ld", status);
+        }
+        int64_t d = sb_webhook_next_delay(w->schedule, w->nschedule, a->round_no, a->retry_after_ms,
+                                          rnd32(w));
+        a->outcome = d < 0 ? OUT_DEAD : OUT_RETRY;
+        a->next_at = now + (d < 0 ? 0 : d);
+    }
+    if (a->outcome != OUT_GONE) {
+        breaker_update(w, a->ep, ok, now);
+    } else {
+        a->ep->probing = false;
+        a->ep->live = false; /* no new attempt until the endpoint changes (re-enabled) */
+        a->ep->gone = true;
+    }
+    sb_stat_add(&w->outcomes[a->outcome], 1);
+    if (a->outcome != OUT_DELIVERED)
+        sb_log(SB_LOG_INFO, "webhook attempt failed", "webhook_id", a->ep->id, "delivery_id",
+               a->delivery_id, "event_id", a->event_id, "outcome", outcome_name[a->outcome],
+               "error", a->error, NULL);
+    if (w->results_tail)
+        w->results_tail->qnext = a;
+    else
+        w->results_head = a;
+    w->results_tail = a;
+    a->qnext = NULL;
+    w->nresults++;
+    flush(w);
+    pump_soon(w);
+}
+
+static void check_done(sb_webhooks *w)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(w->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        attempt *a = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&a);
+        if (a)
+            finish(w, a, m->data.result);
+    }
+}
+
+static int add_header(struct curl_slist **l, const char *name, const char *value)
+{
+    char line[512];
+    snprintf(line, sizeof line, "%s: %s", name, value);
+    struct curl_slist *n = curl_slist_append(*l, line);
+    if (!n)
+        return SB_ENOMEM;
+    *l = n;
+    return 0;
+}
+
+/* Builds and starts one attempt from a picked row (id, attempts, round_attempts, event_id,
+ * type, created_at, data, project_id). */
+static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t rowid)
+{
+    int rc = SB_ENOMEM;
+    attempt *a = sb_calloc(1, sizeof *a);
+    if (!a)
+        return SB_ENOMEM;
+    a->w = w;
+    a->ep = ep;
+    a->retry_after_ms = -1;
+    a->rowid = rowid;
+    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, 0));
+    a->attempt_no = sqlite3_column_int(st, 1) + 1;
+    a->round_no = sqlite3_column_int(st, 2) + 1;
+    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, 3));
+    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, 7));
+    /* The envelope of sb_event_envelope, written around the stored data text. */
+    sb_buf b;
+    char created[32];
+    sb_buf_init(&b, SB_WEBHOOKS_MAX_BODY);
+    sb_time_rfc3339(sqlite3_column_int64(st, 5), created);
+    const char *type = (const char *)sqlite3_column_text(st, 4);
+    rc = sb_buf_append_str(&b, "{\"id\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, strlen(a->event_id));
+    rc = rc ? rc : sb_buf_append_str(&b, "\",\"type\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(&b, type, strlen(type));
+    rc = rc ? rc : sb_buf_appendf(&b, "\",\"created_at\":\"%s\",\"project_id\":\"", created);
+    rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, strlen(ep->project));
+    rc = rc ? rc : sb_buf_append_str(&b, "\",\"data\":");
+    rc = rc ? rc
+            : sb_buf_append(&b, sqlite3_column_text(st, 6), (size_t)sqlite3_column_bytes(st, 6));
+    rc = rc ? rc : sb_buf_append(&b, "}", 2); /* with the NUL */
+    if (rc) {
+        sb_buf_free(&b);
+        goto fail;
+    }
+    a->body = b.base;
+    a->body_len = b.len - 1;
+    a->at_ms = sb_time_ms();
+    a->t0_ns = sb_now_ns();
+    int64_t ts = a->at_ms / 1000;
+    char sig[2 * SB_WEBHOOK_SIG_MAX + 2], tsbuf[24];
+    rc = sb_webhook_sign(ep->key, (size_t)ep->keylen, a->event_id, ts, a->body, a->body_len, sig);
+    if (!rc && ep->old_keylen > 0 && a->at_ms < ep->old_until) {
+        size_t l = strlen(sig);
+        sig[l] = ' ';
+        rc = sb_webhook_sign(ep->old_key, (size_t)ep->old_keylen, a->event_id, ts, a->body,
+                             a->body_len, sig + l + 1);
+    }
+    if (rc)
+        goto fail;
+    snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)ts);
+    rc = add_header(&a->headers, "Content-Type", "application/json");
+    rc = rc ? rc : add_header(&a->headers, "User-Agent", "Switchboard-Webhooks/" SB_VERSION);
+    rc = rc ? rc : add_header(&a->headers, "webhook-id", a->event_id);
+    rc = rc ? rc : add_header(&a->headers, "webhook-timestamp", tsbuf);
+    rc = rc ? rc : add_header(&a->headers, "webhook-signature", sig);
+    OPENSSL_cleanse(sig, sizeof sig);
+    if (!rc) {
+        struct curl_slist *n = curl_slist_append(a->headers, "Expect:");
+        rc = n ? 0 : SB_ENOMEM;
+        if (n)
+            a->headers = n;
+    }
+    if (rc)
+        goto fail;
+    rc = SB_ENOMEM;
+    CURL *e = a->easy = easy_get(w);
+    if (!e)
+        goto fail;
+    curl_easy_setopt(e, CURLOPT_URL, ep->url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_PROXY, ""); /* never through an environment proxy */
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, a->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)a->body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, a->headers);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)w->cfg->webhooks_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    if (w->cfg->webhooks_ca_file && *w->cfg->webhooks_ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, w->cfg->webhooks_ca_file);
+    /* Over TLS, wait for a connection that may turn out to multiplex (h2) rather than open
+     * another; plain http:// is HTTP/1.1 here, where waiting would serialize requests. */
+    if (strncasecmp(ep->url, "https:", 6) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, a);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, a);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->errbuf);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, a);
+    busy_add(w, a);
+    ep->refs++;
+    ep->busy++;
+    ep->inflight++;
+    sb_stat_add(&w->in_flight, 1);
+    if (ep->open_until)
+        ep->probing = true;
+    if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
+        /* Treated as a failed attempt so that the delivery moves on. */
+        snprintf(a->errbuf, sizeof a->errbuf, "cannot start the request");
+        finish(w, a, CURLE_FAILED_INIT);
+    }
+    return 0;
+fail:
+    easy_put(w, a->easy);
+    curl_slist_free_all(a->headers);
+    attempt_free(a);
+    return rc;
+}
+
+/* A due delivery whose event is no longer in the outbox (removed by hand or by a future
+ * retention job): it cannot be sent, so it is dead at once rather than blocking its room
+ * and the endpoint's queue. st is the pick row (id, rowid, attempts, round_attempts, room). */
+static int orphan(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
+{
+    attempt *a = sb_calloc(1, sizeof *a);
+    if (!a)
+        return SB_ENOMEM;
+    a->w = w;
+    a->ep = ep;
+    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, 0));
+    a->rowid = sqlite3_column_int64(st, 1);
+    a->attempt_no = sqlite3_column_int(st, 2) + 1;
+    a->round_no = sqlite3_column_int(st, 3) + 1;
+    if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, 4));
+    a->at_ms = a->next_at = sb_time_ms();
+    a->outcome = OUT_DEAD;
+    snprintf(a->error, sizeof a->error, "the event is no longer in the outbox");
+    busy_add(w, a);
+    ep->refs++;
+    ep->busy++;
+    sb_stat_add(&w->outcomes[OUT_DEAD], 1);
+    if (w->results_tail)
+        w->results_tail->qnext = a;
+    else
+        w->results_head = a;
+    w->results_tail = a;
+    w->nresults++;
+    flush(w);
+    return 0;
+}
+
+/* ---- the pump ----------------------------------------------------------------------------- */
+
+/* Starts what endpoint ep may start now; returns when its next delivery is due (ms, or
+ * INT64_MAX when nothing is pending). */
+static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
+{
+    if (ep->open_until > now)
+        return ep->open_until;
+    int limit = ep->open_until ? 1 : w->cfg->webhooks_max_in_flight_per_endpoint;
+    int slots = limit - ep->inflight;
+    if (slots > SB_WEBHOOKS_MAX_BUSY - w->nbusy)
+        slots = SB_WEBHOOKS_MAX_BUSY - w->nbusy;
+    /* Refill in batches: one query per few finished requests, not one per request. The
+     * finishing requests pump again. */
+    int refill = limit / 16 > 1 ? limit / 16 : 1;
+    if (ep->inflight > 0 && slots < refill)
+        return INT64_MAX;
+    if (slots > 0) {
+        /* Due deliveries in order, from the index alone; the ones already in flight or
+         * awaiting their write are skipped before their event is read. */
+        sqlite3_stmt *st = sb_store_stmt(
+            w->db, "SELECT d.id, d.rowid, d.attempts, d.round_attempts, d.room_name FROM "
+                   "webhook_deliveries d WHERE d.webhook_id = ?1 AND d.state = 'pending' AND "
+                   "d.blocked = 0 AND d.next_at <= ?2 ORDER BY d.next_at LIMIT ?3");
+        sqlite3_stmt *one = sb_store_stmt(
+            w->db, "SELECT d.id, d.attempts, d.round_attempts, d.event_id, e.type, e.created_at, "
+                   "e.data, d.room_name FROM webhook_deliveries d JOIN events e ON e.project_id = "
+                   "d.project_id AND e.seq = d.event_seq WHERE d.rowid = ?1");
+        if (!st || !one) {
+            sb_log(SB_LOG_ERROR, "webhooks: cannot read deliveries", "reason",
+                   sqlite3_errmsg(w->db), NULL);
+            return now + SB_WEBHOOKS_BACKSTOP_MS;
+        }
+        sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, now);
+        sqlite3_bind_int(st, 3, slots + ep->busy);
+        int started = 0;
+        while (started < slots && sqlite3_step(st) == SQLITE_ROW) {
+            if (busy_has(w, (const char *)sqlite3_column_text(st, 0)))
+                continue;
+            int64_t rowid = sqlite3_column_int64(st, 1);
+            sqlite3_bind_int64(one, 1, rowid);
+            int found = sqlite3_step(one);
+            int rc = found == SQLITE_ROW    ? start_attempt(w, ep, one, rowid)
+                     : found == SQLITE_DONE ? orphan(w, ep, st)
+                                            : SB_EIO;
+            sqlite3_reset(one);
+            if (rc != 0)
+                break;
+            started++;
+        }
+        sqlite3_reset(st);
+        if (started == slots)
+            return now; /* maybe more right away */
+    }
+    int64_t next = INT64_MAX;
+    sqlite3_stmt *st = sb_store_stmt(w->db, "SELECT MIN(next_at) FROM webhook_deliveries WHERE "
+                                            "webhook_id = ?1 AND state = 'pending' AND "
+                                            "blocked = 0 AND next_at > ?2");
+    if (st) {
+        sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, now);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+            next = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return next;
+}
+
+/* ---- retention: finished deliveries older than webhooks.retention -------------------------- */
+
+typedef struct retention_job {
+    sb_webhooks *w;
+    int64_t cutoff, cursor;
+} retention_job;
+
+/* Walks the deliveries in rowid (creation) order from the cursor, at most RETENTION_BATCH
+ * rows per job, deleting finished ones last changed before the cutoff with their attempts;
+ * pending ones are kept and stepped over. Returns 1 while there may be more to look at. */
+static int retention_run(sqlite3 *db, void *arg)
+{
+    retention_job *j = arg;
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "SELECT rowid, id, state <> 'pending' AND updated_at < ?2 FROM webhook_deliveries "
+            "WHERE rowid > ?1 AND created_at < ?2 ORDER BY rowid LIMIT ?3");
+    sqlite3_stmt *da = sb_store_stmt(db, "DELETE FROM webhook_attempts WHERE delivery_id = ?1");
+    sqlite3_stmt *dd = sb_store_stmt(db, "DELETE FROM webhook_deliveries WHERE rowid = ?1");
+    if (!st || !da || !dd)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, j->cursor);
+    sqlite3_bind_int64(st, 2, j->cutoff);
+    sqlite3_bind_int(st, 3, RETENTION_BATCH);
+    struct {
+        int64_t rowid;
+        char id[SB_ID_MAX];
+        bool drop;
+    } rows[RETENTION_BATCH];
+    int n = 0, rc;
+    while (n < RETENTION_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rows[n].rowid = sqlite3_column_int64(st, 0);
+        snprintf(rows[n].id, SB_ID_MAX, "%s", sqlite3_column_text(st, 1));
+        rows[n].drop = sqlite3_column_int(st, 2);
+        n++;
+    }
+    sqlite3_reset(st);
+    rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        j->cursor = rows[i].rowid;
+        if (!rows[i].drop)
+            continue;
+        sqlite3_bind_text(da, 1, rows[i].id, -1, SQLITE_STATIC);
+        rc = sb_store_errno(sqlite3_step(da));
+        sqlite3_reset(da);
+        if (rc)
+            break;
+        sqlite3_bind_int64(dd, 1, rows[i].rowid);
+        rc = sb_store_errno(sqlite3_step(dd));
+        sqlite3_reset(dd);
+    }
+    return rc ? rc : n == RETENTION_BATCH;
+}
+
+static void retention_done(void *arg, int rc)
+{
+    retention_job *j = arg;
+    sb_webhooks *w = j->w;
+    w->jobs--;
+    w->retention_running = false;
+    if (rc < 0)
+        sb_log(SB_LOG_ERROR, "webhooks: retention pass failed", "reason", sb_strerror(rc), NULL);
+    /* A full batch: go on soon; else start from the oldest again at the next pass. */
+    w->retention_cursor = rc == 1 ? j->cursor : 0;
+    if (rc == 1)
+        w->retention_at = 0;
+    sb_free(j);
+    if (w->stopping)
+        maybe_finish_stop(w);
+}
+
+static void retention(sb_webhooks *w, int64_t now)
+{
+    if (w->retention_running || now < w->retention_at || w->stopping)
+        return;
+    int64_t every = w->cfg->webhooks_retention_ms / 2;
+    w->retention_at = now + (every < RETENTION_EVERY_MS ? every : RETENTION_EVERY_MS);
+    retention_job *j = sb_malloc(sizeof *j);
+    if (!j)
+        return;
+    *j = (retention_job){w, now - w->cfg->webhooks_retention_ms, w->retention_cursor};
+    if (!submit(w, retention_run, retention_done, j)) {
+        sb_free(j);
+        return;
+    }
+    w->retention_running = true;
+}
+
+static void on_due(uv_timer_t *t)
+{
+    pump(t->data);
+}
+
+static void pump(sb_webhooks *w)
+{
+    if (w->stopping)
+        return;
+    int64_t now = sb_time_ms();
+    if (w->loaded_gen != atomic_load(&w->changed_gen) || now - w->loaded_at >= RELOAD_EVERY_MS)
+        reload_endpoints(w, now);
+    if (!w->fanout_running &&
+        (w->fanout_again || sb_event_emitted_total() != w->fanned_total || fanout_pending(w)))
+        fanout(w);
+    flush(w); /* results a full write queue (or no memory) left behind */
+    retention(w, now);
+    int64_t next = now + SB_WEBHOOKS_BACKSTOP_MS;
+    for (endpoint *ep = w->endpoints; ep; ep = ep->next) {
+        if (!ep->live)
+            continue;
+        int64_t n = pump_endpoint(w, ep, now);
+        if (n < next)
+            next = n;
+    }
+    int64_t delay = next - sb_time_ms();
+    if (delay <= 0) {
+        pump_soon(w);
+        return;
+    }
+    uv_timer_start(&w->due_timer, on_due, (uint64_t)delay, 0);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    sb_webhooks *w = h->data;
+    uv_idle_stop(h);
+    w->idle_on = false;
+    pump(w);
+}
+
+/* Pumps once this loop iteration's callbacks are done (coalesces many completions). */
+static void pump_soon(sb_webhooks *w)
+{
+    if (w->idle_on || w->stopping)
+        return;
+    w->idle_on = true;
+    uv_idle_start(&w->idle, on_idle);
+}
+
+/* ---- the thread ------------------------------------------------------------------------- */
+
+static void close_cb(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void maybe_finish_stop(sb_webhooks *w)
+{
+    if (w->closing || w->jobs > 0 || w->results_head)
+        return;
+    if (w->flush_running || w->fanout_running)
+        return;
+    w->closing = true;
+    while (w->neasy > 0)
+        curl_easy_cleanup(w->easy_pool[--w->neasy]);
+    curl_multi_cleanup(w->multi); /* closes cached connections: sockets leave through socket_cb */
+    w->multi = NULL;
+    uv_close((uv_handle_t *)&w->async, close_cb);
+    uv_close((uv_handle_t *)&w->curl_timer, close_cb);
+    uv_close((uv_handle_t *)&w->due_timer, close_cb);
+    uv_close((uv_handle_t *)&w->idle, close_cb);
+}
+
+static void begin_stop(sb_webhooks *w)
+{
+    w->stopping = true;
+    uv_idle_stop(&w->idle);
+    w->idle_on = false;
+    uv_timer_stop(&w->due_timer);
+    /* Abandon running requests: their deliveries stay pending on disk. */
+    for (unsigned i = 0; i < BUSY_BUCKETS; i++) {
+        for (attempt **p = &w->busy[i]; *p;) {
+            attempt *a = *p;
+            if (!a->easy) {
+                p = &a->hnext;
+                continue;
+            }
+            *p = a->hnext;
+            w->nbusy--;
+            curl_multi_remove_handle(w->multi, a->easy);
+            curl_easy_cleanup(a->easy);
+            curl_slist_free_all(a->headers);
+            a->ep->inflight--;
+            a->ep->busy--;
+            a->ep->refs--;
+            sb_stat_sub(&w->in_flight, 1);
+            attempt_free(a);
+        }
+    }
+    flush(w);
+    maybe_finish_stop(w);
+}
+
+static void on_async(uv_async_t *h)
+{
+    sb_webhooks *w = h->data;
+    pthread_mutex_lock(&w->mq_lock);
+    posted *p = w->mq_head;
+    w->mq_head = w->mq_tail = NULL;
+    pthread_mutex_unlock(&w->mq_lock);
+    while (p) {
+        posted *next = p->next;
+        p->fn(p->arg);
+        sb_free(p);
+        p = next;
+    }
+    if (w->closing)
+        return;
+    if (atomic_load(&w->stop_requested) && !w->stopping) {
+        begin_stop(w);
+        return;
+    }
+    if (atomic_exchange(&w->wake_requested, false))
+        pump_soon(w);
+}
+
+static void *thread_main(void *arg)
+{
+    sb_webhooks *w = arg;
+    pump_soon(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* ---- metrics ---------------------------------------------------------------------------- */
+
+static uint64_t ld(sb_counter *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+static int render_metrics(sb_buf *o, void *ud)
+{
+    sb_webhooks *w = ud;
+    int rc = sb_buf_append_str(o, "# HELP switchboard_webhook_deliveries_total Webhook delivery "
+                                  "attempts by outcome (delivered, retry, dead, gone).\n"
+                                  "# TYPE switchboard_webhook_deliveries_total counter\n");
+    for (int i = 0; i < OUT_COUNT && !rc; i++)
+        rc = sb_buf_appendf(o, "switchboard_webhook_deliveries_total{outcome=\"%s\"} %llu\n",
+                            outcome_name[i], (unsigned long long)ld(&w->outcomes[i]));
+    rc = rc ? rc
+            : sb_buf_appendf(o,
+                             "# HELP switchboard_webhook_refused_total Attempts refused by the "
+                             "SSRF guard.\n# TYPE switchboard_webhook_refused_total counter\n"
+                             "switchboard_webhook_refused_total %llu\n"
+                             "# HELP switchboard_webhook_in_flight Webhook requests running.\n"
+                             "# TYPE switchboard_webhook_in_flight gauge\n"
+                             "switchboard_webhook_in_flight %llu\n"
+                             "# HELP switchboard_webhook_breakers_open Endpoints whose circuit "
+                             "is open.\n# TYPE switchboard_webhook_breakers_open gauge\n"
+                             "switchboard_webhook_breakers_open %llu\n"
+                             "# HELP switchboard_webhook_attempt_duration_seconds Time from "
+                             "sending a webhook to its answer or failure.\n"
+                             "# TYPE switchboard_webhook_attempt_duration_seconds histogram\n",
+                             (unsigned long long)ld(&w->refused_total),
+                             (unsigned long long)ld(&w->in_flight),
+                             (unsigned long long)ld(&w->breakers_open));
+    uint64_t cum = 0;
+    for (int i = 0; i < LATENCY_BUCKETS && !rc; i++) {
+        cum += ld(&w->lat_buckets[i]);
+        rc = sb_buf_appendf(o,
+                            "switchboard_webhook_attempt_duration_seconds_bucket{le=\"%s\"} %llu\n",
+                            lat_le[i], (unsigned long long)cum);
+    }
+    cum += ld(&w->lat_buckets[LATENCY_BUCKETS]);
+    rc = rc ? rc
+            : sb_buf_appendf(o,
+                             "switchboard_webhook_attempt_duration_seconds_bucket{le=\"+Inf\"} "
+                             "%llu\nswitchboard_webhook_attempt_duration_seconds_sum %.6f\n"
+                             "switchboard_webhook_attempt_duration_seconds_count %llu\n",
+                             (unsigned long long)cum, (double)ld(&w->lat_sum_us) / 1e6,
+                             (unsigned long long)cum);
+    return rc;
+}
+
+/* ---- the endpoint object (API and events) ---------------------------------------------------- */
+
+static json_t *text_or_null(sqlite3_stmt *st, int col)
+{
+    return sqlite3_column_type(st, col) == SQLITE_NULL
+               ? json_null()
+               : json_string((const char *)sqlite3_column_text(st, col));
+}
+
+json_t *sb_webhooks_endpoint_json(sqlite3_stmt *st)
+{
+    json_t *events = json_loads((const char *)sqlite3_column_text(st, 2), 0, NULL);
+    int enabled = sqlite3_column_int(st, 4);
+    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:s,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
+                     "url", sqlite3_column_text(st, 1), "events", events ? events : json_array(),
+                     "description", text_or_null(st, 3), "enabled", enabled, "status",
+                     enabled ? "enabled" : "disabled", "disabled_reason", text_or_null(st, 5),
+                     "created_at", sb_app_time_or_null(st, 6), "updated_at",
+                     sb_app_time_or_null(st, 7));
+}
+
+int sb_webhooks_endpoint_read(sqlite3 *db, const char *id, const char *project_id, json_t **out)
+{
+    sqlite3_stmt *st = sb_store_stmt(db, "SELECT " SB_WEBHOOKS_ENDPOINT_COLS
+                                         " FROM webhooks WHERE id = ?1 AND project_id = ?2");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, project_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *out = rc == SQLITE_ROW ? sb_webhooks_endpoint_json(st) : NULL;
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        return SB_ENOENT;
+    return rc == SQLITE_ROW && *out ? 0 : SB_EIO;
+}
+
+/* ---- start and stop ------------------------------------------------------------------------ */
+
+int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
+                              const char *event_id, char *delivery_id)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db,
+        "INSERT INTO webhook_deliveries (id, webhook_id, project_id, event_seq, event_id, "
+        "event_type, room_name, state, attempts, round_attempts, next_at, created_at, "
+        "updated_at) SELECT " SB__DELIVERY_ID("(SELECT rowid FROM webhooks WHERE id = ?1)",
+                                              "seq") ", ?1, project_id, seq, id, type, "
+                                                     "room_name, 'pending', 0, 0, ?4, ?4, ?4 FROM "
+                                                     "events WHERE id = ?3 AND project_id = ?2 "
+                                                     "RETURNING id");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, sb_time_ms());
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        snprintf(delivery_id, SB_ID_MAX, "%s", sqlite3_column_text(st, 0));
+        s = sqlite3_step(st);
+    } else if (s == SQLITE_DONE) {
+        s = SQLITE_NOTFOUND;
+    }
+    sqlite3_reset(st);
+    return s == SQLITE_NOTFOUND ? SB_ENOENT : sb_store_errno(s);
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int sb_webhooks_start(sb_webhooks **out, sb_app *app, sb_store *store, sqlite3 *reader,
+                      const sb_config *cfg)
+{
+    char why[128];
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK)
+        return SB_EIO;
+    sb_webhooks *w = sb_calloc(1, sizeof *w);
+    if (!w)
+        return SB_ENOMEM;
+    w->app = app;
+    w->store = store;
+    w->db = reader;
+    w->cfg = cfg;
+    w->allow_private = sb_webhooks_private_allowed(cfg);
+    w->nschedule = sb_webhook_schedule_parse(cfg->webhooks_retry_schedule, w->schedule,
+                                             SB_WEBHOOK_SCHEDULE_MAX, why, sizeof why);
+    if (w->nschedule < 1 || sb_random(&w->rng, sizeof w->rng) != 0) {
+        sb_free(w);
+        return SB_EINVAL;
+    }
+    w->rng |= 1;
+    w->fanned_total = UINT64_MAX; /* fan out once at start */
+    pthread_mutex_init(&w->mq_lock, NULL);
+    int rc = SB_EIO;
+    if (uv_loop_init(&w->loop) != 0)
+        goto fail_mutex;
+    w->multi = curl_multi_init();
+    if (!w->multi)
+        goto fail_loop;
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
+    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    uv_async_init(&w->loop, &w->async, on_async);
+    uv_timer_init(&w->loop, &w->curl_timer);
+    uv_timer_init(&w->loop, &w->due_timer);
+    uv_idle_init(&w->loop, &w->idle);
+    w->async.data = w->curl_timer.data = w->due_timer.data = w->idle.data = w;
+    if (sb_store_add_commit_hook(store, commit_hook, w) != 0)
+        goto fail_handles;
+    if (pthread_create(&w->thread, NULL, thread_main, w) != 0) {
+        sb_store_remove_commit_hook(store, commit_hook, w);
+        goto fail_handles;
+    }
+    w->thread_started = true;
+    sb_metrics_add_source(render_metrics, w);
+    *out = w;
+    return 0;
+
+fail_handles:
+    curl_multi_cleanup(w->multi);
+    uv_close((uv_handle_t *)&w->async, NULL);
+    uv_close((uv_handle_t *)&w->curl_timer, NULL);
+    uv_close((uv_handle_t *)&w->due_timer, NULL);
+    uv_close((uv_handle_t *)&w->idle, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+fail_loop:
+    uv_loop_close(&w->loop);
+fail_mutex:
+    pthread_mutex_destroy(&w->mq_lock);
+    sb_free(w);
+    return rc;
+}
+
+void sb_webhooks_stop(sb_webhooks *w)
+{
+    if (!w)
+        return;
+    sb_metrics_remove_source(render_metrics, w);
+    sb_store_remove_commit_hook(w->store, commit_hook, w);
+    atomic_store(&w->stop_requested, true);
+    uv_async_send(&w->async);
+    pthread_join(w->thread, NULL);
+    uv_loop_close(&w->loop);
+    while (w->endpoints)
+        free_endpoint(w, w->endpoints);
+    pthread_mutex_destroy(&w->mq_lock);
+    sb_free(w);
+}

@@ -1,0 +1,275 @@
+/* Webhook policy: Standard Webhooks signatures (the published test vector), secrets, the
+ * retry schedule and delays, Retry-After, the SSRF address classifier, endpoint URLs. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "events/webhook_policy.h"
+#include "switchboard/error.h"
+
+/* ---- signatures ------------------------------------------------------------------------- */
+
+static void test_sign_vector(void **state)
+{
+    (void)state;
+    /* The Standard Webhooks specification's test vector. */
+    unsigned char key[SB_WEBHOOK_KEY_MAX];
+    int kl = sb_webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key);
+    assert_int_equal(kl, 24);
+    const char body[] = "{\"test\": 2432232314}";
+    char sig[SB_WEBHOOK_SIG_MAX];
+    assert_int_equal(sb_webhook_sign(key, (size_t)kl, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
+                                     body, strlen(body), sig),
+                     0);
+    assert_string_equal(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    /* the prefix is optional; any change of id, time or body changes it */
+    assert_int_equal(sb_webhook_secret_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key), 24);
+    char other[SB_WEBHOOK_SIG_MAX];
+    sb_webhook_sign(key, 24, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265331, body, strlen(body), other);
+    assert_string_not_equal(sig, other);
+    sb_webhook_sign(key, 24, "msg_p5jXN8AQM9LWM0D4loKWxJeK", 1614265330, body, strlen(body), other);
+    assert_string_not_equal(sig, other);
+    sb_webhook_sign(key, 24, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, strlen(body) - 1,
+                    other);
+    assert_string_not_equal(sig, other);
+}
+
+static void test_secrets(void **state)
+{
+    (void)state;
+    char a[SB_WEBHOOK_SECRET_MAX], b[SB_WEBHOOK_SECRET_MAX];
+    assert_int_equal(sb_webhook_secret_new(a), 0);
+    assert_int_equal(sb_webhook_secret_new(b), 0);
+    assert_int_equal(strlen(a), 6 + 44);
+    assert_memory_equal(a, "whsec_", 6);
+    assert_string_not_equal(a, b);
+    unsigned char key[SB_WEBHOOK_KEY_MAX];
+    assert_int_equal(sb_webhook_secret_decode(a, key), 32);
+    assert_int_equal(sb_webhook_secret_decode("whsec_", key), SB_EINVAL);
+    assert_int_equal(sb_webhook_secret_decode("whsec_abc", key),
+                     SB_EINVAL); /* not a multiple of 4 */
+    assert_int_equal(sb_webhook_secret_decode("whsec_ab!d", key), SB_EINVAL); /* not base64 */
+    char big[200] = "whsec_";
+    memset(big + 6, 'A', 100);
+    assert_int_equal(sb_webhook_secret_decode(big, key), SB_EINVAL); /* too long */
+}
+
+/* ---- schedule, delays, Retry-After -------------------------------------------------------- */
+
+static void test_durations(void **state)
+{
+    (void)state;
+    int64_t ms;
+#define DUR(s, want)                                                                               \
+    do {                                                                                           \
+        assert_int_equal(sb_webhook_duration_parse(s, strlen(s), &ms), 0);                         \
+        assert_int_equal(ms, want);                                                                \
+    } while (0)
+    DUR("0", 0);
+    DUR("250", 250);
+    DUR("200ms", 200);
+    DUR("5s", 5000);
+    DUR("5m", 300000);
+    DUR("2h", 7200000);
+    DUR("1d", 86400000);
+    DUR("7d", 7 * 86400000LL);
+#undef DUR
+    const char *bad[] = {"",     "s",  "5x", "5 s", "-1", "1.5s", "8d", "99999999999999999999",
+                         "5sec", "ms", " 5s"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(sb_webhook_duration_parse(bad[i], strlen(bad[i]), &ms), SB_EINVAL);
+}
+
+static void test_schedule(void **state)
+{
+    (void)state;
+    int64_t s[SB_WEBHOOK_SCHEDULE_MAX];
+    char why[128];
+    assert_int_equal(sb_webhook_schedule_parse("0,5s,5m,30m,2h,5h,10h,10h", s, 32, why, sizeof why),
+                     8);
+    assert_int_equal(s[0], 0);
+    assert_int_equal(s[1], 5000);
+    assert_int_equal(s[2], 300000);
+    assert_int_equal(s[7], 36000000);
+    assert_int_equal(sb_webhook_schedule_parse(" 0 , 200ms,400ms ", s, 32, why, sizeof why), 3);
+    assert_int_equal(s[1], 200);
+    assert_int_equal(sb_webhook_schedule_parse("0", s, 32, why, sizeof why), 1);
+    assert_int_equal(sb_webhook_schedule_parse("", s, 32, why, sizeof why), SB_EINVAL);
+    assert_int_equal(sb_webhook_schedule_parse("0,,5s", s, 32, why, sizeof why), SB_EINVAL);
+    assert_non_null(strstr(why, "entry 2"));
+    assert_int_equal(sb_webhook_schedule_parse("0,5s,", s, 32, why, sizeof why), SB_EINVAL);
+    assert_int_equal(sb_webhook_schedule_parse("0,1,2,3", s, 3, why, sizeof why), SB_EINVAL);
+    assert_non_null(strstr(why, "more than 3"));
+}
+
+static void test_next_delay(void **state)
+{
+    (void)state;
+    const int64_t s[] = {0, 1000, 60000};
+    /* after attempt 1 → s[1] with jitter in [0.8, 1.2) */
+    for (uint32_t r = 0; r < 0xffffffffu - 0x01000000u; r += 0x01000000u) {
+        int64_t d = sb_webhook_next_delay(s, 3, 1, -1, r);
+        assert_true(d >= 800 && d < 1200);
+    }
+    assert_int_equal(sb_webhook_next_delay(s, 3, 1, -1, 0), 800);
+    assert_true(sb_webhook_next_delay(s, 3, 1, -1, 0xffffffffu) >= 1199);
+    /* Retry-After wins when it asks for more, not when it asks for less */
+    assert_int_equal(sb_webhook_next_delay(s, 3, 1, 5000, 0), 5000);
+    assert_int_equal(sb_webhook_next_delay(s, 3, 2, 5000, 0), 48000);
+    /* the schedule is exhausted after its last entry: dead */
+    assert_int_equal(sb_webhook_next_delay(s, 3, 3, -1, 0), -1);
+    assert_int_equal(sb_webhook_next_delay(s, 3, 3, 1000, 0), -1);
+    assert_int_equal(sb_webhook_next_delay(s, 1, 1, -1, 0), -1);
+    assert_int_equal(sb_webhook_next_delay(s, 3, 0, -1, 0), -1);
+}
+
+static void test_retry_after(void **state)
+{
+    (void)state;
+    int64_t d;
+    const int64_t now = 784111777000LL; /* Sun, 06 Nov 1994 08:49:37 GMT */
+#define RA(s, want)                                                                                \
+    do {                                                                                           \
+        assert_int_equal(sb_webhook_retry_after_parse(s, strlen(s), now, &d), 0);                  \
+        assert_int_equal(d, want);                                                                 \
+    } while (0)
+    RA("120", 120000);
+    RA(" 1 \r\n", 1000);
+    RA("0", 0);
+    RA("99999999999999999999", 7 * 86400000LL);  /* clamped */
+    RA("Sun, 06 Nov 1994 08:49:40 GMT", 3000);   /* IMF-fixdate */
+    RA("Sunday, 06-Nov-94 08:50:37 GMT", 60000); /* RFC 850 */
+    RA("Sun Nov  6 08:49:47 1994", 10000);       /* asctime */
+    RA("Sat, 05 Nov 1994 08:49:37 GMT", 0);      /* past */
+#undef RA
+    const char *bad[] = {"", "  ", "-1", "1.5", "12abc", "soon", "\x01", "0x10", "+5"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(sb_webhook_retry_after_parse(bad[i], strlen(bad[i]), now, &d), SB_EINVAL);
+    char longv[300];
+    memset(longv, '1', sizeof longv);
+    assert_int_equal(sb_webhook_retry_after_parse(longv, sizeof longv, now, &d), SB_EINVAL);
+}
+
+/* ---- SSRF classifier ------------------------------------------------------------------------ */
+
+static const char *classify(const char *ip)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        assert_int_equal(inet_pton(AF_INET6, ip, &a->sin6_addr), 1);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        assert_int_equal(inet_pton(AF_INET, ip, &a->sin_addr), 1);
+    }
+    return sb_webhook_addr_refused((struct sockaddr *)&ss);
+}
+
+static void test_ssrf(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *ip, *why;
+    } cases[] = {
+        {"127.0.0.1", "loopback"},
+        {"127.255.255.254", "loopback"},
+        {"10.0.0.1", "private"},
+        {"172.16.0.1", "private"},
+        {"172.31.255.255", "private"},
+        {"192.168.1.1", "private"},
+        {"169.254.169.254", "metadata"},
+        {"169.254.1.1", "link-local"},
+        {"100.64.0.1", "shared (CGNAT)"},
+        {"100.127.255.255", "shared (CGNAT)"},
+        {"0.0.0.0", "unspecified"},
+        {"0.1.2.3", "unspecified"},
+        {"224.0.0.1", "multicast"},
+        {"239.255.255.250", "multicast"},
+        {"255.255.255.255", "broadcast"},
+        {"240.0.0.1", "reserved"},
+        {"192.0.2.1", "reserved"},
+        {"198.18.0.1", "reserved"},
+        {"::", "unspecified"},
+        {"::1", "loopback"},
+        {"fd00:ec2::254", "metadata"},
+        {"fd12:3456::1", "private"},
+        {"fc00::1", "private"},
+        {"fe80::1", "link-local"},
+        {"febf::1", "link-local"},
+        {"fec0::1", "private"},
+        {"ff02::1", "multicast"},
+        {"::ffff:127.0.0.1", "loopback"},
+        {"::ffff:10.0.0.1", "private"},
+        {"::ffff:169.254.169.254", "metadata"},
+        {"64:ff9b::a9fe:a9fe", "metadata"},
+        {"64:ff9b::7f00:1", "loopback"},
+        {"::127.0.0.1", "loopback"},
+        {"::8.8.8.8", "reserved"},
+        {"2002:7f00:1::", "loopback"},
+        {"2002:c0a8:101::1", "private"},
+        {"2001:db8::1", "reserved"},
+        {"100::1", "reserved"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *why = classify(cases[i].ip);
+        if (!why || strcmp(why, cases[i].why) != 0)
+            fail_msg("%s: got %s, want %s", cases[i].ip, why ? why : "(allowed)", cases[i].why);
+    }
+    const char *allowed[] = {"8.8.8.8",         "1.1.1.1",          "172.15.255.255",
+                             "172.32.0.1",      "100.63.255.255",   "100.128.0.1",
+                             "169.253.255.255", "11.0.0.1",         "2606:4700::1111",
+                             "::ffff:8.8.8.8",  "64:ff9b::808:808", "2002:808:808::"};
+    for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++) {
+        const char *why = classify(allowed[i]);
+        if (why)
+            fail_msg("%s refused as %s", allowed[i], why);
+    }
+    struct sockaddr un = {.sa_family = AF_UNIX};
+    assert_non_null(sb_webhook_addr_refused(&un));
+    assert_non_null(sb_webhook_addr_refused(NULL));
+}
+
+static void test_urls(void **state)
+{
+    (void)state;
+    char why[160];
+    assert_true(sb_webhook_url_ok("https://example.com/hook?x=1", false, why, sizeof why));
+    assert_true(sb_webhook_url_ok("https://[2001:db8::1]:8443/h", false, why, sizeof why));
+    assert_false(sb_webhook_url_ok("http://example.com/", false, why, sizeof why));
+    assert_non_null(strstr(why, "allow_http"));
+    assert_true(sb_webhook_url_ok("http://example.com/", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("ftp://example.com/", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("https://u:p@example.com/", true, why, sizeof why));
+    assert_non_null(strstr(why, "credentials"));
+    assert_false(sb_webhook_url_ok("https://u@example.com/", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("https://example.com/#frag", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("example.com/hook", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("https://", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("https://exa mple.com/", true, why, sizeof why));
+    assert_false(sb_webhook_url_ok("", true, why, sizeof why));
+    char longurl[2100] = "https://example.com/";
+    memset(longurl + 20, 'a', sizeof longurl - 21);
+    longurl[sizeof longurl - 1] = '\0';
+    assert_false(sb_webhook_url_ok(longurl, true, why, sizeof why));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sign_vector), cmocka_unit_test(test_secrets),
+        cmocka_unit_test(test_durations),   cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_next_delay),  cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_ssrf),        cmocka_unit_test(test_urls),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
