@@ -39,6 +39,9 @@ typedef struct h2_stream {
     sb_str hb; /* in the arena */
     uint64_t hb_due_ms;
     bool *gone;        /* set when the stream is freed during a call that reports it */
+    size_t reserve;    /* admitted: bytes of h2->reserved this stream's body holds */
+    size_t unconsumed; /* not admitted: body bytes whose stream window is not given back */
+    bool admitted;     /* its body gets flow-control window (admit) */
     bool headers_done; /* the request's header block is complete */
     bool too_large;    /* header list over a limit */
     bool dispatched;   /* handed to the router (or refused): the request is the handler's */
@@ -58,9 +61,8 @@ struct h2_conn {
     size_t max_streams; /* ours to enforce: nghttp2 is told "unlimited" (see patch_settings) */
     size_t nopen;       /* streams with an sb_req that nghttp2 has not closed */
     int max_resets;
-    size_t held;   /* request-body bytes buffered across streams */
-    size_t owed;   /* connection-window bytes not yet given back */
-    size_t queued; /* response bytes in streams' out buffers, not yet taken by nghttp2 */
+    size_t reserved; /* request-body bytes reserved by admitted streams (see admit) */
+    size_t queued;   /* response bytes in streams' out buffers, not yet taken by nghttp2 */
     size_t block_bytes, block_frames; /* header block being received */
     uint64_t rst_window_ms;
     int rst_count;
@@ -163,25 +165,53 @@ static h2_stream *stream_new(h2_conn *h2, int32_t id)
     return s;
 }
 
-/* Gives back connection-window bytes held for request bodies once they fit again. */
-static void repay(h2_conn *h2)
+/*
+ * Request bodies and flow control. A stream's body is buffered whole (the handler gets it at
+ * once), so what a connection buffers is bounded by admission: a stream that starts sending a
+ * body reserves its Content-Length (or http.max_body_bytes) out of
+ * http2.connection_window_size; while the reservations of other streams fill it, the stream's
+ * window is not replenished, so it can send at most http2.initial_window_size, and it is
+ * admitted when earlier bodies are released. The first stream is always admitted, so a body
+ * can always complete: no deadlock, whatever order the client sends DATA in. The connection
+ * window is replenished at once (it does not bound anything the stream windows do not).
+ */
+static void admit(h2_conn *h2, h2_stream *s)
 {
-    if (!h2->owed || h2->held >= h2->conn_window)
+    size_t reserve = s->content_length >= 0 && (size_t)s->content_length < h2->max_body
+                         ? (size_t)s->content_length
+                         : h2->max_body;
+    if (h2->reserved && h2->reserved + reserve > h2->conn_window)
         return;
-    size_t room = h2->conn_window - h2->held;
-    size_t n = h2->owed < room ? h2->owed : room;
-    nghttp2_session_consume_connection(h2->s, n);
-    h2->owed -= n;
+    s->admitted = true;
+    s->reserve = reserve;
+    h2->reserved += reserve;
+    if (s->unconsumed && !s->closed)
+        nghttp2_session_consume_stream(h2->s, s->id, s->unconsumed);
+    s->unconsumed = 0;
 }
 
 static void body_release(h2_stream *s)
 {
     h2_conn *h2 = s->h2;
-    if (h2 && s->body.len) {
-        h2->held -= s->body.len;
-        repay(h2);
-    }
     sb_buf_free(&s->body);
+    if (!h2)
+        return;
+    if (s->unconsumed && !s->closed)
+        nghttp2_session_consume_stream(h2->s, s->id, s->unconsumed);
+    s->unconsumed = 0;
+    if (!s->admitted)
+        return;
+    s->admitted = false;
+    h2->reserved -= s->reserve;
+    s->reserve = 0;
+    /* Room again: streams waiting with part of a body, oldest first (the list is newest
+     * first, so walk to the end and back). */
+    h2_stream *t = h2->streams;
+    while (t && t->next)
+        t = t->next;
+    for (; t; t = t->prev)
+        if (!t->admitted && t->unconsumed && !t->dispatched && !t->discard)
+            admit(h2, t);
 }
 
 static void stream_unlink(h2_stream *s)
@@ -650,29 +680,30 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
 {
     (void)flags;
     h2_conn *h2 = ud;
-    nghttp2_session_consume_stream(session, id, len);
+    nghttp2_session_consume_connection(session, len);
     h2_stream *s = stream_of(h2, id);
     if (!s || s->discard || s->dispatched) {
-        nghttp2_session_consume_connection(session, len);
+        nghttp2_session_consume_stream(session, id, len);
         return 0;
     }
     if (s->body.len + len > h2->max_body) {
-        nghttp2_session_consume_connection(session, len);
+        nghttp2_session_consume_stream(session, id, len);
         body_release(s);
         refuse(s, 413, "body-too-large", "the body is larger than http.max_body_bytes");
         return 0;
     }
     if (sb_buf_append(&s->body, data, len) != 0) {
-        nghttp2_session_consume_connection(session, len);
+        nghttp2_session_consume_stream(session, id, len);
         body_release(s);
         refuse(s, 500, "internal", "out of memory");
         return 0;
     }
-    h2->held += len;
-    if (h2->held <= h2->conn_window)
-        nghttp2_session_consume_connection(session, len);
-    else
-        h2->owed += len;
+    if (!s->admitted) {
+        s->unconsumed += len;
+        admit(h2, s); /* gives back what it has received so far if admitted */
+    } else {
+        nghttp2_session_consume_stream(session, id, len);
+    }
     return 0;
 }
 
