@@ -69,6 +69,7 @@ struct h2_conn {
     int busy;          /* inside nghttp2 (recv or send): do not re-enter */
     bool fatal;        /* close once the queued output is out */
     bool settings_out; /* the first SETTINGS frame went through pump */
+    sb_buf wbuf;       /* TLS: plaintext frames gathered for one SSL_write (produce) */
     bool draining;
 };
 
@@ -820,6 +821,7 @@ int sb__h2_attach_with(sb_conn *c, const sb_config *cfg)
     if (!h2 || nghttp2_option_new(&opt) != 0)
         goto fail;
     h2->c = c;
+    sb_buf_init(&h2->wbuf, SB_CONN_OUT_MAX);
     h2->max_body = cfg->http_max_body_bytes;
     h2->max_hdr_list = cfg->http2_max_header_list_size;
     h2->max_headers = cfg->http_max_headers;
@@ -915,15 +917,18 @@ static void patch_settings(h2_conn *h2, uint8_t *f, size_t len)
     f[14] = (uint8_t)v;
 }
 
-/* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
- * close the connection (on_close frees h2): the caller must not touch h2 after it. */
 /* Frames from nghttp2 into the transport until nghttp2 has none (0) or the transport holds
- * SB_CONN_OUT_HIGH (1); SB_EIO if they could not be queued. */
+ * SB_CONN_OUT_HIGH (1); SB_EIO if they could not be queued.
+ *
+ * Plain: straight into c->out. TLS: gathered in h2->wbuf and encrypted in TLS_BATCH pieces
+ * (few, full records). Not the loop's staging buffer: nghttp2 runs callbacks while producing
+ * (a stream closing calls a handler's abort callback), and handler code may write to other
+ * connections, which use the staging buffer. */
 static int produce(h2_conn *h2)
 {
     sb_conn *c = h2->c;
     bool tls = sb_conn_is_tls(c);
-    sb_buf *o = sb_conn_write_begin(c);
+    sb_buf *o = tls ? &h2->wbuf : &c->out;
     int r = 0;
     for (;;) {
         if (c->out.len + c->wout.len + (tls ? o->len : 0) >= SB_CONN_OUT_HIGH) {
@@ -946,17 +951,21 @@ static int produce(h2_conn *h2)
         if (!h2->settings_out)
             patch_settings(h2, (uint8_t *)o->base + at, (size_t)n);
         if (tls && o->len >= TLS_BATCH) {
-            if (sb_conn_write_end(c) != 0) {
+            if (sb_conn_write(c, o->base, o->len) != 0) {
                 r = SB_EIO;
                 break;
             }
-            o = sb_conn_write_begin(c);
+            sb_buf_reset(o);
         }
     }
-    if (r != SB_EIO && sb_conn_write_end(c) != 0)
-        r = SB_EIO;
-    if (r == SB_EIO && tls)
-        sb_buf_reset(&c->loop->staging);
+    if (tls) {
+        if (r != SB_EIO && o->len && sb_conn_write(c, o->base, o->len) != 0)
+            r = SB_EIO;
+        if (o->cap > TLS_BATCH + 16384)
+            sb_buf_free(o); /* a big frame grew it: do not keep that per connection */
+        else
+            sb_buf_reset(o);
+    }
     return r;
 }
 
@@ -1152,6 +1161,7 @@ static void h2_on_close(sb_conn *c)
         }
     }
     nghttp2_session_del(h2->s);
+    sb_buf_free(&h2->wbuf);
     sb_free(h2);
     c->proto_data = NULL;
 }
