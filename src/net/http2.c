@@ -69,6 +69,7 @@ struct h2_conn {
     int busy;          /* inside nghttp2 (recv or send): do not re-enter */
     bool fatal;        /* close once the queued output is out */
     bool settings_out; /* the first SETTINGS frame went through pump */
+    bool settings_in;  /* the client's preface SETTINGS arrived: http.header_timeout is over */
     sb_buf wbuf;       /* TLS: plaintext frames gathered for one SSL_write (produce) */
     bool draining;
 };
@@ -734,6 +735,9 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_RST_STREAM:
         count_reset(h2);
         return 0;
+    case NGHTTP2_SETTINGS:
+        h2->settings_in = true;
+        return 0;
     case NGHTTP2_HEADERS:
     case NGHTTP2_DATA:
         break;
@@ -871,11 +875,14 @@ fail:
     return SB_ENOMEM;
 }
 
-/* Deadlines: a heartbeat due on a streamed response; the body timeout while a request is
+/* Deadlines: the client's preface within the header timeout; a heartbeat due on a streamed
+ * response; the body timeout while a request is
  * still arriving; the idle timeout when no stream is open; none while handlers work. */
 static void arm_deadline(h2_conn *h2)
 {
     sb_conn *c = h2->c;
+    if (!h2->settings_in)
+        return; /* the connection preface is due within http.header_timeout (sb_h2_attach) */
     sb_loop *loop = c->loop;
     uint64_t now = now_ms(h2);
     uint64_t hb_due = 0;
