@@ -27,7 +27,7 @@ H2_CONNS=${BENCH_H2_CONNS:-16}
 H2_STREAMS=${BENCH_H2_STREAMS:-10}
 MODES=${BENCH_H2_MODES:-tls plain}
 for v in H2_CONNS H2_STREAMS; do
-    [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "BENCH_${v} must be a positive integer"
+    if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then die "BENCH_${v} must be a positive integer"; fi
 done
 for m in $MODES; do
     case "$m" in tls | plain) ;; *) die "unknown mode '$m' in BENCH_H2_MODES (tls, plain)" ;; esac
@@ -37,7 +37,9 @@ need_tools h2load nginx taskset curl openssl awk sort
 nginx -V 2>&1 | grep -q -- --with-http_v2_module || die "this nginx has no http_v2 module"
 
 bin=${1:-}
-[ -n "$bin" ] && [ -x "$bin" ] && [ ! -d "$bin" ] || die "Switchboard binary '${bin:-<none>}' not found or not executable (usage: $0 BIN)"
+if [ -z "$bin" ] || [ ! -x "$bin" ] || [ -d "$bin" ]; then
+    die "Switchboard binary '${bin:-<none>}' not found or not executable (usage: $0 BIN)"
+fi
 case "$bin" in /*) ;; *) bin=$PWD/$bin ;; esac
 
 bench_pinning
@@ -126,7 +128,11 @@ run_once() { # SERVER MODE RUN# PID
     # "status codes: A 2xx, B 3xx, C 4xx, D 5xx"
     non2xx=$(awk '/^status codes:/ { print $5 + $7 + $9 }' "$out.txt")
     pct=$(percentiles "$out.log")
-    [ -n "$rps" ] && [ "$pct" != FAIL ] || { say "h2.bench: could not read h2load's output:"; cat "$out.txt"; return 1; }
+    if [ -z "$rps" ] || [ "$pct" = FAIL ]; then
+        say "h2.bench: could not read h2load's output:"
+        cat "$out.txt"
+        return 1
+    fi
     run_result="$rps $pct $reqs ${non2xx:-0} ${failed:-0} $(awk -v a="$t0" -v b="$t1" -v hz="$clk_tck" -v d="$DURATION" \
         'BEGIN { printf "%.0f", (b - a) / hz / d * 100 }') $(core_usage "$s0" "$s1")"
 }
@@ -165,7 +171,7 @@ for s in sb nginx; do
         R[$mode.$s.resp]=$(curl -s "${flags[@]}" -o "$tmp/check-$s-$mode" --cacert "$cacert" "${auth[@]}" \
             -w '%{http_code} %{http_version} %{size_header} %{size_download}' "$url")
         read -r c v hb bb <<<"${R[$mode.$s.resp]}"
-        [ "$c" = 200 ] && [ "$v" = 2 ] || die "$(name_of "$s") $mode: answered $c over HTTP/$v"
+        if [ "$c" != 200 ] || [ "$v" != 2 ]; then die "$(name_of "$s") $mode: answered $c over HTTP/$v"; fi
         cmp -s "$tmp/check-$s-$mode" "$tmp/room.json" || die "$(name_of "$s") $mode: body differs from the room JSON"
         printf '  %-11s %-5s 200 over HTTP/2, %s B headers + %s B body\n' "$(name_of "$s")" "$mode" "$hb" "$bb"
     done

@@ -155,7 +155,7 @@ for mode in $MODES; do
     # what each server actually sends and, for TLS, what gets negotiated
     for s in "${servers[@]}"; do
         url=$(url_of "$s" "$mode")
-        sizes=$(curl -s -o /dev/null --cacert "$cacert" -w '%{http_code} %{size_header} %{size_download} %{content_type}' "$url")
+        sizes=$(curl -s --http1.1 -o /dev/null --cacert "$cacert" -w '%{http_code} %{size_header} %{size_download} %{content_type}' "$url")
         R[$mode.$s.resp]=$sizes
         neg=""
         if [ "$mode" = tls ]; then

@@ -134,7 +134,7 @@ EOF
 fetch() {
     local s=$1 n=$2
     shift 2
-    curl -sS --max-time 5 --cacert "$cacert" -D "$tmp/check/$s-$n.hdr" -o "$tmp/check/$s-$n.body" \
+    curl -sS --http1.1 --max-time 5 --cacert "$cacert" -D "$tmp/check/$s-$n.hdr" -o "$tmp/check/$s-$n.body" \
         -w '%{http_code}' "$@" "$(url_of "$s")" || echo 000
 }
 
@@ -227,7 +227,7 @@ verify nginx 0 || exit 1
 # what each server actually sends, and what gets negotiated
 for s in "${servers[@]}"; do
     url=$(url_of "$s")
-    R[$s.resp]=$(curl -s -o /dev/null --cacert "$cacert" "${auth[@]}" -w '%{http_code} %{size_header} %{size_download} %{content_type}' "$url")
+    R[$s.resp]=$(curl -s --http1.1 -o /dev/null --cacert "$cacert" "${auth[@]}" -w '%{http_code} %{size_header} %{size_download} %{content_type}' "$url")
     R[$s.neg]=$(tls_negotiated "$url" "$cacert")
     read -r code hb bb ct <<<"${R[$s.resp]}"
     printf '  %-11s %s, %s B headers + %s B body, %s, %s\n' "$(name_of "$s")" "$code" "$hb" "$bb" "$ct" "${R[$s.neg]}"

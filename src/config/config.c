@@ -213,19 +213,21 @@ static const sb__config_key keys[] = {
              "a header block four times larger (CONTINUATION flood) closes the connection."},
     {.name = "http2.initial_window_size",
      .type = SB__CFG_SIZE,
-     .def = "256KiB",
+     .def = "64KiB",
      .offset = F(size_t, http2_initial_window_size),
      .min = KIB,
      .max = 16 * MIB,
-     .help = "HTTP/2 flow-control window of each stream for request bodies."},
+     .help = "HTTP/2 flow-control window of each stream for request bodies: what a stream "
+             "waiting for http2.connection_window_size may send meanwhile."},
     {.name = "http2.connection_window_size",
      .type = SB__CFG_SIZE,
      .def = "4MiB",
      .offset = F(size_t, http2_connection_window_size),
      .min = 64 * KIB,
      .max = GIB,
-     .help = "Request-body bytes an HTTP/2 connection may have buffered across its streams "
-             "(connection flow-control window; at least http.max_body_bytes is used)."},
+     .help = "Request-body bytes an HTTP/2 connection buffers across its streams: each body "
+             "reserves its Content-Length (else http.max_body_bytes); further streams wait "
+             "(flow control) until earlier bodies are released. At least http.max_body_bytes."},
     {.name = "http2.max_resets_per_second",
      .type = SB__CFG_INT,
      .def = "100",

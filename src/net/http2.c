@@ -39,6 +39,9 @@ typedef struct h2_stream {
     sb_str hb; /* in the arena */
     uint64_t hb_due_ms;
     bool *gone;        /* set when the stream is freed during a call that reports it */
+    size_t reserve;    /* admitted: bytes of h2->reserved this stream's body holds */
+    size_t unconsumed; /* not admitted: body bytes whose stream window is not given back */
+    bool admitted;     /* its body gets flow-control window (admit) */
     bool headers_done; /* the request's header block is complete */
     bool too_large;    /* header list over a limit */
     bool dispatched;   /* handed to the router (or refused): the request is the handler's */
@@ -58,15 +61,16 @@ struct h2_conn {
     size_t max_streams; /* ours to enforce: nghttp2 is told "unlimited" (see patch_settings) */
     size_t nopen;       /* streams with an sb_req that nghttp2 has not closed */
     int max_resets;
-    size_t held;   /* request-body bytes buffered across streams */
-    size_t owed;   /* connection-window bytes not yet given back */
-    size_t queued; /* response bytes in streams' out buffers, not yet taken by nghttp2 */
+    size_t reserved; /* request-body bytes reserved by admitted streams (see admit) */
+    size_t queued;   /* response bytes in streams' out buffers, not yet taken by nghttp2 */
     size_t block_bytes, block_frames; /* header block being received */
     uint64_t rst_window_ms;
     int rst_count;
     int busy;          /* inside nghttp2 (recv or send): do not re-enter */
     bool fatal;        /* close once the queued output is out */
     bool settings_out; /* the first SETTINGS frame went through pump */
+    bool settings_in;  /* the client's preface SETTINGS arrived: http.header_timeout is over */
+    sb_buf wbuf;       /* TLS: plaintext frames gathered for one SSL_write (produce) */
     bool draining;
 };
 
@@ -164,25 +168,53 @@ static h2_stream *stream_new(h2_conn *h2, int32_t id)
     return s;
 }
 
-/* Gives back connection-window bytes held for request bodies once they fit again. */
-static void repay(h2_conn *h2)
+/*
+ * Request bodies and flow control. A stream's body is buffered whole (the handler gets it at
+ * once), so what a connection buffers is bounded by admission: a stream that starts sending a
+ * body reserves its Content-Length (or http.max_body_bytes) out of
+ * http2.connection_window_size; while the reservations of other streams fill it, the stream's
+ * window is not replenished, so it can send at most http2.initial_window_size, and it is
+ * admitted when earlier bodies are released. The first stream is always admitted, so a body
+ * can always complete: no deadlock, whatever order the client sends DATA in. The connection
+ * window is replenished at once (it does not bound anything the stream windows do not).
+ */
+static void admit(h2_conn *h2, h2_stream *s)
 {
-    if (!h2->owed || h2->held >= h2->conn_window)
+    size_t reserve = s->content_length >= 0 && (size_t)s->content_length < h2->max_body
+                         ? (size_t)s->content_length
+                         : h2->max_body;
+    if (h2->reserved && h2->reserved + reserve > h2->conn_window)
         return;
-    size_t room = h2->conn_window - h2->held;
-    size_t n = h2->owed < room ? h2->owed : room;
-    nghttp2_session_consume_connection(h2->s, n);
-    h2->owed -= n;
+    s->admitted = true;
+    s->reserve = reserve;
+    h2->reserved += reserve;
+    if (s->unconsumed && !s->closed)
+        nghttp2_session_consume_stream(h2->s, s->id, s->unconsumed);
+    s->unconsumed = 0;
 }
 
 static void body_release(h2_stream *s)
 {
     h2_conn *h2 = s->h2;
-    if (h2 && s->body.len) {
-        h2->held -= s->body.len;
-        repay(h2);
-    }
     sb_buf_free(&s->body);
+    if (!h2)
+        return;
+    if (s->unconsumed && !s->closed)
+        nghttp2_session_consume_stream(h2->s, s->id, s->unconsumed);
+    s->unconsumed = 0;
+    if (!s->admitted)
+        return;
+    s->admitted = false;
+    h2->reserved -= s->reserve;
+    s->reserve = 0;
+    /* Room again: streams waiting with part of a body, oldest first (the list is newest
+     * first, so walk to the end and back). */
+    h2_stream *t = h2->streams;
+    while (t && t->next)
+        t = t->next;
+    for (; t; t = t->prev)
+        if (!t->admitted && t->unconsumed && !t->dispatched && !t->discard)
+            admit(h2, t);
 }
 
 static void stream_unlink(h2_stream *s)
@@ -651,29 +683,30 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
 {
     (void)flags;
     h2_conn *h2 = ud;
-    nghttp2_session_consume_stream(session, id, len);
+    nghttp2_session_consume_connection(session, len);
     h2_stream *s = stream_of(h2, id);
     if (!s || s->discard || s->dispatched) {
-        nghttp2_session_consume_connection(session, len);
+        nghttp2_session_consume_stream(session, id, len);
         return 0;
     }
     if (s->body.len + len > h2->max_body) {
-        nghttp2_session_consume_connection(session, len);
+        nghttp2_session_consume_stream(session, id, len);
         body_release(s);
         refuse(s, 413, "body-too-large", "the body is larger than http.max_body_bytes");
         return 0;
     }
     if (sb_buf_append(&s->body, data, len) != 0) {
-        nghttp2_session_consume_connection(session, len);
+        nghttp2_session_consume_stream(session, id, len);
         body_release(s);
         refuse(s, 500, "internal", "out of memory");
         return 0;
     }
-    h2->held += len;
-    if (h2->held <= h2->conn_window)
-        nghttp2_session_consume_connection(session, len);
-    else
-        h2->owed += len;
+    if (!s->admitted) {
+        s->unconsumed += len;
+        admit(h2, s); /* gives back what it has received so far if admitted */
+    } else {
+        nghttp2_session_consume_stream(session, id, len);
+    }
     return 0;
 }
 
@@ -702,6 +735,9 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     switch (frame->hd.type) {
     case NGHTTP2_RST_STREAM:
         count_reset(h2);
+        return 0;
+    case NGHTTP2_SETTINGS:
+        h2->settings_in = true;
         return 0;
     case NGHTTP2_HEADERS:
     case NGHTTP2_DATA:
@@ -790,6 +826,7 @@ int sb__h2_attach_with(sb_conn *c, const sb_config *cfg)
     if (!h2 || nghttp2_option_new(&opt) != 0)
         goto fail;
     h2->c = c;
+    sb_buf_init(&h2->wbuf, SB_CONN_OUT_MAX);
     h2->max_body = cfg->http_max_body_bytes;
     h2->max_hdr_list = cfg->http2_max_header_list_size;
     h2->max_headers = cfg->http_max_headers;
@@ -839,11 +876,14 @@ fail:
     return SB_ENOMEM;
 }
 
-/* Deadlines: a heartbeat due on a streamed response; the body timeout while a request is
+/* Deadlines: the client's preface within the header timeout; a heartbeat due on a streamed
+ * response; the body timeout while a request is
  * still arriving; the idle timeout when no stream is open; none while handlers work. */
 static void arm_deadline(h2_conn *h2)
 {
     sb_conn *c = h2->c;
+    if (!h2->settings_in)
+        return; /* the connection preface is due within http.header_timeout (sb_h2_attach) */
     sb_loop *loop = c->loop;
     uint64_t now = now_ms(h2);
     uint64_t hb_due = 0;
@@ -885,15 +925,18 @@ static void patch_settings(h2_conn *h2, uint8_t *f, size_t len)
     f[14] = (uint8_t)v;
 }
 
-/* Moves frames from nghttp2 to the transport while it holds less than the high mark. May
- * close the connection (on_close frees h2): the caller must not touch h2 after it. */
 /* Frames from nghttp2 into the transport until nghttp2 has none (0) or the transport holds
- * SB_CONN_OUT_HIGH (1); SB_EIO if they could not be queued. */
+ * SB_CONN_OUT_HIGH (1); SB_EIO if they could not be queued.
+ *
+ * Plain: straight into c->out. TLS: gathered in h2->wbuf and encrypted in TLS_BATCH pieces
+ * (few, full records). Not the loop's staging buffer: nghttp2 runs callbacks while producing
+ * (a stream closing calls a handler's abort callback), and handler code may write to other
+ * connections, which use the staging buffer. */
 static int produce(h2_conn *h2)
 {
     sb_conn *c = h2->c;
     bool tls = sb_conn_is_tls(c);
-    sb_buf *o = sb_conn_write_begin(c);
+    sb_buf *o = tls ? &h2->wbuf : &c->out;
     int r = 0;
     for (;;) {
         if (c->out.len + c->wout.len + (tls ? o->len : 0) >= SB_CONN_OUT_HIGH) {
@@ -916,17 +959,21 @@ static int produce(h2_conn *h2)
         if (!h2->settings_out)
             patch_settings(h2, (uint8_t *)o->base + at, (size_t)n);
         if (tls && o->len >= TLS_BATCH) {
-            if (sb_conn_write_end(c) != 0) {
+            if (sb_conn_write(c, o->base, o->len) != 0) {
                 r = SB_EIO;
                 break;
             }
-            o = sb_conn_write_begin(c);
+            sb_buf_reset(o);
         }
     }
-    if (r != SB_EIO && sb_conn_write_end(c) != 0)
-        r = SB_EIO;
-    if (r == SB_EIO && tls)
-        sb_buf_reset(&c->loop->staging);
+    if (tls) {
+        if (r != SB_EIO && o->len && sb_conn_write(c, o->base, o->len) != 0)
+            r = SB_EIO;
+        if (o->cap > TLS_BATCH + 16384)
+            sb_buf_free(o); /* a big frame grew it: do not keep that per connection */
+        else
+            sb_buf_reset(o);
+    }
     return r;
 }
 
@@ -1122,6 +1169,7 @@ static void h2_on_close(sb_conn *c)
         }
     }
     nghttp2_session_del(h2->s);
+    sb_buf_free(&h2->wbuf);
     sb_free(h2);
     c->proto_data = NULL;
 }

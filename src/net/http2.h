@@ -16,6 +16,22 @@
  * GOAWAY ENHANCE_YOUR_CALM), and output: frames are produced only while the transport holds
  * less than SB_CONN_OUT_HIGH, and a streamed response queues at most SB_STREAM_MAX_QUEUED
  * for a client that does not read (the stream is then reset).
+ *
+ * What a handler sees on HTTP/2 (gRPC builds on this): strcmp(req->ops->proto, "HTTP/2") == 0;
+ * req->method/path/query/authority from the pseudo-header fields (path without the query);
+ * header names in lower case (sb_req_header is case-insensitive anyway); req->body is the
+ * whole request body, handed over at END_STREAM (no request streaming), valid until the
+ * response is sent or the streamed response ends. Response header names are sent lower-case;
+ * hop-by-hop fields and Content-Length given by the handler are dropped. Shapes:
+ *   - sb_resp_send with a body: HEADERS (content-length), DATA..., END_STREAM.
+ *   - sb_resp_send with no body: one HEADERS frame with END_STREAM (gRPC Trailers-Only:
+ *     add grpc-status etc. with sb_resp_header first).
+ *   - sb_req_on_abort, sb_resp_stream_begin (heartbeat 0), sb_resp_stream_write...,
+ *     sb_resp_stream_end_trailers: HEADERS, DATA..., trailer HEADERS with END_STREAM (names
+ *     and values copied). The abort callback runs when the client resets the stream or the
+ *     connection goes; a request that is not streamed gets no callback: answer it as usual
+ *     (the answer is dropped if the stream is gone).
+ * Handlers may answer later from the same loop (after a store job); the request stays valid.
  */
 #ifndef SB_NET_HTTP2_H
 #define SB_NET_HTTP2_H

@@ -28,7 +28,7 @@ typedef struct sb_loop sb_loop;
 
 /* What a protocol adapter does with a finished response. */
 typedef struct sb_req_ops {
-    const char *proto; /* "HTTP/1.1", "HTTP/2" — for logs */
+    const char *proto; /* "HTTP/1.1", "HTTP/2": for logs, and for a handler that must know */
     /* Serializes and queues the response; status line, Date, Content-Length and
      * X-Request-Id are the adapter's to write. */
     void (*send)(sb_req *req, int status, sb_str content_type, const void *body, size_t len);
@@ -126,6 +126,11 @@ void sb_resp_problem(sb_req *req, int status, const char *slug, const char *deta
  *
  * sb_resp_stream_end ends the body and closes the connection after it; fn is not called and
  * req must not be used again.
+ *
+ * HTTP/2: a streamed response is one stream, not the connection: no chunked coding, the end is
+ * END_STREAM and the connection stays open; SB_EAGAIN resets the stream (CANCEL), also when
+ * the connection's streams together hold more than SB_CONN_OUT_MAX; fn also runs when the
+ * client resets the stream. req->body stays valid until the stream ends.
  */
 #define SB_STREAM_MAX_QUEUED (1024 * 1024)
 int sb_resp_stream_begin(sb_req *req, int status, const char *content_type, int64_t heartbeat_ms,

@@ -124,6 +124,19 @@ describe('HTTP/2', () => {
     }
   });
 
+  it('eight 900 KB request bodies at once on one connection: the connection window (4 MiB) is given back as bodies are released', async () => {
+    const s = await h2connect(srv);
+    try {
+      const body = Buffer.alloc(900 * 1024, 0x20); // JSON whitespace only: a 400 after reading it all
+      const rs = await Promise.all(Array.from({ length: 8 }, () =>
+        req(s, 'POST', '/v1/rooms', { body, headers: { 'content-type': 'application/json' } })));
+      for (const r of rs) assert.equal(r.status, 400, r.text);
+      assert.equal((await req(s, 'GET', '/healthz')).status, 200);
+    } finally {
+      s.close();
+    }
+  });
+
   it('h2load -n 2000 -c 4 -m 10: every response 2xx (h2c and TLS)', async () => {
     for (const url of [`${srv.plainUrl}/healthz`, `${srv.url}/readyz`]) {
       const r = await run('h2load', ['-n', '2000', '-c', '4', '-m', '10', '-H', `authorization: Bearer ${ADMIN}`, url], { timeoutMs: 30000 });

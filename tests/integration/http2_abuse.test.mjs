@@ -237,8 +237,8 @@ describe('HTTP/2 abuse', () => {
 });
 
 describe('HTTP/2 idle', () => {
-  it('an idle connection gets GOAWAY NO_ERROR after http.idle_timeout and is closed', async () => {
-    const srv = await startServer({ plain: true, workers: 1, args: ['--http.idle-timeout', '500ms'] });
+  it('an idle connection gets GOAWAY NO_ERROR after http.idle_timeout, one without its preface SETTINGS after http.header_timeout', async () => {
+    const srv = await startServer({ plain: true, workers: 1, args: ['--http.idle-timeout', '500ms', '--http.header-timeout', '400ms'] });
     try {
       const c = await RawH2.open(srv);
       c.send(frame(T.HEADERS, F.END_HEADERS | F.END_STREAM, 1, requestBlock({ path: '/healthz' })));
@@ -247,6 +247,15 @@ describe('HTTP/2 idle', () => {
       assert.equal(ga.code, E.NO_ERROR);
       assert.equal(ga.lastStream, 1);
       await c.waitClosed();
+      // A client that sends the preface but never its SETTINGS: the header timeout.
+      const t0 = Date.now();
+      const p = await RawH2.open(srv, { handshake: false });
+      p.autoAck = false; // (a SETTINGS ACK would itself be a protocol error before our SETTINGS)
+      p.send(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+      const gp = await p.waitFrame((f) => f.type === T.GOAWAY, 'GOAWAY', 5000);
+      assert.equal(gp.code, E.NO_ERROR);
+      await p.waitClosed();
+      assert.ok(Date.now() - t0 < 2000, `closed after ${Date.now() - t0} ms`);
     } finally {
       await srv.cleanup();
     }

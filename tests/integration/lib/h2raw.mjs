@@ -90,6 +90,7 @@ export class RawH2 {
     this.frames = [];
     this.buf = Buffer.alloc(0);
     this.closed = false;
+    this.autoAck = true; // false: a client that ignores the server's SETTINGS
     this.waiters = new Set();
     sock.on('data', (d) => {
       this.buf = Buffer.concat([this.buf, d]);
@@ -98,7 +99,7 @@ export class RawH2 {
       for (const f of frames) {
         this.frames.push(f);
         // A well-behaved peer in everything but what the test asks for: ACK SETTINGS.
-        if (f.type === T.SETTINGS && !(f.flags & F.ACK)) this.send(frame(T.SETTINGS, F.ACK, 0));
+        if (f.type === T.SETTINGS && !(f.flags & F.ACK) && this.autoAck) this.send(frame(T.SETTINGS, F.ACK, 0));
       }
       this.wake();
     });
