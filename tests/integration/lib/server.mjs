@@ -73,7 +73,7 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `fn` (sync or async) until it returns a truthy value; returns that value. Errors thrown
  * by `fn` count as "not yet", except those with a truthy `fatal` property, which end the wait. */
-export async function waitFor(fn, { timeoutMs = 5000, intervalMs = 25, what = 'condition' } = {}) {
+export async function waitFor(fn, { timeoutMs = 15000, intervalMs = 25, what = 'condition' } = {}) {
   const end = Date.now() + timeoutMs;
   let last;
   for (;;) {
