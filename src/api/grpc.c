@@ -183,6 +183,8 @@ typedef struct gcall {
     uv_timer_t timer;
     void (*abort_fn)(sb_req *req, void *ud);
     void *abort_ud;
+    void (*writable_fn)(sb_req *req, void *ud); /* the inner handler's pacing callback */
+    void *writable_ud;
     char arena_first[CALL_ARENA_FIRST];
 } gcall;
 
@@ -484,6 +486,28 @@ static void outer_abort(sb_req *outer, void *ud)
     inner_finish(c);
 }
 
+/* Pacing passes through: the inner handler (the event stream) waits on the outer stream. */
+static void outer_writable(sb_req *outer, void *ud)
+{
+    (void)outer;
+    gcall *c = ud;
+    if (c->writable_fn && c->inner_streaming && !c->inner_done)
+        c->writable_fn(&c->req, c->writable_ud);
+}
+
+static size_t inner_stream_queued(sb_req *req)
+{
+    gcall *c = req->transport;
+    return c->outer ? sb_resp_stream_queued(c->outer) : 0;
+}
+
+static void inner_on_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
+{
+    gcall *c = req->transport;
+    c->writable_fn = fn;
+    c->writable_ud = ud;
+}
+
 static int inner_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms, sb_str hb)
 {
     (void)status, (void)ctype, (void)hb_ms, (void)hb; /* HTTP/2 PINGs keep gRPC alive */
@@ -504,6 +528,7 @@ static int inner_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_
     c->outer_streaming = true;
     c->inner_streaming = true;
     sb_req_on_abort(o, outer_abort, c);
+    sb_req_on_writable(o, outer_writable, c);
     return 0;
 }
 
@@ -565,6 +590,8 @@ static const sb_req_ops inner_ops = {
     .stream_write = inner_stream_write,
     .stream_end = inner_stream_end,
     .on_abort = inner_on_abort,
+    .stream_queued = inner_stream_queued,
+    .on_writable = inner_on_writable,
 };
 
 /* ---- the gRPC request ---------------------------------------------------------------- */

@@ -23,6 +23,8 @@ struct sub {
     sb_req *req; /* a streamed response: SSE, or NDJSON (one envelope per line; gRPC) */
     bool ndjson;
     int64_t last_seq;
+    bool pumping; /* inside pump: a writable callback from a write must not re-enter */
+    bool again;   /* ... it asks the running pump to read once more instead */
     char project[SB_ID_MAX];
 };
 
@@ -138,7 +140,26 @@ static bool backed_up(const sub *s)
 /* Sends s the events it has not seen, as far as its client keeps up. Returns false if s is
  * gone (freed: an SSE stream that ended while writing) or stopped (a WebSocket now
  * closing). */
+static bool pump_pages(sb_events_hub *h, sub *s);
+
 static bool pump(sb_events_hub *h, sub *s)
+{
+    if (s->pumping) {
+        s->again = true;
+        return true;
+    }
+    s->pumping = true;
+    bool alive;
+    do {
+        s->again = false;
+        alive = pump_pages(h, s);
+    } while (alive && s->again);
+    if (alive)
+        s->pumping = false;
+    return alive;
+}
+
+static bool pump_pages(sb_events_hub *h, sub *s)
 {
     item items[SB_EVENTS_PAGE];
     for (;;) {

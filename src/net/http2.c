@@ -35,6 +35,10 @@ typedef struct h2_stream {
     size_t ntrailers;
     void (*abort_fn)(sb_req *req, void *ud);
     void *abort_ud;
+    void (*writable_fn)(sb_req *req, void *ud); /* sb_req_on_writable */
+    void *writable_ud;
+    bool want_writable; /* its queue went under the pacing mark: call writable_fn */
+    bool grpc;          /* a streamed application/grpc response: ends with grpc-status */
     int64_t hb_ms;
     sb_str hb; /* in the arena */
     uint64_t hb_due_ms;
@@ -85,7 +89,11 @@ static int h2_stream_write(sb_req *req, const void *data, size_t len);
 static void h2_stream_end(sb_req *req);
 static void h2_stream_end_trailers(sb_req *req, const sb_http_header *trailers, size_t n);
 static void h2_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
+static size_t h2_stream_queued(sb_req *req);
+static void h2_on_req_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud);
 static void kick(h2_conn *h2);
+static void notify_writable(h2_conn *h2);
+static void pump(h2_conn *h2);
 
 static const sb_proto h2_proto = {
     .name = "h2",
@@ -104,6 +112,8 @@ static const sb_req_ops h2_ops = {
     .stream_end = h2_stream_end,
     .stream_end_trailers = h2_stream_end_trailers,
     .on_abort = h2_on_abort,
+    .stream_queued = h2_stream_queued,
+    .on_writable = h2_on_req_writable,
 };
 
 /* ---- nghttp2 allocations through the sb_alloc hooks ----------------------------------- */
@@ -306,6 +316,9 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
             sb_buf_reset(&s->out);
             s->out_off = 0;
         }
+        /* A paced writer continues once what it queued is mostly taken (notify_writable). */
+        if (s->writable_fn && s->streaming && s->out.len - s->out_off < SB_STREAM_MAX_QUEUED / 4)
+            s->want_writable = true;
     }
     if (s->out.len == 0 && s->out_eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -418,6 +431,46 @@ static void h2_on_abort(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud
 
 static void arm_deadline(h2_conn *h2);
 
+static size_t h2_stream_queued(sb_req *req)
+{
+    h2_stream *s = (h2_stream *)req;
+    return s->out.len - s->out_off;
+}
+
+static void h2_on_req_writable(sb_req *req, void (*fn)(sb_req *req, void *ud), void *ud)
+{
+    h2_stream *s = (h2_stream *)req;
+    s->writable_fn = fn;
+    s->writable_ud = ud;
+}
+
+/* Calls the writable callbacks of paced streams whose queue has room again, then sends what
+ * they wrote. Like the heartbeat path: busy while handler code runs, one pump after. */
+static void notify_writable(h2_conn *h2)
+{
+    for (int round = 0; round < 64; round++) {
+        bool any = false;
+        h2->busy++;
+        for (;;) {
+            h2_stream *s = h2->streams;
+            while (s && !(s->want_writable && s->streaming && !s->closed))
+                s = s->next;
+            if (!s)
+                break;
+            s->want_writable = false;
+            any = true;
+            s->writable_fn(&s->req, s->writable_ud);
+        }
+        h2->busy--;
+        if (!any)
+            return;
+        sb_conn *c = h2->c;
+        pump(h2); /* may close the connection: h2 is gone then */
+        if (c->closing)
+            return;
+    }
+}
+
 static int h2_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms, sb_str hb)
 {
     h2_stream *s = (h2_stream *)req;
@@ -447,6 +500,7 @@ static int h2_stream_begin(sb_req *req, int status, sb_str ctype, int64_t hb_ms,
     sb_req_log_access(req, status, 0, dur);
     s->streaming = true;
     s->out_eof = false;
+    s->grpc = ctype.len >= 16 && strncasecmp(ctype.base, "application/grpc", 16) == 0;
     return kick_stream(s);
 }
 
@@ -1032,6 +1086,8 @@ static void kick(h2_conn *h2)
     if (h2->busy)
         return; /* the running recv/send picks the new frames up */
     pump(h2);
+    if (!c->closing)
+        notify_writable(h2);
     if (!c->in_callback && !c->closing)
         sb_conn_flush(c);
 }
@@ -1059,12 +1115,16 @@ static void h2_on_data(sb_conn *c)
     if (c->eof)
         h2->fatal = true; /* the client is done sending: finish what is queued and close */
     pump(h2);
+    if (!c->closing)
+        notify_writable(h2); /* a WINDOW_UPDATE may have let paced streams' data go */
 }
 
 static void h2_on_writable(sb_conn *c)
 {
     h2_conn *h2 = c->proto_data;
     pump(h2);
+    if (!c->closing)
+        notify_writable(h2);
     if (!c->closing)
         sb_conn_flush(c);
     if (!c->closing && !c->writing)
@@ -1133,6 +1193,17 @@ static void h2_on_drain(sb_conn *c)
             break;
         void (*fn)(sb_req *, void *) = s->abort_fn;
         void *ud = s->abort_ud;
+        if (s->grpc) {
+            /* A gRPC client reads a stream that ends without grpc-status as INTERNAL; this
+             * one says why, and that a retry elsewhere (or later) is right. */
+            static const nghttp2_nv unavailable[] = {
+                {(uint8_t *)"grpc-status", (uint8_t *)"14", 11, 2, NGHTTP2_NV_FLAG_NONE},
+                {(uint8_t *)"grpc-message", (uint8_t *)"server%20shutting%20down", 12, 24,
+                 NGHTTP2_NV_FLAG_NONE},
+            };
+            s->trailers = (nghttp2_nv *)unavailable;
+            s->ntrailers = 2;
+        }
         stream_finish(s);
         if (fn)
             fn(&s->req, ud);

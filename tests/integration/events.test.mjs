@@ -4,6 +4,7 @@
 // without gap or duplicate, stay inside its project, and end cleanly on SIGTERM.
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import http2 from 'node:http2';
 import https from 'node:https';
 import { after, before, describe, it } from 'node:test';
 
@@ -320,6 +321,34 @@ describe('a resume far behind is paced, not dropped', () => {
     check(ws.events.slice(0, 400));
     assert.equal(ws.readyState, WebSocket.OPEN);
     ws.close();
+  });
+
+  it('SSE over HTTP/2 (a stream of a multiplexed connection): the same, paced per stream', async () => {
+    const session = http2.connect(srv.url, { ca: readCa(srv.caPath) });
+    const req = session.request({ ':path': '/v1/events', accept: 'text/event-stream', authorization: `Bearer ${ADMIN}`, 'last-event-id': firstId });
+    const events = [];
+    let buf = '';
+    let ended = false;
+    req.setEncoding('utf8');
+    req.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const line = block.split('\n').find((l) => l.startsWith('data: '));
+        if (line) events.push(JSON.parse(line.slice(6)));
+      }
+    });
+    req.on('close', () => { ended = true; });
+    req.pause();
+    await sleep(1000);
+    req.resume();
+    await waitFor(() => events.length >= 400, { what: '400 events over h2', timeoutMs: 20000 });
+    check(events.slice(0, 400));
+    assert.equal(ended, false, 'the stream was not reset');
+    req.close();
+    session.close();
   });
 
   it('SSE with Last-Event-ID: the same over 1 MiB, without the stream being cut', async () => {

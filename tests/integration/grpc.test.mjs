@@ -443,6 +443,24 @@ describe('gRPC', () => {
     assert.equal((await noauth.done).code, status.UNAUTHENTICATED);
   });
 
+  it('Subscribe from an id 1.3 MB behind: paced by the client, every event in order, not reset', async () => {
+    const room = uniq('gback');
+    const sub = subscribe(c.EventService, {}, { key: ADMIN });
+    await call('RoomService', 'CreateRoom', { name: room });
+    const created = await sub.wait((e) => e.type === 'room.created' && e.data.room?.name === room);
+    sub.call.cancel();
+    const meta = 'y'.repeat(3000);
+    for (let i = 0; i < 400; i++) assert.equal((await rest('PATCH', `/v1/rooms/${room}`, { metadata: `${i}:${meta}` })).status, 200);
+    const again = subscribe(c.EventService, { since: created.id }, { key: ADMIN });
+    again.call.pause?.();
+    await new Promise((r) => setTimeout(r, 1000));
+    again.call.resume?.();
+    const mine = () => again.events.filter((e) => e.type === 'room.updated' && e.data.room?.name === room);
+    await waitFor(() => mine().length >= 400, { what: '400 updates over gRPC', timeoutMs: 30000 });
+    mine().slice(0, 400).forEach((e, i) => assert.ok(e.data.room.metadata.startsWith(`${i}:`), `update ${i} out of order`));
+    again.call.cancel();
+  });
+
   it('SIGTERM with open Subscribe and Watch streams and a pending deadline: they end, the server exits 0 clean', async () => {
     const own = await startServer({ workers: 1, env: { SWITCHBOARD_ADMIN_KEY: ADMIN } });
     const oc = clients(own);
@@ -460,6 +478,9 @@ describe('gRPC', () => {
       assert.equal(r.code, 0);
       const sts = await ended;
       for (const st of sts) assert.notEqual(st.code, status.OK, 'the streams did not end as if complete');
+      // Subscribe streams say why they end: UNAVAILABLE (retry elsewhere or later), not INTERNAL.
+      assert.equal(sts[0].code, status.UNAVAILABLE, JSON.stringify(sts[0]));
+      assert.equal(sts[1].code, status.UNAVAILABLE, JSON.stringify(sts[1]));
     } finally {
       oc.close();
       if (own.running) await own.cleanup();
