@@ -1,4 +1,5 @@
 #include "api/app.h"
+#include "core/str.h"
 #include "api/grpc.h"
 
 #include <fcntl.h>
@@ -318,14 +319,13 @@ static sb_ipallow *allow_from_json(const char *text)
 static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
                          const char *id, lookup_result *res);
 
-static int hexval(char c);
-
 int sb_hex_decode32(const char *hex, unsigned char out[32])
 {
     if (!hex || strlen(hex) != 64)
         return SB_EINVAL;
     for (int i = 0; i < 32; i++) {
-        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        int hi = sb_hex_value((unsigned char)hex[2 * i]),
+            lo = sb_hex_value((unsigned char)hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return SB_EINVAL;
         out[i] = (unsigned char)(hi << 4 | lo);
@@ -870,17 +870,6 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
     return sb_store_errno(rc);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 bool sb_req_query(sb_req *req, const char *name, sb_str *out)
 {
     size_t nl = strlen(name);
@@ -900,9 +889,11 @@ bool sb_req_query(sb_req *req, const char *name, sb_str *out)
             for (size_t i = 0; i < vl; i++) {
                 if (v[i] == '+') {
                     d[n++] = ' ';
-                } else if (v[i] == '%' && i + 2 < vl && hexval(v[i + 1]) >= 0 &&
-                           hexval(v[i + 2]) >= 0) {
-                    d[n++] = (char)(hexval(v[i + 1]) << 4 | hexval(v[i + 2]));
+                } else if (v[i] == '%' && i + 2 < vl &&
+                           sb_hex_value((unsigned char)v[i + 1]) >= 0 &&
+                           sb_hex_value((unsigned char)v[i + 2]) >= 0) {
+                    d[n++] = (char)(sb_hex_value((unsigned char)v[i + 1]) << 4 |
+                                    sb_hex_value((unsigned char)v[i + 2]));
                     i += 2;
                 } else {
                     d[n++] = v[i];

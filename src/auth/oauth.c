@@ -1,19 +1,9 @@
 #include "auth/oauth.h"
+#include "core/str.h"
 
 #include <string.h>
 
 #include "switchboard/error.h"
-
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Form-urldecodes in[0..len) to out (NUL-terminated); returns the length or SB_EINVAL. */
 static int form_decode(const char *in, size_t len, char *out)
@@ -28,7 +18,8 @@ static int form_decode(const char *in, size_t len, char *out)
         } else if (c == '%') {
             if (i + 2 >= len)
                 return SB_EINVAL;
-            int hi = hexval((unsigned char)in[i + 1]), lo = hexval((unsigned char)in[i + 2]);
+            int hi = sb_hex_value((unsigned char)in[i + 1]),
+                lo = sb_hex_value((unsigned char)in[i + 2]);
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return SB_EINVAL;
             out[n++] = (char)(hi << 4 | lo);

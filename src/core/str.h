@@ -33,4 +33,16 @@ static inline bool sb_str_eq_lit(sb_str a, const char *lit)
 /* ASCII case-insensitive comparison, as HTTP field names and tokens need. */
 bool sb_str_case_eq(sb_str a, const char *lit);
 
+/* The value of hexadecimal digit c (either case), or -1. */
+static inline int sb_hex_value(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 #endif

@@ -8,6 +8,7 @@
  * and so the fuzz target can hold them to it.
  */
 #include "guard/ipallow.h"
+#include "core/str.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -37,17 +38,6 @@ struct sb_ipallow {
 static int digit(char c)
 {
     return c >= '0' && c <= '9' ? c - '0' : -1;
-}
-
-static int hexdigit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* A decimal 0..max without sign or leading zeros, all of s[0..len). */
@@ -105,8 +95,8 @@ static bool parse_v6(const char *s, size_t len, uint8_t out[16])
     for (;;) {
         size_t start = i;
         unsigned v = 0;
-        while (i < len && i - start < 5 && hexdigit(s[i]) >= 0)
-            v = v * 16 + (unsigned)hexdigit(s[i++]);
+        while (i < len && i - start < 5 && sb_hex_value((unsigned char)s[i]) >= 0)
+            v = v * 16 + (unsigned)sb_hex_value((unsigned char)s[i++]);
         if (i < len && s[i] == '.') {
             /* A dotted IPv4 tail takes the last 32 bits and ends the text. */
             uint8_t v4[4];

@@ -10,6 +10,7 @@
  * table.
  */
 #include "net/http1_parser.h"
+#include "core/str.h"
 
 #include <limits.h>
 #include <string.h>
@@ -594,16 +595,6 @@ void sb_http1_chunked_init(sb_http1_chunked *d, uint64_t max_body)
     d->max_body = max_body;
 }
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = lower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] ), RFC 9112 §7.1.1.
  * Validated in full so that no two parsers can disagree on where the size line ends. */
 static int ext_step(int state, unsigned char c)
@@ -665,7 +656,7 @@ static int chunk_step(sb_http1_chunked *d, unsigned char c)
     int h;
     switch (d->state) {
     case CH_SIZE_START:
-        h = hex_value(c);
+        h = sb_hex_value((unsigned char)c);
         if (h < 0)
             return CH_ERR_PROTO;
         d->chunk_left = (uint64_t)h;
@@ -677,7 +668,7 @@ static int chunk_step(sb_http1_chunked *d, unsigned char c)
             return CH_SIZE_LF;
         if (++d->line_len > CHUNK_LINE_MAX)
             return CH_ERR_PROTO;
-        h = hex_value(c);
+        h = sb_hex_value((unsigned char)c);
         if (h >= 0) {
             if (d->hex_digits == CHUNK_HEX_MAX)
                 return CH_ERR_PROTO;

@@ -1,4 +1,5 @@
 #include "net/router.h"
+#include "core/str.h"
 
 #include "core/alloc.h"
 #include "switchboard/error.h"
@@ -89,17 +90,6 @@ int sb_router_wrap_method(sb_router *r, const char *method, sb_handler_fn wrap,
     return 0;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes s into the arena. Returns false on a malformed escape or no memory. */
 static bool decode(sb_arena *a, sb_str s, sb_str *out)
 {
@@ -116,8 +106,8 @@ static bool decode(sb_arena *a, sb_str s, sb_str *out)
             d[n++] = s.base[i];
             continue;
         }
-        int hi = i + 2 < s.len ? hexval(s.base[i + 1]) : -1;
-        int lo = i + 2 < s.len ? hexval(s.base[i + 2]) : -1;
+        int hi = i + 2 < s.len ? sb_hex_value((unsigned char)s.base[i + 1]) : -1;
+        int lo = i + 2 < s.len ? sb_hex_value((unsigned char)s.base[i + 2]) : -1;
         if (hi < 0 || lo < 0)
             return false;
         d[n++] = (char)(hi << 4 | lo);
