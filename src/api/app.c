@@ -1,6 +1,4 @@
 #include "api/app.h"
-#include "core/str.h"
-#include "api/grpc.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -13,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/grpc.h"
 #include "api/oauth.h"
 #include "api/rtc.h"
 #include "api/rtc_token.h"
@@ -23,6 +22,7 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/str.h"
 #include "events/webhooks.h"
 #include "net/loop.h"
 #include "net/server_internal.h"

@@ -1,8 +1,8 @@
 #include "auth/oauth.h"
-#include "core/str.h"
 
 #include <string.h>
 
+#include "core/str.h"
 #include "switchboard/error.h"
 
 /* Form-urldecodes in[0..len) to out (NUL-terminated); returns the length or SB_EINVAL. */

@@ -8,13 +8,13 @@
  * and so the fuzz target can hold them to it.
  */
 #include "guard/ipallow.h"
-#include "core/str.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/str.h"
 #include "core/alloc.h"
 #include "switchboard/error.h"
 

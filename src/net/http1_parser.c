@@ -10,11 +10,11 @@
  * table.
  */
 #include "net/http1_parser.h"
-#include "core/str.h"
 
 #include <limits.h>
 #include <string.h>
 
+#include "core/str.h"
 #include "switchboard/error.h"
 
 enum {

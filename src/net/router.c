@@ -1,6 +1,6 @@
 #include "net/router.h"
-#include "core/str.h"
 
+#include "core/str.h"
 #include "core/alloc.h"
 #include "switchboard/error.h"
 
