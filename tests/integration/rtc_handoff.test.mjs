@@ -228,7 +228,7 @@ describe('events', () => {
 });
 
 describe('moves in flight at shutdown', () => {
-  it('SIGTERM while 300 participants are joining (moves in transit) exits 0 with nothing leaked', async () => {
+  it('SIGTERM while 300 participants (half TLS) are joining (moves in transit) exits 0 with nothing leaked', async () => {
     const dir = await tempDir('itest-switchboard-handoff-term-');
     const s = await startServer({ plain: true, workers: 2, env, dataDir: dir });
     try {
@@ -240,8 +240,12 @@ describe('moves in flight at shutdown', () => {
       const toks = [];
       for (let i = 0; i < 300; i++) toks.push((await call('POST', '/v1/tokens', { room: rooms[i % 4], identity: `m${i}` })).token);
       let joined = 0;
-      const conns = toks.map((t) => {
-        const ws = new WebSocket(`ws://127.0.0.1:${s.plainPort}/v1/rtc?access_token=${encodeURIComponent(t)}`);
+      const ca = readFileSync(s.caPath);
+      const conns = toks.map((t, i) => {
+        // Half over TLS: a TLS session in transit between loops must be freed too.
+        const ws = i % 2
+          ? new WebSocket(`wss://localhost:${s.port}/v1/rtc?access_token=${encodeURIComponent(t)}`, { ca })
+          : new WebSocket(`ws://127.0.0.1:${s.plainPort}/v1/rtc?access_token=${encodeURIComponent(t)}`);
         ws.on('error', () => {});
         ws.on('message', (d) => { if (JSON.parse(d.toString()).type === 'joined') joined++; });
         ws.closed = new Promise((resolve) => ws.on('close', (code) => resolve(code)));
