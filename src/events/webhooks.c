@@ -1496,8 +1496,15 @@ static void maybe_finish_stop(sb_webhooks *w)
     w->closing = true;
     while (w->neasy > 0)
         curl_easy_cleanup(w->easy_pool[--w->neasy]);
-    curl_multi_cleanup(w->multi); /* closes cached connections: sockets leave through socket_cb */
-    w->multi = NULL;              /* and close_socket */
+    /* closes cached connections: sockets leave through socket_cb and close_socket */
+    curl_multi_cleanup(w->multi);
+    w->multi = NULL;
+    /* none is left unless curl closed one without close_socket: then only its handle goes */
+    for (size_t i = 0; i < w->nsocks; i++)
+        if (w->socks[i]) {
+            uv_poll_stop(&w->socks[i]->poll);
+            uv_close((uv_handle_t *)&w->socks[i]->poll, on_sock_closed);
+        }
     sb_free(w->socks);
     w->socks = NULL;
     w->nsocks = 0;
