@@ -1154,8 +1154,28 @@ static char hdr_content_type[] = "Content-Type: application/json";
 static char hdr_user_agent[] = "User-Agent: Switchboard-Webhooks/" SB_VERSION;
 static char hdr_no_expect[] = "Expect:";
 
-/* Builds and starts one attempt from a picked row (id, attempts, round_attempts, event_id,
- * type, created_at, data, project_id). */
+/* The due scan's columns: the delivery and its event (LEFT JOIN: none when it left the
+ * outbox). One statement per due delivery, not a scan plus a lookup. */
+#define DUE_COLS                                                                                   \
+    "SELECT d.id, d.rowid, d.attempts, d.round_attempts, d.room_name, d.next_at, d.event_id, "     \
+    "e.type, e.created_at, e.data, e.rowid IS NULL FROM webhook_deliveries d LEFT JOIN events e "  \
+    "ON e.project_id = d.project_id AND e.seq = d.event_seq WHERE d.webhook_id = ?1 AND "          \
+    "d.state = 'pending' AND d.blocked = 0 AND "
+enum {
+    DUE_ID,
+    DUE_ROWID,
+    DUE_ATTEMPTS,
+    DUE_ROUND,
+    DUE_ROOM,
+    DUE_NEXT_AT,
+    DUE_EVENT_ID,
+    DUE_TYPE,
+    DUE_CREATED,
+    DUE_DATA,
+    DUE_ORPHAN
+};
+
+/* Builds and starts one attempt from a due-scan row (DUE_COLS). */
 static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t rowid)
 {
     int rc = SB_ENOMEM;
@@ -1166,18 +1186,18 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     a->ep = ep;
     a->retry_after_ms = -1;
     a->rowid = rowid;
-    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, 0));
-    a->attempt_no = sqlite3_column_int(st, 1) + 1;
-    a->round_no = sqlite3_column_int(st, 2) + 1;
-    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, 3));
-    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
-        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, 7));
+    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, DUE_ID));
+    a->attempt_no = sqlite3_column_int(st, DUE_ATTEMPTS) + 1;
+    a->round_no = sqlite3_column_int(st, DUE_ROUND) + 1;
+    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, DUE_EVENT_ID));
+    if (sqlite3_column_type(st, DUE_ROOM) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, DUE_ROOM));
     /* The envelope of sb_event_envelope, written around the stored data text. */
     sb_buf b;
     char created[32];
     sb_buf_init(&b, SB_WEBHOOKS_MAX_BODY);
-    sb_time_rfc3339(sqlite3_column_int64(st, 5), created);
-    const char *type = (const char *)sqlite3_column_text(st, 4);
+    sb_time_rfc3339(sqlite3_column_int64(st, DUE_CREATED), created);
+    const char *type = (const char *)sqlite3_column_text(st, DUE_TYPE);
     rc = sb_buf_append_str(&b, "{\"id\":\"");
     rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, strlen(a->event_id));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"type\":\"");
@@ -1186,7 +1206,8 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, strlen(ep->project));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"data\":");
     rc = rc ? rc
-            : sb_buf_append(&b, sqlite3_column_text(st, 6), (size_t)sqlite3_column_bytes(st, 6));
+            : sb_buf_append(&b, sqlite3_column_text(st, DUE_DATA),
+                            (size_t)sqlite3_column_bytes(st, DUE_DATA));
     rc = rc ? rc : sb_buf_append(&b, "}", 2); /* with the NUL */
     if (rc) {
         sb_buf_free(&b);
@@ -1253,7 +1274,7 @@ fail:
 
 /* A due delivery whose event is no longer in the outbox (removed by hand or by a future
  * retention job): it cannot be sent, so it is dead at once rather than blocking its room
- * and the endpoint's queue. st is the pick row (id, rowid, attempts, round_attempts, room). */
+ * and the endpoint's queue. st is the due-scan row (DUE_COLS). */
 static int orphan(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
 {
     attempt *a = sb_calloc(1, sizeof *a);
@@ -1286,32 +1307,24 @@ static int orphan(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
 
 /* ---- the pump ----------------------------------------------------------------------------- */
 
-#define DUE_COLS                                                                                   \
-    "SELECT d.id, d.rowid, d.attempts, d.round_attempts, d.room_name, d.next_at FROM "             \
-    "webhook_deliveries d WHERE d.webhook_id = ?1 AND d.state = 'pending' AND d.blocked = 0 AND "
-
 /* Starts the due deliveries st yields (columns of DUE_COLS), skipping busy ones, until
  * *slots are used; moves the endpoint's mark. Returns how many started, -1 on an error. */
-static int start_due(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, sqlite3_stmt *one, int slots)
+static int start_due(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int slots)
 {
     int started = 0;
     while (started < slots && sqlite3_step(st) == SQLITE_ROW) {
-        if (busy_has(w, (const char *)sqlite3_column_text(st, 0)))
+        if (busy_has(w, (const char *)sqlite3_column_text(st, DUE_ID)))
             continue;
-        int64_t rowid = sqlite3_column_int64(st, 1);
-        sqlite3_bind_int64(one, 1, rowid);
-        int found = sqlite3_step(one);
-        int rc = found == SQLITE_ROW    ? start_attempt(w, ep, one, rowid)
-                 : found == SQLITE_DONE ? orphan(w, ep, st)
-                                        : SB_EIO;
-        sqlite3_reset(one);
+        int64_t rowid = sqlite3_column_int64(st, DUE_ROWID);
+        int rc = sqlite3_column_int(st, DUE_ORPHAN) ? orphan(w, ep, st)
+                                                    : start_attempt(w, ep, st, rowid);
         if (rc != 0) {
             sqlite3_reset(st);
             return -1;
         }
         started++;
         ep->wm = true;
-        ep->wm_next_at = sqlite3_column_int64(st, 5);
+        ep->wm_next_at = sqlite3_column_int64(st, DUE_NEXT_AT);
         ep->wm_rowid = rowid;
     }
     sqlite3_reset(st);
@@ -1339,15 +1352,6 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
          * the mark: the rest of its next_at, then the later ones (two index seeks; a row
          * value (next_at, rowid) > (a, b) would scan all of next_at = a); then, if that
          * did not fill the slots, from the start once. */
-        sqlite3_stmt *one = sb_store_stmt(
-            w->db, "SELECT d.id, d.attempts, d.round_attempts, d.event_id, e.type, e.created_at, "
-                   "e.data, d.room_name FROM webhook_deliveries d JOIN events e ON e.project_id = "
-                   "d.project_id AND e.seq = d.event_seq WHERE d.rowid = ?1");
-        if (!one) {
-            sb_log(SB_LOG_ERROR, "webhooks: cannot read deliveries", "reason",
-                   sqlite3_errmsg(w->db), NULL);
-            return now + SB_WEBHOOKS_BACKSTOP_MS;
-        }
         for (int pass = ep->wm ? 0 : 2; pass < 3 && slots > 0; pass++) {
             static const char *const sql[3] = {
                 DUE_COLS "d.next_at = ?4 AND d.rowid > ?5 AND ?4 <= ?2 ORDER BY d.rowid LIMIT ?3",
@@ -1367,7 +1371,7 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
                 sqlite3_bind_int64(st, 4, mark_at);
                 sqlite3_bind_int64(st, 5, mark_rowid);
             }
-            int n = start_due(w, ep, st, one, slots);
+            int n = start_due(w, ep, st, slots);
             if (n < 0)
                 break;
             slots -= n;
