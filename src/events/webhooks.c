@@ -1055,10 +1055,14 @@ static void easy_put(sb_webhooks *w, CURL *e)
 {
     if (!e)
         return;
-    if (w->neasy < EASY_POOL && !w->stopping)
+    if (w->neasy < EASY_POOL && !w->stopping) {
+        /* pooled: nothing may point into the attempt, which is freed soon */
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
         w->easy_pool[w->neasy++] = e;
-    else
+    } else {
         curl_easy_cleanup(e);
+    }
 }
 
 /* 408, 425, 429 and 5xx are worth another attempt; other statuses will not change. */
