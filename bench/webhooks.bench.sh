@@ -256,8 +256,8 @@ if [ -n "$SUMMARY" ]; then
     printf 'row\twebhooks\tsigned deliveries/s vs webhook-undici\t%s\t%s\t%s\t%sms\t%sms\t%sms\t%sms\t%s kB\t-\t%s\n' \
         "$(g sb.deliveries_per_sec)" "$(g peer.deliveries_per_sec)" "$(g ratio)" "$(g sb.p50_ms)" "$(g sb.p99_ms)" \
         "$(g peer.p50_ms)" "$(g peer.p99_ms)" "$(g sb.rss_kb)" "$goal" >>"$SUMMARY"
-    printf 'note\twebhooks: %s events over %s rooms, %s in flight, a C receiver verifying every signature (all also verified by node + standardwebhooks in a $CHECK_EVENTS-event pass), %s, %s; latency = created_at → arrival; sender CPU/delivery sb %s us vs peer %s us\n' \
-        "$EVENTS" "$ROOMS" "$CONC" "$policy" "$pinning" "$(g sb.cpu_us_per_delivery)" "$(g peer.cpu_us_per_delivery)" >>"$SUMMARY"
+    printf 'note\twebhooks: %s events over %s rooms, %s in flight, a C receiver verifying every signature (a %s-event pass before also verified by node + standardwebhooks), %s, %s; latency = created_at → arrival; sender CPU/delivery sb %s us vs peer %s us\n' \
+        "$EVENTS" "$ROOMS" "$CONC" "$CHECK_EVENTS" "$policy" "$pinning" "$(g sb.cpu_us_per_delivery)" "$(g peer.cpu_us_per_delivery)" >>"$SUMMARY"
     printf 'goal\twebhooks: sb/peer signed deliveries/s >= %s\n' "$GOAL_RATIO" >>"$SUMMARY"
 fi
 exit 0
