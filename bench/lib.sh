@@ -111,10 +111,15 @@ bench_tmpdir() { # SUFFIX: creates $tmp and installs the cleanup traps
 # ---- helpers ----------------------------------------------------------------------------------
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 used_ports=" "
+# Ports are picked below the kernel's ephemeral range: a port there can be the local end of
+# another process's connection (or its TIME_WAIT), which port_free cannot see and bind then
+# refuses (measured: EADDRINUSE for the webhooks receivers with ~3000 TIME_WAIT sockets around).
+eph_lo=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[[ $eph_lo =~ ^[0-9]+$ ]] && [ "$eph_lo" -gt 12000 ] || eph_lo=32768
 pick_port() {
     local p n=0
     while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        p=$((10000 + (RANDOM * 32768 + RANDOM) % (eph_lo - 10000)))
         if [[ $used_ports != *" $p "* ]] && port_free "$p"; then
             used_ports+="$p "
             echo "$p"

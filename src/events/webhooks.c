@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "api/app.h"
@@ -31,6 +32,8 @@
 #define EASY_POOL          128   /* idle curl easy handles kept */
 #define RETENTION_BATCH    500   /* deliveries looked at per retention job */
 #define RETENTION_EVERY_MS 60000 /* at most this long between passes */
+#define HEADERS            6     /* request headers of an attempt */
+#define SOCKS_MAX          65536 /* sockets (by fd) whose poll handle is kept between transfers */
 
 static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,    100,
                                                        250, 500, 1000, 2500, 10000, 30000};
@@ -69,6 +72,13 @@ struct endpoint {
     int failures;       /* consecutive */
     int64_t open_until; /* breaker: 0 closed; > now open; <= now half-open */
     bool probing;
+    /* The due scan's resume point: the (next_at, rowid) of the last delivery it started.
+     * Every delivery before it is busy or was not due/unblocked at that scan; only a commit
+     * (an attempt batch, a fan-out, an API change) can make one due, and each of those
+     * clears it (wm_clear). Without it, every refill stepped over all busy deliveries
+     * again (in flight + awaiting their write, ~50 rows per 2 new ones in the bench). */
+    bool wm;
+    int64_t wm_next_at, wm_rowid;
 };
 
 struct attempt {
@@ -77,7 +87,12 @@ struct attempt {
     sb_webhooks *w;
     endpoint *ep;
     CURL *easy;
-    struct curl_slist *headers;
+    /* The request headers: curl_slist nodes and lines owned by the attempt (the struct is
+     * public and curl only reads the list), so a request allocates nothing for them. */
+    struct curl_slist headers[HEADERS];
+    char h_id[SB_ID_MAX + 16];
+    char h_ts[48];
+    char h_sig[2 * SB_WEBHOOK_SIG_MAX + 32];
     char *body;
     size_t body_len;
     size_t resp_bytes;
@@ -106,10 +121,18 @@ typedef struct posted {
     void *arg;
 } posted;
 
+/* One per socket curl opened, kept from its first transfer until curl closes it (the close
+ * callback): curl says CURL_POLL_REMOVE after every transfer on a kept-alive connection and
+ * asks again for the next one, and a fresh uv_poll_t per request cost uv_poll_init (ioctl,
+ * two epoll_ctl) plus an epoll_ctl DEL/ADD/MOD each time (measured: ~12% of the CPU per
+ * delivery). Between transfers the poll stays started ("idle"); if the idle socket wakes
+ * (the receiver closed it), it is stopped until curl uses or closes it. */
 typedef struct sockctx {
     uv_poll_t poll;
     curl_socket_t fd;
     int events; /* the uv_poll events started: an unchanged set costs no epoll_ctl */
+    bool idle;  /* curl does not watch it now (between transfers) */
+    bool kept;  /* in w->socks: closed by close_socket, not on CURL_POLL_REMOVE */
     sb_webhooks *w;
 } sockctx;
 
@@ -132,6 +155,8 @@ struct sb_webhooks {
     uv_idle_t idle;
     bool idle_on;
     CURLM *multi;
+    sockctx **socks; /* by fd, < nsocks */
+    size_t nsocks;
 
     pthread_mutex_t mq_lock; /* posted completions */
     posted *mq_head, *mq_tail;
@@ -169,6 +194,7 @@ struct sb_webhooks {
 
 static void pump(sb_webhooks *w);
 static void pump_soon(sb_webhooks *w);
+static void wm_clear(sb_webhooks *w);
 static void maybe_finish_stop(sb_webhooks *w);
 
 static uint32_t rnd32(sb_webhooks *w)
@@ -512,6 +538,7 @@ static void fanout_done(void *arg, int rc)
     sb_free(j);
     w->jobs--;
     w->fanout_running = false;
+    wm_clear(w);
     if (rc < 0)
         sb_log(SB_LOG_ERROR, "webhooks: fan-out failed", "reason", sb_strerror(rc), NULL);
     if (rc > 0)
@@ -722,6 +749,7 @@ static void flush_done(void *arg, int rc)
     sb_webhooks *w = j->w;
     w->jobs--;
     w->flush_running = false;
+    wm_clear(w);
     if (rc < 0) {
         /* Not written: the deliveries are still pending on disk and will be sent again. */
         sb_log(SB_LOG_ERROR, "webhooks: cannot record attempts", "reason", sb_strerror(rc), NULL);
@@ -780,6 +808,13 @@ static void on_poll(uv_poll_t *h, int status, int events)
 {
     sockctx *c = h->data;
     int flags = 0, running;
+    if (c->idle) {
+        /* an idle keep-alive connection woke (closed or data): curl checks it when it reuses
+         * it; until then, no wake-ups */
+        uv_poll_stop(&c->poll);
+        c->events = 0;
+        return;
+    }
     if (status < 0)
         flags = CURL_CSELECT_ERR;
     else {
@@ -799,11 +834,20 @@ static int socket_cb(CURL *easy, curl_socket_t s, int action, void *userp, void 
     sockctx *c = socketp;
     if (action == CURL_POLL_REMOVE) {
         if (c) {
-            uv_poll_stop(&c->poll);
             curl_multi_assign(w->multi, s, NULL);
-            uv_close((uv_handle_t *)&c->poll, on_sock_closed);
+            if (c->kept) {
+                c->idle = true; /* still started: the next transfer costs no syscall */
+            } else {
+                uv_poll_stop(&c->poll);
+                uv_close((uv_handle_t *)&c->poll, on_sock_closed);
+            }
         }
         return 0;
+    }
+    if (!c && s >= 0 && (size_t)s < w->nsocks && w->socks[s]) {
+        c = w->socks[s];
+        c->idle = false;
+        curl_multi_assign(w->multi, s, c);
     }
     if (!c) {
         c = sb_calloc(1, sizeof *c);
@@ -849,6 +893,42 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* Sockets curl opens for requests (not its resolver's) get a kept poll handle, closed by
+ * close_socket; without room for one, the socket is polled per transfer as before. */
+static void keep_socket(sb_webhooks *w, curl_socket_t s)
+{
+    if (s < 0 || s >= SOCKS_MAX)
+        return;
+    if ((size_t)s >= w->nsocks) {
+        size_t n = w->nsocks ? w->nsocks : 64;
+        while (n <= (size_t)s)
+            n *= 2;
+        sockctx **t = sb_realloc(w->socks, n * sizeof *t);
+        if (!t)
+            return;
+        memset(t + w->nsocks, 0, (n - w->nsocks) * sizeof *t);
+        w->socks = t;
+        w->nsocks = n;
+    }
+    if (w->socks[s]) { /* closed without close_socket: its fd number came back */
+        uv_poll_stop(&w->socks[s]->poll);
+        uv_close((uv_handle_t *)&w->socks[s]->poll, on_sock_closed);
+        w->socks[s] = NULL;
+    }
+    sockctx *c = sb_calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->fd = s;
+    c->w = w;
+    c->kept = c->idle = true;
+    if (uv_poll_init_socket(&w->loop, &c->poll, s) != 0) {
+        sb_free(c);
+        return;
+    }
+    c->poll.data = c;
+    w->socks[s] = c;
+}
+
 /* The SSRF guard: every address curl is about to connect to, after DNS. */
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
@@ -871,7 +951,23 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
             return CURL_SOCKET_BAD;
         }
     }
-    return socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    curl_socket_t s = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    keep_socket(a->w, s);
+    return s;
+}
+
+/* curl closes a socket: its kept poll handle goes first (uv_close takes the fd out of epoll,
+ * which needs it still open). */
+static int close_socket(void *clientp, curl_socket_t s)
+{
+    sb_webhooks *w = clientp;
+    if (s >= 0 && (size_t)s < w->nsocks && w->socks[s]) {
+        sockctx *c = w->socks[s];
+        w->socks[s] = NULL;
+        uv_poll_stop(&c->poll);
+        uv_close((uv_handle_t *)&c->poll, on_sock_closed);
+    }
+    return close(s);
 }
 
 static size_t on_header(char *buf, size_t size, size_t n, void *ud)
@@ -927,24 +1023,46 @@ static void record_latency(sb_webhooks *w, int64_t ms)
     sb_stat_add(&w->lat_buckets[i], 1);
 }
 
+/* A handle with the options every request shares; a pooled one keeps them (no
+ * curl_easy_reset: start_attempt sets every option that differs per request). */
 static CURL *easy_get(sb_webhooks *w)
 {
-    if (w->neasy > 0) {
-        CURL *e = w->easy_pool[--w->neasy];
-        curl_easy_reset(e);
-        return e;
-    }
-    return curl_easy_init();
+    if (w->neasy > 0)
+        return w->easy_pool[--w->neasy];
+    CURL *e = curl_easy_init();
+    if (!e)
+        return NULL;
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_PROXY, ""); /* never through an environment proxy */
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)w->cfg->webhooks_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    if (w->cfg->webhooks_ca_file && *w->cfg->webhooks_ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, w->cfg->webhooks_ca_file);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, w);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    return e;
 }
 
 static void easy_put(sb_webhooks *w, CURL *e)
 {
     if (!e)
         return;
-    if (w->neasy < EASY_POOL && !w->stopping)
+    if (w->neasy < EASY_POOL && !w->stopping) {
+        /* pooled: nothing may point into the attempt, which is freed soon */
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
         w->easy_pool[w->neasy++] = e;
-    else
+    } else {
         curl_easy_cleanup(e);
+    }
 }
 
 /* 408, 425, 429 and 5xx are worth another attempt; other statuses will not change. */
@@ -964,8 +1082,6 @@ static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
     curl_multi_remove_handle(w->multi, a->easy);
     easy_put(w, a->easy);
     a->easy = NULL;
-    curl_slist_free_all(a->headers);
-    a->headers = NULL;
     sb_free(a->body);
     a->body = NULL;
     a->ep->inflight--;
@@ -1038,19 +1154,32 @@ static void check_done(sb_webhooks *w)
     }
 }
 
-static int add_header(struct curl_slist **l, const char *name, const char *value)
-{
-    char line[512];
-    snprintf(line, sizeof line, "%s: %s", name, value);
-    struct curl_slist *n = curl_slist_append(*l, line);
-    if (!n)
-        return SB_ENOMEM;
-    *l = n;
-    return 0;
-}
+static char hdr_content_type[] = "Content-Type: application/json";
+static char hdr_user_agent[] = "User-Agent: Switchboard-Webhooks/" SB_VERSION;
+static char hdr_no_expect[] = "Expect:";
 
-/* Builds and starts one attempt from a picked row (id, attempts, round_attempts, event_id,
- * type, created_at, data, project_id). */
+/* The due scan's columns: the delivery and its event (LEFT JOIN: none when it left the
+ * outbox). One statement per due delivery, not a scan plus a lookup. */
+#define DUE_COLS                                                                                   \
+    "SELECT d.id, d.rowid, d.attempts, d.round_attempts, d.room_name, d.next_at, d.event_id, "     \
+    "e.type, e.created_at, e.data, e.rowid IS NULL FROM webhook_deliveries d LEFT JOIN events e "  \
+    "ON e.project_id = d.project_id AND e.seq = d.event_seq WHERE d.webhook_id = ?1 AND "          \
+    "d.state = 'pending' AND d.blocked = 0 AND "
+enum {
+    DUE_ID,
+    DUE_ROWID,
+    DUE_ATTEMPTS,
+    DUE_ROUND,
+    DUE_ROOM,
+    DUE_NEXT_AT,
+    DUE_EVENT_ID,
+    DUE_TYPE,
+    DUE_CREATED,
+    DUE_DATA,
+    DUE_ORPHAN
+};
+
+/* Builds and starts one attempt from a due-scan row (DUE_COLS). */
 static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t rowid)
 {
     int rc = SB_ENOMEM;
@@ -1061,18 +1190,18 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     a->ep = ep;
     a->retry_after_ms = -1;
     a->rowid = rowid;
-    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, 0));
-    a->attempt_no = sqlite3_column_int(st, 1) + 1;
-    a->round_no = sqlite3_column_int(st, 2) + 1;
-    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, 3));
-    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
-        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, 7));
+    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, DUE_ID));
+    a->attempt_no = sqlite3_column_int(st, DUE_ATTEMPTS) + 1;
+    a->round_no = sqlite3_column_int(st, DUE_ROUND) + 1;
+    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, DUE_EVENT_ID));
+    if (sqlite3_column_type(st, DUE_ROOM) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, DUE_ROOM));
     /* The envelope of sb_event_envelope, written around the stored data text. */
     sb_buf b;
     char created[32];
     sb_buf_init(&b, SB_WEBHOOKS_MAX_BODY);
-    sb_time_rfc3339(sqlite3_column_int64(st, 5), created);
-    const char *type = (const char *)sqlite3_column_text(st, 4);
+    sb_time_rfc3339(sqlite3_column_int64(st, DUE_CREATED), created);
+    const char *type = (const char *)sqlite3_column_text(st, DUE_TYPE);
     rc = sb_buf_append_str(&b, "{\"id\":\"");
     rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, strlen(a->event_id));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"type\":\"");
@@ -1081,7 +1210,8 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, strlen(ep->project));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"data\":");
     rc = rc ? rc
-            : sb_buf_append(&b, sqlite3_column_text(st, 6), (size_t)sqlite3_column_bytes(st, 6));
+            : sb_buf_append(&b, sqlite3_column_text(st, DUE_DATA),
+                            (size_t)sqlite3_column_bytes(st, DUE_DATA));
     rc = rc ? rc : sb_buf_append(&b, "}", 2); /* with the NUL */
     if (rc) {
         sb_buf_free(&b);
@@ -1092,7 +1222,7 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     a->at_ms = sb_time_ms();
     a->t0_ns = sb_now_ns();
     int64_t ts = a->at_ms / 1000;
-    char sig[2 * SB_WEBHOOK_SIG_MAX + 2], tsbuf[24];
+    char sig[2 * SB_WEBHOOK_SIG_MAX + 2];
     rc = sb_webhook_sign(ep->key, (size_t)ep->keylen, a->event_id, ts, a->body, a->body_len, sig);
     if (!rc && ep->old_keylen > 0 && a->at_ms < ep->old_until) {
         size_t l = strlen(sig);
@@ -1102,49 +1232,28 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     }
     if (rc)
         goto fail;
-    snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)ts);
-    rc = add_header(&a->headers, "Content-Type", "application/json");
-    rc = rc ? rc : add_header(&a->headers, "User-Agent", "Switchboard-Webhooks/" SB_VERSION);
-    rc = rc ? rc : add_header(&a->headers, "webhook-id", a->event_id);
-    rc = rc ? rc : add_header(&a->headers, "webhook-timestamp", tsbuf);
-    rc = rc ? rc : add_header(&a->headers, "webhook-signature", sig);
+    snprintf(a->h_id, sizeof a->h_id, "webhook-id: %s", a->event_id);
+    snprintf(a->h_ts, sizeof a->h_ts, "webhook-timestamp: %lld", (long long)ts);
+    snprintf(a->h_sig, sizeof a->h_sig, "webhook-signature: %s", sig);
     OPENSSL_cleanse(sig, sizeof sig);
-    if (!rc) {
-        struct curl_slist *n = curl_slist_append(a->headers, "Expect:");
-        rc = n ? 0 : SB_ENOMEM;
-        if (n)
-            a->headers = n;
-    }
-    if (rc)
-        goto fail;
+    char *lines[HEADERS] = {hdr_content_type, hdr_user_agent, a->h_id,
+                            a->h_ts,          a->h_sig,       hdr_no_expect};
+    for (int i = 0; i < HEADERS; i++)
+        a->headers[i] = (struct curl_slist){lines[i], i + 1 < HEADERS ? &a->headers[i + 1] : NULL};
     rc = SB_ENOMEM;
     CURL *e = a->easy = easy_get(w);
     if (!e)
         goto fail;
+    /* the options that differ per request (easy_get set the others once per handle) */
     curl_easy_setopt(e, CURLOPT_URL, ep->url);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_PROXY, ""); /* never through an environment proxy */
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, a->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)a->body_len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, a->headers);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)w->cfg->webhooks_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    if (w->cfg->webhooks_ca_file && *w->cfg->webhooks_ca_file)
-        curl_easy_setopt(e, CURLOPT_CAINFO, w->cfg->webhooks_ca_file);
     /* Over TLS, wait for a connection that may turn out to multiplex (h2) rather than open
      * another; plain http:// is HTTP/1.1 here, where waiting would serialize requests. */
-    if (strncasecmp(ep->url, "https:", 6) == 0)
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(ep->url, "https:", 6) == 0 ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, a);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, a);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->errbuf);
     curl_easy_setopt(e, CURLOPT_PRIVATE, a);
@@ -1163,14 +1272,13 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     return 0;
 fail:
     easy_put(w, a->easy);
-    curl_slist_free_all(a->headers);
     attempt_free(a);
     return rc;
 }
 
 /* A due delivery whose event is no longer in the outbox (removed by hand or by a future
  * retention job): it cannot be sent, so it is dead at once rather than blocking its room
- * and the endpoint's queue. st is the pick row (id, rowid, attempts, round_attempts, room). */
+ * and the endpoint's queue. st is the due-scan row (DUE_COLS). */
 static int orphan(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
 {
     attempt *a = sb_calloc(1, sizeof *a);
@@ -1203,6 +1311,30 @@ static int orphan(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st)
 
 /* ---- the pump ----------------------------------------------------------------------------- */
 
+/* Starts the due deliveries st yields (columns of DUE_COLS), skipping busy ones, until
+ * *slots are used; moves the endpoint's mark. Returns how many started, -1 on an error. */
+static int start_due(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int slots)
+{
+    int started = 0;
+    while (started < slots && sqlite3_step(st) == SQLITE_ROW) {
+        if (busy_has(w, (const char *)sqlite3_column_text(st, DUE_ID)))
+            continue;
+        int64_t rowid = sqlite3_column_int64(st, DUE_ROWID);
+        int rc = sqlite3_column_int(st, DUE_ORPHAN) ? orphan(w, ep, st)
+                                                    : start_attempt(w, ep, st, rowid);
+        if (rc != 0) {
+            sqlite3_reset(st);
+            return -1;
+        }
+        started++;
+        ep->wm = true;
+        ep->wm_next_at = sqlite3_column_int64(st, DUE_NEXT_AT);
+        ep->wm_rowid = rowid;
+    }
+    sqlite3_reset(st);
+    return started;
+}
+
 /* Starts what endpoint ep may start now; returns when its next delivery is due (ms, or
  * INT64_MAX when nothing is pending). */
 static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
@@ -1219,41 +1351,36 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
     if (ep->inflight > 0 && slots < refill)
         return INT64_MAX;
     if (slots > 0) {
-        /* Due deliveries in order, from the index alone; the ones already in flight or
-         * awaiting their write are skipped before their event is read. */
-        sqlite3_stmt *st = sb_store_stmt(
-            w->db, "SELECT d.id, d.rowid, d.attempts, d.round_attempts, d.room_name FROM "
-                   "webhook_deliveries d WHERE d.webhook_id = ?1 AND d.state = 'pending' AND "
-                   "d.blocked = 0 AND d.next_at <= ?2 ORDER BY d.next_at LIMIT ?3");
-        sqlite3_stmt *one = sb_store_stmt(
-            w->db, "SELECT d.id, d.attempts, d.round_attempts, d.event_id, e.type, e.created_at, "
-                   "e.data, d.room_name FROM webhook_deliveries d JOIN events e ON e.project_id = "
-                   "d.project_id AND e.seq = d.event_seq WHERE d.rowid = ?1");
-        if (!st || !one) {
-            sb_log(SB_LOG_ERROR, "webhooks: cannot read deliveries", "reason",
-                   sqlite3_errmsg(w->db), NULL);
-            return now + SB_WEBHOOKS_BACKSTOP_MS;
-        }
-        sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, now);
-        sqlite3_bind_int(st, 3, slots + ep->busy);
-        int started = 0;
-        while (started < slots && sqlite3_step(st) == SQLITE_ROW) {
-            if (busy_has(w, (const char *)sqlite3_column_text(st, 0)))
-                continue;
-            int64_t rowid = sqlite3_column_int64(st, 1);
-            sqlite3_bind_int64(one, 1, rowid);
-            int found = sqlite3_step(one);
-            int rc = found == SQLITE_ROW    ? start_attempt(w, ep, one, rowid)
-                     : found == SQLITE_DONE ? orphan(w, ep, st)
-                                            : SB_EIO;
-            sqlite3_reset(one);
-            if (rc != 0)
+        /* Due deliveries in (next_at, rowid) order, from the index alone; the ones already
+         * in flight or awaiting their write are skipped before their event is read. From
+         * the mark: the rest of its next_at, then the later ones (two index seeks; a row
+         * value (next_at, rowid) > (a, b) would scan all of next_at = a); then, if that
+         * did not fill the slots, from the start once. */
+        for (int pass = ep->wm ? 0 : 2; pass < 3 && slots > 0; pass++) {
+            static const char *const sql[3] = {
+                DUE_COLS "d.next_at = ?4 AND d.rowid > ?5 AND ?4 <= ?2 ORDER BY d.rowid LIMIT ?3",
+                DUE_COLS "d.next_at > ?4 AND d.next_at <= ?2 ORDER BY d.next_at, d.rowid LIMIT ?3",
+                DUE_COLS "d.next_at <= ?2 ORDER BY d.next_at, d.rowid LIMIT ?3"};
+            int64_t mark_at = ep->wm_next_at, mark_rowid = ep->wm_rowid;
+            sqlite3_stmt *st = sb_store_stmt(w->db, sql[pass]);
+            if (!st) {
+                sb_log(SB_LOG_ERROR, "webhooks: cannot read deliveries", "reason",
+                       sqlite3_errmsg(w->db), NULL);
+                return now + SB_WEBHOOKS_BACKSTOP_MS;
+            }
+            sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, now);
+            sqlite3_bind_int(st, 3, slots + ep->busy);
+            if (pass < 2) {
+                sqlite3_bind_int64(st, 4, mark_at);
+                sqlite3_bind_int64(st, 5, mark_rowid);
+            }
+            int n = start_due(w, ep, st, slots);
+            if (n < 0)
                 break;
-            started++;
+            slots -= n;
         }
-        sqlite3_reset(st);
-        if (started == slots)
+        if (slots == 0)
             return now; /* maybe more right away */
     }
     int64_t next = INT64_MAX;
@@ -1357,6 +1484,12 @@ static void retention(sb_webhooks *w, int64_t now)
     w->retention_running = true;
 }
 
+static void wm_clear(sb_webhooks *w)
+{
+    for (endpoint *e = w->endpoints; e; e = e->next)
+        e->wm = false;
+}
+
 static void on_due(uv_timer_t *t)
 {
     pump(t->data);
@@ -1423,8 +1556,18 @@ static void maybe_finish_stop(sb_webhooks *w)
     w->closing = true;
     while (w->neasy > 0)
         curl_easy_cleanup(w->easy_pool[--w->neasy]);
-    curl_multi_cleanup(w->multi); /* closes cached connections: sockets leave through socket_cb */
+    /* closes cached connections: sockets leave through socket_cb and close_socket */
+    curl_multi_cleanup(w->multi);
     w->multi = NULL;
+    /* none is left unless curl closed one without close_socket: then only its handle goes */
+    for (size_t i = 0; i < w->nsocks; i++)
+        if (w->socks[i]) {
+            uv_poll_stop(&w->socks[i]->poll);
+            uv_close((uv_handle_t *)&w->socks[i]->poll, on_sock_closed);
+        }
+    sb_free(w->socks);
+    w->socks = NULL;
+    w->nsocks = 0;
     uv_close((uv_handle_t *)&w->async, close_cb);
     uv_close((uv_handle_t *)&w->curl_timer, close_cb);
     uv_close((uv_handle_t *)&w->due_timer, close_cb);
@@ -1449,7 +1592,6 @@ static void begin_stop(sb_webhooks *w)
             w->nbusy--;
             curl_multi_remove_handle(w->multi, a->easy);
             curl_easy_cleanup(a->easy);
-            curl_slist_free_all(a->headers);
             a->ep->inflight--;
             a->ep->busy--;
             a->ep->refs--;
@@ -1480,8 +1622,10 @@ static void on_async(uv_async_t *h)
         begin_stop(w);
         return;
     }
-    if (atomic_exchange(&w->wake_requested, false))
+    if (atomic_exchange(&w->wake_requested, false)) {
+        wm_clear(w);
         pump_soon(w);
+    }
 }
 
 static void *thread_main(void *arg)

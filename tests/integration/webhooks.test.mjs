@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { Webhook } from 'standardwebhooks';
 
 import { apiClient } from './lib/api.mjs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { parseMetrics, run, runBin, startServer, tempDir } from './lib/server.mjs';
@@ -378,6 +379,56 @@ describe('webhooks', () => {
     assert.match(bad.stderr, /webhooks\.retry_schedule: entry 2 is not a duration/);
     const env = await runBin(['--dev', '--data-dir', dir, '--check-config'], { env: { SWITCHBOARD_WEBHOOKS_RETRY_SCHEDULE: '0,200ms,1s' } });
     assert.equal(env.code, 0, env.stderr);
+  });
+
+  it('reuses one kept-alive connection; recovers when the receiver drops idle ones or closes each', async () => {
+    const count = (r) => {
+      r.connections = 0;
+      r.server.on('connection', () => r.connections++);
+      return r;
+    };
+    const keep = count(await receiver()); // keep-alive 30 s: one connection for everything
+    const idle = count(await receiver()); // closes its idle connections after each delivery
+    const each = count(await receiver({ respond: () => ({ status: 204, headers: { connection: 'close' } }) }));
+    const hooks = [];
+    for (const r of [keep, idle, each]) {
+      const w = await createWebhook(api, { url: r.url, events: ['room.created'] });
+      r.secrets = [w.secret];
+      hooks.push(w);
+    }
+    const names = [];
+    for (let i = 0; i < 4; i++) {
+      names.push(...(await makeRooms(api, uniq('conn'), 1)));
+      const want = names.length;
+      await waitFor(() => [keep, idle, each].every((r) => r.ok().length >= want), { timeoutMs: 10000, what: `delivery ${want}` });
+      await sleep(50); // the answer is out
+      idle.server.closeIdleConnections(); // Switchboard's kept socket wakes (EOF) while idle
+      await sleep(50);
+    }
+    for (const r of [keep, idle, each]) {
+      assert.deepEqual(r.ok().map((d) => d.event.data.room.name), names, 'each delivered once, in order');
+      assert.deepEqual(r.badSignatures, []);
+    }
+    // an idle kept socket that woke (closed by the receiver) must not keep waking the loop
+    const cpu = () => {
+      const f = readFileSync(`/proc/${srv.pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+      return Number(f[11]) + Number(f[12]);
+    };
+    idle.server.closeIdleConnections();
+    keep.server.closeIdleConnections();
+    await sleep(50);
+    const c0 = cpu();
+    await sleep(500);
+    assert.ok(cpu() - c0 < 20, `the server used ${cpu() - c0} ticks in 500 ms with nothing to do`);
+    assert.equal(keep.connections, 1, 'keep-alive: one connection for four deliveries');
+    assert.equal(idle.connections, 4, 'a new connection after each idle close');
+    assert.equal(each.connections, 4, 'a new connection after each Connection: close');
+    for (const w of hooks) {
+      const log = await deliveries(api, w.id);
+      assert.equal(log.length, 4);
+      assert.ok(log.every((d) => d.status === 'delivered' && d.attempts === 1), JSON.stringify(log));
+    }
+    for (const w of hooks) await api('DELETE', `/v1/webhooks/${w.id}`);
   });
 
   it('exposes delivery metrics', async () => {
