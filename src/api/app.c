@@ -814,6 +814,17 @@ void sb_app_internal_error(sb_req *req, const char *what, int rc)
     sb_resp_problem(req, 500, "internal", "an internal error occurred; see the server log");
 }
 
+void *sb_app_ctx(sb_req *req, size_t size, const char *what)
+{
+    void *p = sb_arena_alloc(&req->arena, size);
+    if (!p) {
+        sb_app_internal_error(req, what, SB_ENOMEM);
+        return NULL;
+    }
+    memset(p, 0, size);
+    return p;
+}
+
 json_t *sb_app_body(sb_req *req)
 {
     const sb_http_header *ct = sb_req_header(req, "content-type");

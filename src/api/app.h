@@ -66,6 +66,11 @@ bool sb_app_submit_loop(sb_app *app, sb_loop *loop, sb_store_job_fn job, sb_stor
 /* Answers 500 and logs why (never to the client). */
 void sb_app_internal_error(sb_req *req, const char *what, int rc);
 
+/* A handler's context: size zeroed bytes in req's arena (freed with the request). On
+ * failure answers 500 (logging `what`, like sb_app_internal_error) and returns NULL; the
+ * caller then only releases what it holds and returns. */
+void *sb_app_ctx(sb_req *req, size_t size, const char *what);
+
 /* Parses the body as a JSON object or answers 400/415 and returns NULL. */
 json_t *sb_app_body(sb_req *req);
 

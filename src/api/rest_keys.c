@@ -198,13 +198,11 @@ static void keys_create(sb_req *req, void *ud)
     char why[256];
     const char *name = NULL, *exp = NULL, *fp = NULL;
     size_t nlen = 0, fplen = 0;
-    key_create *k = sb_arena_alloc(&req->arena, sizeof *k);
+    key_create *k = sb_app_ctx(req, sizeof *k, "allocating");
     if (!k) {
         json_decref(body);
-        sb_app_internal_error(req, "allocating", SB_ENOMEM);
         return;
     }
-    memset(k, 0, sizeof *k);
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) ||
         sb_json_get_string(body, "expires_at", &exp, NULL, 64, why, sizeof why) ||
@@ -459,13 +457,11 @@ static void projects_create(sb_req *req, void *ud)
         sb_resp_problem(req, 400, "invalid-request", why[0] ? why : "name is required");
         return;
     }
-    project_create *p = sb_arena_alloc(&req->arena, sizeof *p);
+    project_create *p = sb_app_ctx(req, sizeof *p, "creating a project");
     if (!p) {
         json_decref(body);
-        sb_app_internal_error(req, "creating a project", SB_ENOMEM);
         return;
     }
-    memset(p, 0, sizeof *p);
     p->app = app;
     p->req = req;
     p->who = who;

@@ -472,11 +472,9 @@ static void revoke(sb_req *req, void *ud)
         sb_resp_send(req, 200, NULL, NULL, 0);
         return;
     }
-    revoke_job *j = sb_arena_alloc(&req->arena, sizeof *j);
-    if (!j) {
-        sb_app_internal_error(req, "revoking a token", SB_ENOMEM);
+    revoke_job *j = sb_app_ctx(req, sizeof *j, "revoking a token");
+    if (!j)
         return;
-    }
     j->app = app;
     j->req = req;
     memset(&j->who, 0, sizeof j->who);
@@ -715,13 +713,11 @@ static void clients_create(sb_req *req, void *ud)
     char why[256] = "";
     const char *name = NULL, *method = NULL, *fp = NULL;
     size_t nlen = 0, fplen = 0;
-    client_create *k = sb_arena_alloc(&req->arena, sizeof *k);
+    client_create *k = sb_app_ctx(req, sizeof *k, "allocating");
     if (!k) {
         json_decref(body);
-        sb_app_internal_error(req, "allocating", SB_ENOMEM);
         return;
     }
-    memset(k, 0, sizeof *k);
     k->client_credentials = true;
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) ||

@@ -226,15 +226,13 @@ static void rooms_create(sb_req *req, void *ud)
     static const char *const fields[] = {
         "name", "metadata", "max_participants", "empty_timeout_seconds", "auto_record", NULL};
     char why[256] = "";
-    room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
+    room_write *w = sb_app_ctx(req, sizeof *w, "creating a room");
     const char *name = NULL;
     size_t nlen = 0;
     if (!w) {
         json_decref(body);
-        sb_app_internal_error(req, "creating a room", SB_ENOMEM);
         return;
     }
-    memset(w, 0, sizeof *w);
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, 128, why, sizeof why) ||
         !room_fields(req, body, w, why, sizeof why) ||
@@ -376,13 +374,11 @@ static void rooms_update(sb_req *req, void *ud)
     static const char *const fields[] = {"metadata", "max_participants", "empty_timeout_seconds",
                                          NULL};
     char why[256] = "";
-    room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
+    room_write *w = sb_app_ctx(req, sizeof *w, "updating a room");
     if (!w) {
         json_decref(body);
-        sb_app_internal_error(req, "updating a room", SB_ENOMEM);
         return;
     }
-    memset(w, 0, sizeof *w);
     if (sb_json_only(body, fields, why, sizeof why) ||
         !room_fields(req, body, w, why, sizeof why)) {
         json_decref(body);
@@ -476,12 +472,9 @@ static void rooms_delete(sb_req *req, void *ud)
     sb_str name;
     if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_WRITE, &who) || !room_param(req, &name))
         return;
-    room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
-    if (!w) {
-        sb_app_internal_error(req, "closing a room", SB_ENOMEM);
+    room_write *w = sb_app_ctx(req, sizeof *w, "closing a room");
+    if (!w)
         return;
-    }
-    memset(w, 0, sizeof *w);
     w->req = req;
     w->app = app;
     w->who = who;

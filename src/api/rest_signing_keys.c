@@ -92,12 +92,9 @@ static void skey_create_handler(sb_req *req, void *ud)
         sb_resp_problem(req, 400, "invalid-request", why);
         return;
     }
-    skey_create *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k) {
-        sb_app_internal_error(req, "creating a signing key", SB_ENOMEM);
+    skey_create *k = sb_app_ctx(req, sizeof *k, "creating a signing key");
+    if (!k)
         return;
-    }
-    memset(k, 0, sizeof *k);
     k->req = req;
     k->who = who;
     k->created_at = sb_time_ms();
@@ -192,12 +189,9 @@ static void skey_delete(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", "no such active signing key in this project");
         return;
     }
-    skey_retire *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k) {
-        sb_app_internal_error(req, "retiring a signing key", SB_ENOMEM);
+    skey_retire *k = sb_app_ctx(req, sizeof *k, "retiring a signing key");
+    if (!k)
         return;
-    }
-    memset(k, 0, sizeof *k);
     k->req = req;
     k->who = who;
     memcpy(k->kid, kid.base, kid.len);
