@@ -881,6 +881,63 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
     return sb_store_errno(rc);
 }
 
+typedef struct credential_revoke {
+    sb_app *app;
+    sb_req *req;
+    const sb_app_revoke_spec *spec;
+    sb_auth who;
+    char id[SB_ID_MAX];
+} credential_revoke;
+
+static int credential_revoke_run(sqlite3 *db, void *arg)
+{
+    credential_revoke *k = arg;
+    sqlite3_stmt *st = sb_store_stmt(db, k->spec->sql);
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, sb_time_ms());
+    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc; /* 0: unknown or already revoked */
+    rc =
+        sb_app_audit(db, &k->who, k->req->request_id, k->spec->action, k->spec->target_type, k->id);
+    return rc ? rc : 1;
+}
+
+static void credential_revoke_done(void *arg, int rc)
+{
+    credential_revoke *k = arg;
+    if (rc < 0) {
+        sb_app_internal_error(k->req, k->spec->what, rc);
+        return;
+    }
+    if (rc == 0) {
+        sb_resp_problem(k->req, 404, "not-found", k->spec->not_found);
+        return;
+    }
+    /* Committed: the credential stops working on every loop before anyone hears 204. */
+    k->spec->committed(k->app, k->id);
+    sb_resp_send(k->req, 204, NULL, NULL, 0);
+}
+
+void sb_app_revoke_credential(sb_app *app, sb_req *req, const sb_auth *who, sb_str id,
+                              const sb_app_revoke_spec *spec)
+{
+    credential_revoke *k = sb_app_ctx(req, sizeof *k, spec->what);
+    if (!k)
+        return;
+    k->app = app;
+    k->req = req;
+    k->spec = spec;
+    k->who = *who;
+    memcpy(k->id, id.base, id.len);
+    k->id[id.len] = '\0';
+    sb_app_submit(app, req, credential_revoke_run, credential_revoke_done, k);
+}
+
 bool sb_req_query(sb_req *req, const char *name, sb_str *out)
 {
     size_t nl = strlen(name);

@@ -84,6 +84,25 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
 /* Drops cached credentials of key_id on every loop (after a revoke is committed). */
 void sb_app_forget_key(sb_app *app, const char *key_id);
 
+/*
+ * DELETE of one of the caller's credentials (API key, OAuth client, signing key). A store
+ * job runs sql with ?1 = now (ms), ?2 = id, ?3 = the caller's project; the statement must
+ * change only a row that is still active, so that a second DELETE changes nothing. When it
+ * changed a row, the job writes the audit row (action on target_type id) in the same
+ * transaction; then committed(app, id) runs on the loop before 204 is answered. Nothing
+ * changed answers 404 not-found with not_found; an error 500, logged as what. The caller
+ * has checked id (shorter than SB_ID_MAX, else it answers 404 itself); spec must outlive the
+ * request (a static).
+ */
+typedef struct sb_app_revoke_spec {
+    const char *sql;
+    const char *action, *target_type;
+    const char *what, *not_found;
+    void (*committed)(sb_app *app, const char *id);
+} sb_app_revoke_spec;
+void sb_app_revoke_credential(sb_app *app, sb_req *req, const sb_auth *who, sb_str id,
+                              const sb_app_revoke_spec *spec);
+
 /* Participant tokens revoked by id (DELETE /v1/tokens/{jti}): checked on every join. An
  * empty jti is never revoked. Revoking returns 0, SB_ENOMEM or SB_EAGAIN (the set is full). */
 bool sb_app_participant_token_revoked(sb_app *app, const char *project_id, const char *jti);

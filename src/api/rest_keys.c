@@ -320,48 +320,15 @@ static void keys_get(sb_req *req, void *ud)
 
 /* ---- DELETE /v1/keys/{id} ---------------------------------------------------------- */
 
-typedef struct key_revoke {
-    sb_app *app;
-    sb_req *req;
-    sb_auth who;
-    char id[SB_ID_MAX];
-} key_revoke;
-
-static int key_revoke_run(sqlite3 *db, void *arg)
-{
-    key_revoke *k = arg;
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND "
-                                         "project_id = ?3 AND revoked_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, sb_time_ms());
-    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0)
-        return rc;
-    if (sqlite3_changes(db) == 0)
-        return 0; /* unknown or already revoked */
-    rc = sb_app_audit(db, &k->who, k->req->request_id, "key.revoke", "key", k->id);
-    return rc ? rc : 1;
-}
-
-static void key_revoke_done(void *arg, int rc)
-{
-    key_revoke *k = arg;
-    if (rc < 0) {
-        sb_app_internal_error(k->req, "revoking a key", rc);
-        return;
-    }
-    if (rc == 0) {
-        sb_resp_problem(k->req, 404, "not-found", "no such active key in this project");
-        return;
-    }
-    /* Committed: every loop drops it from its cache before anyone hears 204. */
-    sb_app_forget_key(k->app, k->id);
-    sb_resp_send(k->req, 204, NULL, NULL, 0);
-}
+static const sb_app_revoke_spec key_revoke = {
+    .sql = "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND project_id = ?3 AND "
+           "revoked_at IS NULL",
+    .action = "key.revoke",
+    .target_type = "key",
+    .what = "revoking a key",
+    .not_found = "no such active key in this project",
+    .committed = sb_app_forget_key,
+};
 
 static void keys_delete(sb_req *req, void *ud)
 {
@@ -369,17 +336,11 @@ static void keys_delete(sb_req *req, void *ud)
     sb_auth who;
     if (!sb_app_auth(app, req, SB_SCOPE_KEYS_WRITE, &who))
         return;
-    key_revoke *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k || req->params[0].len >= SB_ID_MAX) {
-        sb_resp_problem(req, 404, "not-found", "no such active key in this project");
+    if (req->params[0].len >= SB_ID_MAX) {
+        sb_resp_problem(req, 404, "not-found", key_revoke.not_found);
         return;
     }
-    k->app = app;
-    k->req = req;
-    k->who = who;
-    memcpy(k->id, req->params[0].base, req->params[0].len);
-    k->id[req->params[0].len] = '\0';
-    sb_app_submit(app, req, key_revoke_run, key_revoke_done, k);
+    sb_app_revoke_credential(app, req, &who, req->params[0], &key_revoke);
 }
 
 /* ---- POST /v1/projects ------------------------------------------------------------- */

@@ -837,49 +837,15 @@ static void clients_list(sb_req *req, void *ud)
     sb_app_send_page(req, st, &pg, client_json, 7, 0, "listing OAuth clients");
 }
 
-typedef struct client_delete {
-    sb_app *app;
-    sb_req *req;
-    sb_auth who;
-    char id[SB_ID_MAX];
-} client_delete;
-
-static int client_delete_run(sqlite3 *db, void *arg)
-{
-    client_delete *k = arg;
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE oauth_clients SET revoked_at = ?1 WHERE id = ?2 "
-                                         "AND project_id = ?3 AND revoked_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, sb_time_ms());
-    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
-    if (rc)
-        return rc;
-    if (sqlite3_changes(db) == 0)
-        return 0;
-    rc =
-        sb_app_audit(db, &k->who, k->req->request_id, "oauth_client.delete", "oauth_client", k->id);
-    return rc ? rc : 1;
-}
-
-static void client_delete_done(void *arg, int rc)
-{
-    client_delete *k = arg;
-    if (rc < 0) {
-        sb_app_internal_error(k->req, "deleting an OAuth client", rc);
-        return;
-    }
-    if (rc == 0) {
-        sb_resp_problem(k->req, 404, "not-found", "no such OAuth client in this project");
-        return;
-    }
-    /* Committed: its tokens stop working on every loop before anyone hears 204. */
-    sb_app_forget_key(k->app, k->id);
-    sb_resp_send(k->req, 204, NULL, NULL, 0);
-}
+static const sb_app_revoke_spec client_revoke = {
+    .sql = "UPDATE oauth_clients SET revoked_at = ?1 WHERE id = ?2 AND project_id = ?3 AND "
+           "revoked_at IS NULL",
+    .action = "oauth_client.delete",
+    .target_type = "oauth_client",
+    .what = "deleting an OAuth client",
+    .not_found = "no such OAuth client in this project",
+    .committed = sb_app_forget_key, /* its tokens stop working on every loop */
+};
 
 static void clients_delete(sb_req *req, void *ud)
 {
@@ -887,17 +853,11 @@ static void clients_delete(sb_req *req, void *ud)
     sb_auth who;
     if (!sb_app_auth(app, req, SB_SCOPE_KEYS_WRITE, &who))
         return;
-    client_delete *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k || req->params[0].len >= SB_ID_MAX) {
-        sb_resp_problem(req, 404, "not-found", "no such OAuth client in this project");
+    if (req->params[0].len >= SB_ID_MAX) {
+        sb_resp_problem(req, 404, "not-found", client_revoke.not_found);
         return;
     }
-    k->app = app;
-    k->req = req;
-    k->who = who;
-    memcpy(k->id, req->params[0].base, req->params[0].len);
-    k->id[req->params[0].len] = '\0';
-    sb_app_submit(app, req, client_delete_run, client_delete_done, k);
+    sb_app_revoke_credential(app, req, &who, req->params[0], &client_revoke);
 }
 
 int sb_api_oauth_register(sb_app *app, sb_router *r)

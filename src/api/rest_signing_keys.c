@@ -140,43 +140,24 @@ static void skey_list(sb_req *req, void *ud)
 
 /* ---- DELETE /v1/signing-keys/{kid} ------------------------------------------------- */
 
-typedef struct skey_retire {
-    sb_req *req;
-    sb_auth who;
-    char kid[SB_ID_MAX];
-} skey_retire;
-
-static int skey_retire_run(sqlite3 *db, void *arg)
+/* Tokens it signed leave every loop's verified-token cache. */
+static void skey_retired(sb_app *app, const char *kid)
 {
-    skey_retire *k = arg;
-    /* project_id = ?3 also keeps the server's own keys (project_id NULL) out of reach. */
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 "
-                                         "AND project_id = ?3 AND retired_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, sb_time_ms());
-    sqlite3_bind_text(st, 2, k->kid, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0 || sqlite3_changes(db) == 0)
-        return rc; /* 0: unknown or already retired */
-    rc = sb_app_audit(db, &k->who, k->req->request_id, "signing_key.retire", "signing_key", k->kid);
-    return rc ? rc : 1;
+    (void)app;
+    (void)kid;
+    sb_app_cache_bump();
 }
 
-static void skey_retire_done(void *arg, int rc)
-{
-    skey_retire *k = arg;
-    if (rc < 0)
-        sb_app_internal_error(k->req, "retiring a signing key", rc);
-    else if (rc == 0)
-        sb_resp_problem(k->req, 404, "not-found", "no such active signing key in this project");
-    else {
-        sb_app_cache_bump(); /* tokens it signed leave every loop's verified-token cache */
-        sb_resp_send(k->req, 204, NULL, NULL, 0);
-    }
-}
+/* project_id = ?3 also keeps the server's own keys (project_id NULL) out of reach. */
+static const sb_app_revoke_spec skey_retire = {
+    .sql = "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 AND project_id = ?3 AND "
+           "retired_at IS NULL",
+    .action = "signing_key.retire",
+    .target_type = "signing_key",
+    .what = "retiring a signing key",
+    .not_found = "no such active signing key in this project",
+    .committed = skey_retired,
+};
 
 static void skey_delete(sb_req *req, void *ud)
 {
@@ -186,17 +167,10 @@ static void skey_delete(sb_req *req, void *ud)
         return;
     sb_str kid = req->params[0];
     if (kid.len >= SB_ID_MAX || memchr(kid.base, '\0', kid.len)) {
-        sb_resp_problem(req, 404, "not-found", "no such active signing key in this project");
+        sb_resp_problem(req, 404, "not-found", skey_retire.not_found);
         return;
     }
-    skey_retire *k = sb_app_ctx(req, sizeof *k, "retiring a signing key");
-    if (!k)
-        return;
-    k->req = req;
-    k->who = who;
-    memcpy(k->kid, kid.base, kid.len);
-    k->kid[kid.len] = '\0';
-    sb_app_submit(app, req, skey_retire_run, skey_retire_done, k);
+    sb_app_revoke_credential(app, req, &who, kid, &skey_retire);
 }
 
 int sb_api_signing_keys_register(sb_app *app, sb_router *r)
