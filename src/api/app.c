@@ -1572,6 +1572,23 @@ void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
     sb_app_send_json(req, 200, resp);
 }
 
+void sb_app_list_project(sb_app *app, sb_req *req, uint32_t need, const char *sql,
+                         json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what)
+{
+    sb_auth who;
+    sb_page pg;
+    if (!sb_app_auth(app, req, need, &who) || !sb_app_page(req, &pg))
+        return;
+    sqlite3_stmt *st = sb_store_stmt(sb_app_reader(app, req), sql);
+    if (!st) {
+        sb_app_internal_error(req, what, SB_EIO);
+        return;
+    }
+    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
+    sb_app_bind_page(st, &pg);
+    sb_app_send_page(req, st, &pg, row, ms_col, id_col, what);
+}
+
 json_t *sb_app_time_or_null(sqlite3_stmt *st, int col)
 {
     if (sqlite3_column_type(st, col) == SQLITE_NULL)

@@ -145,6 +145,14 @@ void sb_app_bind_page(sqlite3_stmt *st, const sb_page *pg);
 void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
                       json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what);
 
+/* GET of a keyset-paged list in the caller's project: authenticates `need`, reads the page
+ * (sb_app_page), prepares sql on the loop's reader, binds the project id to ?1 and the page
+ * to ?2..?5 (sb_app_bind_page) and answers it (sb_app_send_page). Answers every error
+ * itself; `what` names the list in error logs. */
+void sb_app_list_project(sb_app *app, sb_req *req, uint32_t need, const char *sql,
+                         json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col,
+                         const char *what);
+
 /* An INTEGER ms column as an RFC 3339 string, or JSON null. */
 json_t *sb_app_time_or_null(sqlite3_stmt *st, int col);
 

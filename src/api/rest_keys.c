@@ -275,23 +275,11 @@ invalid:
 
 static void keys_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3 *db = sb_app_reader(app, req);
-    sqlite3_stmt *st =
-        sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
-                          "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
-                          "ORDER BY created_at, id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing keys", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, key_json, 3, 0, "listing keys");
+    sb_app_list_project(ud, req, SB_SCOPE_KEYS_READ,
+                        "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
+                        "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
+                        "ORDER BY created_at, id LIMIT ?5",
+                        key_json, 3, 0, "listing keys");
 }
 
 static void keys_get(sb_req *req, void *ud)

@@ -818,23 +818,12 @@ invalid:
 
 static void clients_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
-        "SELECT " CLIENT_COLS " FROM oauth_clients WHERE project_id = ?1 AND revoked_at IS NULL "
-        "AND (?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
-        "ORDER BY created_at, id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing OAuth clients", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, client_json, 7, 0, "listing OAuth clients");
+    sb_app_list_project(ud, req, SB_SCOPE_KEYS_READ,
+                        "SELECT " CLIENT_COLS
+                        " FROM oauth_clients WHERE project_id = ?1 AND revoked_at IS NULL "
+                        "AND (?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
+                        "ORDER BY created_at, id LIMIT ?5",
+                        client_json, 7, 0, "listing OAuth clients");
 }
 
 static const sb_app_revoke_spec client_revoke = {

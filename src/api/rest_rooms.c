@@ -264,23 +264,12 @@ invalid:
 
 static void rooms_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
-        "SELECT " ROOM_COLS " FROM rooms r WHERE r.project_id = ?1 AND r.status = 'open' AND "
-        "(?2 = 0 OR r.created_at > ?3 OR (r.created_at = ?3 AND r.id > ?4)) "
-        "ORDER BY r.created_at, r.id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing rooms", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, room_json, 7, 0, "listing rooms");
+    sb_app_list_project(ud, req, SB_SCOPE_ROOMS_READ,
+                        "SELECT " ROOM_COLS
+                        " FROM rooms r WHERE r.project_id = ?1 AND r.status = 'open' AND "
+                        "(?2 = 0 OR r.created_at > ?3 OR (r.created_at = ?3 AND r.id > ?4)) "
+                        "ORDER BY r.created_at, r.id LIMIT ?5",
+                        room_json, 7, 0, "listing rooms");
 }
 
 static void rooms_get(sb_req *req, void *ud)

@@ -118,24 +118,13 @@ static json_t *skey_json(sqlite3_stmt *st)
 
 static void skey_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
-        return;
     /* Never the material: the secret is shown once, at creation. */
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
+    sb_app_list_project(
+        ud, req, SB_SCOPE_KEYS_READ,
         "SELECT kid, alg, created_at, retired_at FROM signing_keys WHERE project_id = ?1 AND "
         "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND kid > ?4)) "
-        "ORDER BY created_at, kid LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing signing keys", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, skey_json, 2, 0, "listing signing keys");
+        "ORDER BY created_at, kid LIMIT ?5",
+        skey_json, 2, 0, "listing signing keys");
 }
 
 /* ---- DELETE /v1/signing-keys/{kid} ------------------------------------------------- */
