@@ -1597,3 +1597,11 @@ json_t *sb_app_time_or_null(sqlite3_stmt *st, int col)
     sb_time_rfc3339(sqlite3_column_int64(st, col), t);
     return json_string(t);
 }
+
+json_t *sb_app_json_or_null(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return json_null();
+    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
+    return j ? j : json_null();
+}

@@ -156,6 +156,9 @@ void sb_app_list_project(sb_app *app, sb_req *req, uint32_t need, const char *sq
 /* An INTEGER ms column as an RFC 3339 string, or JSON null. */
 json_t *sb_app_time_or_null(sqlite3_stmt *st, int col);
 
+/* A TEXT column holding JSON as that value; SQL NULL or text that does not parse: JSON null. */
+json_t *sb_app_json_or_null(sqlite3_stmt *st, int col);
+
 /* A query-string parameter, percent-decoded into the request arena; false if absent. */
 bool sb_req_query(sb_req *req, const char *name, sb_str *out);
 

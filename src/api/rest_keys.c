@@ -5,7 +5,7 @@
 #include <stdio.h>
 
 #include "api/app.h"
-#include "api/oauth.h"
+#include "api/credential.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
@@ -17,25 +17,9 @@
 /* A new key: sbk_<key id>_<43 base64url chars of 32 random bytes>. */
 static int new_secret(const char *id, char *out, size_t cap)
 {
-    unsigned char r[32];
-    char enc[48];
-    sb_buf b = {enc, 0, sizeof enc, sizeof enc};
-    int rc = sb_random(r, sizeof r);
-    rc = rc ? rc : sb_jose_b64url_encode(r, sizeof r, &b);
-    OPENSSL_cleanse(r, sizeof r);
-    if (rc)
-        return rc;
-    snprintf(out, cap, "sbk_%s_%.*s", id, (int)b.len, b.base);
-    OPENSSL_cleanse(enc, sizeof enc);
-    return 0;
-}
-
-static json_t *text_json_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
-    return j ? j : json_null();
+    char prefix[SB_ID_MAX + 8];
+    snprintf(prefix, sizeof prefix, "sbk_%s_", id);
+    return sb_credential_new_secret(prefix, out, cap);
 }
 
 #define KEY_COLS                                                                                   \
@@ -59,7 +43,7 @@ static json_t *key_json(sqlite3_stmt *st)
         sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes), "created_at",
         sb_app_time_or_null(st, 3), "expires_at", sb_app_time_or_null(st, 4), "revoked_at",
         sb_app_time_or_null(st, 5), "last_used_at", sb_app_time_or_null(st, 6), "allowed_ips",
-        text_json_or_null(st, 7), "rate_limit", rl, "tls_client_certificate_sha256", fp);
+        sb_app_json_or_null(st, 7), "rate_limit", rl, "tls_client_certificate_sha256", fp);
 }
 
 /* ---- POST /v1/keys ---------------------------------------------------------------- */
@@ -117,19 +101,6 @@ static int key_insert(sqlite3 *db, const char *id, const char *project, const ch
  * that this file never sees the pepper. */
 void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32]);
 
-static int key_read_back(sqlite3 *db, const char *id, json_t **out)
-{
-    sqlite3_stmt *st = sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *out = key_json(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW && *out ? 0 : SB_EIO;
-}
-
 static int key_create_run(sqlite3 *db, void *arg)
 {
     key_create *k = arg;
@@ -138,48 +109,17 @@ static int key_create_run(sqlite3 *db, void *arg)
     int rc = key_insert(db, k->id, k->who.project_id, k->name, h, k->scopes, k->expires_at,
                         k->allowed_ips, k->rps, k->burst, k->fingerprint);
     rc = rc ? rc : sb_app_audit(db, &k->who, k->req->request_id, "key.create", "key", k->id);
-    rc = rc ? rc : key_read_back(db, k->id, &k->result);
+    rc = rc ? rc
+            : sb_credential_read(db, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1", k->id,
+                                 key_json, &k->result);
     return rc;
 }
 
 static void key_create_done(void *arg, int rc)
 {
     key_create *k = arg;
-    if (rc < 0) {
-        json_decref(k->result);
-        OPENSSL_cleanse(k->secret, sizeof k->secret);
-        sb_app_internal_error(k->req, "creating a key", rc);
-        return;
-    }
-    json_object_set_new(k->result, "secret", json_string(k->secret));
-    OPENSSL_cleanse(k->secret, sizeof k->secret);
-    sb_resp_header(k->req, "Cache-Control", SB_STR_LIT("no-store"));
-    sb_app_send_json(k->req, 201, k->result);
-}
-
-static bool valid_ip_list(const json_t *a, char *why, size_t whylen)
-{
-    if (!json_is_array(a) || json_array_size(a) == 0 ||
-        json_array_size(a) > SB_IPALLOW_MAX_ENTRIES) {
-        snprintf(why, whylen, "allowed_ips must be an array of 1 to %d addresses or CIDRs",
-                 SB_IPALLOW_MAX_ENTRIES);
-        return false;
-    }
-    size_t i;
-    const json_t *v;
-    json_array_foreach(a, i, v)
-    {
-        sb_cidr c;
-        char err[160];
-        if (!json_is_string(v) ||
-            sb_ipallow_parse_entry(json_string_value(v), json_string_length(v), &c, err,
-                                   sizeof err) != 0) {
-            snprintf(why, whylen, "allowed_ips[%zu]: %s", i,
-                     json_is_string(v) ? err : "must be a string");
-            return false;
-        }
-    }
-    return true;
+    sb_credential_created(k->req, rc, k->result, "secret", k->secret, sizeof k->secret,
+                          "creating a key");
 }
 
 static void keys_create(sb_req *req, void *ud)
@@ -209,31 +149,20 @@ static void keys_create(sb_req *req, void *ud)
         sb_json_get_string(body, "tls_client_certificate_sha256", &fp, &fplen, 128, why,
                            sizeof why))
         goto invalid;
-    if (fp && !sb__oauth_fingerprint(fp, fplen, k->fingerprint)) {
-        snprintf(why, sizeof why,
-                 "tls_client_certificate_sha256 must be the certificate's SHA-256 in hex");
+    if (!sb_credential_fingerprint(fp, fplen, k->fingerprint, why, sizeof why))
         goto invalid;
-    }
     if (!name || nlen == 0) {
         snprintf(why, sizeof why, "name is required");
         goto invalid;
     }
-    if (sb_scopes_from_json(json_object_get(body, "scopes"), &k->scopes) != 0) {
-        snprintf(why, sizeof why, "scopes must be a non-empty array of known scope names");
+    if (!sb_credential_scopes(body, &k->scopes, why, sizeof why))
         goto invalid;
-    }
     if (exp && (sb_time_parse_rfc3339(exp, &k->expires_at) != 0 || k->expires_at <= sb_time_ms())) {
         snprintf(why, sizeof why, "expires_at must be an RFC 3339 time in the future");
         goto invalid;
     }
-    const json_t *ips = json_object_get(body, "allowed_ips");
-    if (ips && !json_is_null(ips)) {
-        if (!valid_ip_list(ips, why, sizeof why))
-            goto invalid;
-        char *t = json_dumps(ips, JSON_COMPACT);
-        k->allowed_ips = t ? sb_arena_strndup(&req->arena, t, strlen(t)) : NULL;
-        free(t);
-    }
+    if (!sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why))
+        goto invalid;
     const json_t *rl = json_object_get(body, "rate_limit");
     if (rl && !json_is_null(rl)) {
         const json_t *rps = json_object_get(rl, "requests_per_second");

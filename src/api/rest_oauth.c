@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 
+#include "api/credential.h"
 #include "api/oauth.h"
 #include "auth/oauth.h"
 #include "auth/scopes.h"
@@ -545,14 +546,6 @@ static metadata *make_metadata(sb_app *app)
     "id, name, scopes, auth_method, grant_types, tls_client_cert_sha256, allowed_ips, "            \
     "created_at"
 
-static json_t *text_json_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
-    return j ? j : json_null();
-}
-
 static json_t *client_json(sqlite3_stmt *st)
 {
     const char *sc = (const char *)sqlite3_column_text(st, 2);
@@ -568,7 +561,7 @@ static json_t *client_json(sqlite3_stmt *st)
     return json_pack("{s:s,s:s,s:o,s:s,s:o,s:o,s:o,s:o}", "client_id", sqlite3_column_text(st, 0),
                      "name", sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes),
                      "token_endpoint_auth_method", sqlite3_column_text(st, 3), "grant_types", gt,
-                     "tls_client_certificate_sha256", fp, "allowed_ips", text_json_or_null(st, 6),
+                     "tls_client_certificate_sha256", fp, "allowed_ips", sb_app_json_or_null(st, 6),
                      "created_at", sb_app_time_or_null(st, 7));
 }
 
@@ -621,77 +614,15 @@ static int client_create_run(sqlite3 *db, void *arg)
                            k->id);
     if (rc)
         return rc;
-    st = sb_store_stmt(db, "SELECT " CLIENT_COLS " FROM oauth_clients WHERE id = ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, k->id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        k->result = client_json(st);
-    sqlite3_reset(st);
-    return k->result ? 0 : SB_EIO;
+    return sb_credential_read(db, "SELECT " CLIENT_COLS " FROM oauth_clients WHERE id = ?1", k->id,
+                              client_json, &k->result);
 }
 
 static void client_create_done(void *arg, int rc)
 {
     client_create *k = arg;
-    if (rc < 0) {
-        json_decref(k->result);
-        OPENSSL_cleanse(k->secret, sizeof k->secret);
-        sb_app_internal_error(k->req, "creating an OAuth client", rc);
-        return;
-    }
-    if (k->secret[0])
-        json_object_set_new(k->result, "client_secret", json_string(k->secret));
-    OPENSSL_cleanse(k->secret, sizeof k->secret);
-    sb_resp_header(k->req, "Cache-Control", SB_STR_LIT("no-store"));
-    sb_app_send_json(k->req, 201, k->result);
-}
-
-/* 64 hex digits, or the colon-separated form openssl prints; stored as lower-case hex. */
-static bool normalise_fingerprint(const char *in, size_t len, char out[65])
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = in[i];
-        if (ch == ':' && n % 2 == 0 && n > 0 && i + 1 < len)
-            continue;
-        if (n == 64 ||
-            !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
-            return false;
-        out[n++] = (char)(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
-    }
-    out[n] = '\0';
-    return n == 64;
-}
-
-bool sb__oauth_fingerprint(const char *in, size_t len, char out[65])
-{
-    return normalise_fingerprint(in, len, out);
-}
-
-static bool valid_ips(const json_t *a, char *why, size_t whylen)
-{
-    if (!json_is_array(a) || json_array_size(a) == 0 ||
-        json_array_size(a) > SB_IPALLOW_MAX_ENTRIES) {
-        snprintf(why, whylen, "allowed_ips must be an array of 1 to %d addresses or CIDRs",
-                 SB_IPALLOW_MAX_ENTRIES);
-        return false;
-    }
-    size_t i;
-    const json_t *v;
-    json_array_foreach(a, i, v)
-    {
-        sb_cidr cidr;
-        char err[160];
-        if (!json_is_string(v) ||
-            sb_ipallow_parse_entry(json_string_value(v), json_string_length(v), &cidr, err,
-                                   sizeof err) != 0) {
-            snprintf(why, whylen, "allowed_ips[%zu]: %s", i,
-                     json_is_string(v) ? err : "must be a string");
-            return false;
-        }
-    }
-    return true;
+    sb_credential_created(k->req, rc, k->result, "client_secret", k->secret, sizeof k->secret,
+                          "creating an OAuth client");
 }
 
 static void clients_create(sb_req *req, void *ud)
@@ -730,10 +661,8 @@ static void clients_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "name is required");
         goto invalid;
     }
-    if (sb_scopes_from_json(json_object_get(body, "scopes"), &k->scopes) != 0) {
-        snprintf(why, sizeof why, "scopes must be a non-empty array of known scope names");
+    if (!sb_credential_scopes(body, &k->scopes, why, sizeof why))
         goto invalid;
-    }
     if (k->scopes & SB_SCOPE_PROJECTS_WRITE) {
         snprintf(why, sizeof why, "an OAuth client cannot hold projects:write");
         goto invalid;
@@ -745,11 +674,8 @@ static void clients_create(sb_req *req, void *ud)
                  "or tls_client_auth");
         goto invalid;
     }
-    if (fp && !normalise_fingerprint(fp, fplen, k->fingerprint)) {
-        snprintf(why, sizeof why,
-                 "tls_client_certificate_sha256 must be the certificate's SHA-256 in hex");
+    if (!sb_credential_fingerprint(fp, fplen, k->fingerprint, why, sizeof why))
         goto invalid;
-    }
     if ((k->method == AUTH_TLS) != (fp != NULL)) {
         snprintf(why, sizeof why,
                  "tls_client_certificate_sha256 is required with "
@@ -774,14 +700,8 @@ static void clients_create(sb_req *req, void *ud)
             k->client_credentials = true;
         }
     }
-    const json_t *ips = json_object_get(body, "allowed_ips");
-    if (ips && !json_is_null(ips)) {
-        if (!valid_ips(ips, why, sizeof why))
-            goto invalid;
-        char *t = json_dumps(ips, JSON_COMPACT);
-        k->allowed_ips = t ? sb_arena_strndup(&req->arena, t, strlen(t)) : NULL;
-        free(t);
-    }
+    if (!sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why))
+        goto invalid;
     if ((k->scopes & who.scopes) != k->scopes) {
         json_decref(body);
         sb_resp_problem(req, 403, "scope-escalation",
@@ -797,17 +717,9 @@ static void clients_create(sb_req *req, void *ud)
         sb_app_internal_error(req, "creating an OAuth client", SB_ENOMEM);
         return;
     }
-    if (k->method != AUTH_TLS) {
-        unsigned char r[32];
-        char enc[48];
-        sb_buf b = {enc, 0, sizeof enc, sizeof enc};
-        if (sb_random(r, sizeof r) != 0 || sb_jose_b64url_encode(r, sizeof r, &b) != 0) {
-            sb_app_internal_error(req, "creating an OAuth client", SB_EIO);
-            return;
-        }
-        snprintf(k->secret, sizeof k->secret, "sbcs_%.*s", (int)b.len, b.base);
-        OPENSSL_cleanse(r, sizeof r);
-        OPENSSL_cleanse(enc, sizeof enc);
+    if (k->method != AUTH_TLS && sb_credential_new_secret("sbcs_", k->secret, sizeof k->secret)) {
+        sb_app_internal_error(req, "creating an OAuth client", SB_EIO);
+        return;
     }
     sb_app_submit(app, req, client_create_run, client_create_done, k);
     return;
