@@ -298,22 +298,22 @@ typedef struct lookup_result {
     unsigned char x5t[32];
 } lookup_result;
 
-/* The stored JSON array of CIDRs (validated when the key was made) as a matcher. */
-static sb_ipallow *allow_from_json(const char *text)
+bool sb_app_allow_column(sqlite3_stmt *st, int col, sb_ipallow **out)
 {
-    json_t *a = text ? json_loads(text, 0, NULL) : NULL;
+    *out = NULL;
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return true;
+    json_t *a = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
     size_t n = json_is_array(a) ? json_array_size(a) : 0;
     const char *entries[SB_IPALLOW_MAX_ENTRIES];
-    sb_ipallow *out = NULL;
     if (n > 0 && n <= SB_IPALLOW_MAX_ENTRIES) {
         for (size_t i = 0; i < n; i++)
             entries[i] = json_string_value(json_array_get(a, i));
-        char err[128];
-        if (sb_ipallow_new(entries, n, &out, err, sizeof err) != 0)
-            out = NULL;
+        if (sb_ipallow_new(entries, n, out, NULL, 0) != 0)
+            *out = NULL;
     }
     json_decref(a);
-    return out;
+    return *out != NULL;
 }
 
 static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
@@ -383,11 +383,8 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
             if (res->bound &&
                 sb_hex_decode32((const char *)sqlite3_column_text(st, 8), res->x5t) != 0)
                 res->found = false;
-            if (res->found && sqlite3_column_type(st, 5) != SQLITE_NULL) {
-                res->allow = allow_from_json((const char *)sqlite3_column_text(st, 5));
-                if (!res->allow) /* cannot enforce it: refuse rather than allow everyone */
-                    res->found = false;
-            }
+            if (res->found && !sb_app_allow_column(st, 5, &res->allow))
+                res->found = false; /* cannot enforce it: refuse rather than allow everyone */
         }
         rc = SQLITE_DONE;
     }

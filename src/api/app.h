@@ -168,6 +168,13 @@ struct sockaddr_storage;
 struct sb_ipallow;
 bool sb_app_client_addr(sb_app *app, sb_req *req, struct sockaddr_storage *out);
 
+/* A credential's allowed_ips column (the JSON array of addresses and CIDRs checked when the
+ * credential was made) as a matcher in *out, which the caller frees; NULL for SQL NULL (no
+ * list). False, *out NULL, when the column holds a list that cannot be built (bad JSON, no
+ * entries, too many, out of memory): the caller then refuses the credential rather than
+ * allow every address. */
+bool sb_app_allow_column(sqlite3_stmt *st, int col, struct sb_ipallow **out);
+
 /* Whether the caller's address passes security.allowed_ips and `list` (NULL: no list). */
 bool sb_app_address_allowed(sb_app *app, sb_req *req, const struct sb_ipallow *list);
 

@@ -229,19 +229,8 @@ static bool authenticate_client(sb_app *app, sb_req *req, oauth_call *c)
             sb_scopes_parse(sc, strlen(sc), &c->scopes, NULL, NULL);
             const char *gt = (const char *)sqlite3_column_text(st, 4);
             c->may_client_credentials = strstr(gt, "client_credentials") != NULL;
-            if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
-                json_t *a = json_loads((const char *)sqlite3_column_text(st, 6), 0, NULL);
-                const char *entries[SB_IPALLOW_MAX_ENTRIES];
-                size_t n = json_is_array(a) ? json_array_size(a) : 0;
-                for (size_t i = 0; i < n && i < SB_IPALLOW_MAX_ENTRIES; i++)
-                    entries[i] = json_string_value(json_array_get(a, i));
-                if (n == 0 || n > SB_IPALLOW_MAX_ENTRIES ||
-                    sb_ipallow_new(entries, n, &allow, NULL, 0) != 0) {
-                    ok = false; /* cannot enforce it: refuse */
-                    allow = NULL;
-                }
-                json_decref(a);
-            }
+            if (!sb_app_allow_column(st, 6, &allow))
+                ok = false; /* cannot enforce it: refuse */
         }
     }
     sqlite3_reset(st);
