@@ -339,30 +339,44 @@ static void token(sb_req *req, void *ud)
 
 /* ---- POST /oauth/introspect ---------------------------------------------------------- */
 
+/* What /oauth/introspect and /oauth/revoke start with: the form, its token parameter, the
+ * client's authentication and the token's verification. False when it has answered (a bad
+ * request or client; an internal error, logged as what). Otherwise *active tells whether
+ * the token is valid and of the client's project; at is filled, its allow list freed. */
+static bool token_request(sb_app *app, sb_req *req, oauth_call *c, sb_access_token *at,
+                          bool *active, const char *what)
+{
+    memset(c, 0, sizeof *c);
+    if (!oauth_begin(app, req, c))
+        return false;
+    const sb_str *t = param(c, "token");
+    if (!t) {
+        oauth_error(req, 400, "invalid_request", "token is required");
+        return false;
+    }
+    if (!authenticate_client(app, req, c))
+        return false;
+    sb_jwt_reason why;
+    int rc = sb_oauth_verify(app, sb_app_reader(app, req), t->base, t->len, at, &why);
+    sb_ipallow_free(at->allow);
+    if (rc != 0 && rc != SB_EAUTH) {
+        sb_app_internal_error(req, what, rc);
+        return false;
+    }
+    *active = rc == 0 && strcmp(at->auth.project_id, c->project_id) == 0;
+    return true;
+}
+
 static void introspect(sb_req *req, void *ud)
 {
     sb_app *app = ud;
     oauth_call c;
-    memset(&c, 0, sizeof c);
-    if (!oauth_begin(app, req, &c))
-        return;
-    const sb_str *t = param(&c, "token");
-    if (!t) {
-        oauth_error(req, 400, "invalid_request", "token is required");
-        return;
-    }
-    if (!authenticate_client(app, req, &c))
-        return;
     sb_access_token at;
-    sb_jwt_reason why;
-    int rc = sb_oauth_verify(app, sb_app_reader(app, req), t->base, t->len, &at, &why);
-    sb_ipallow_free(at.allow);
-    if (rc != 0 && rc != SB_EAUTH) {
-        sb_app_internal_error(req, "introspecting a token", rc);
+    bool active;
+    if (!token_request(app, req, &c, &at, &active, "introspecting a token"))
         return;
-    }
     json_t *j;
-    if (rc != 0 || strcmp(at.auth.project_id, c.project_id) != 0) {
+    if (!active) {
         j = json_pack("{s:b}", "active", 0);
     } else {
         char sc[256];
@@ -430,34 +444,15 @@ static void revoke(sb_req *req, void *ud)
 {
     sb_app *app = ud;
     oauth_call c;
-    memset(&c, 0, sizeof c);
-    if (!oauth_begin(app, req, &c))
-        return;
-    const sb_str *t = param(&c, "token");
-    if (!t) {
-        oauth_error(req, 400, "invalid_request", "token is required");
-        return;
-    }
-    if (!authenticate_client(app, req, &c))
-        return;
     sb_access_token at;
-    sb_jwt_reason why;
-    int rc = sb_oauth_verify(app, sb_app_reader(app, req), t->base, t->len, &at, &why);
-    sb_ipallow_free(at.allow);
-    if (rc != 0 && rc != SB_EAUTH) {
-        sb_app_internal_error(req, "revoking a token", rc);
+    bool active;
+    if (!token_request(app, req, &c, &at, &active, "revoking a token"))
         return;
-    }
     /* Section 2.2: an invalid, expired or unknown token (or one of another project) is
-     * answered 200 as if revoked: the client's goal is reached either way. */
-    if (rc != 0 || strcmp(at.auth.project_id, c.project_id) != 0) {
-        no_store(req);
-        sb_resp_send(req, 200, NULL, NULL, 0);
-        return;
-    }
-    if (strcmp(at.auth.credential_id, c.client_id) != 0) {
-        /* Only a client's own tokens are revoked; another's is answered like an unknown
-         * one, so that revocation reveals nothing about other clients' tokens. */
+     * answered 200 as if revoked: the client's goal is reached either way. Only a client's
+     * own tokens are revoked; another's is answered like an unknown one, so that revocation
+     * reveals nothing about other clients' tokens. */
+    if (!active || strcmp(at.auth.credential_id, c.client_id) != 0) {
         no_store(req);
         sb_resp_send(req, 200, NULL, NULL, 0);
         return;
