@@ -418,6 +418,22 @@ static void last_used_done(void *arg, int rc)
 
 /* Recorded at most once a minute per key and loop: a write per request would cost more
  * than the request. Fire and forget: losing one such update on a crash is harmless. */
+/* What every verified credential puts in its cache slot; e takes allow (and frees the list
+ * it held). The caller sets the kind-specific rest (limit, expiry, token fields). */
+static void cache_fill(cred_entry *e, const unsigned char digest[32], uint64_t gen,
+                       const sb_auth *auth, sb_ipallow *allow, bool bound,
+                       const unsigned char x5t[32])
+{
+    memcpy(e->digest, digest, 32);
+    e->valid = true;
+    e->gen = gen;
+    e->auth = *auth;
+    sb_ipallow_free(e->allow);
+    e->allow = allow;
+    e->bound = bound;
+    memcpy(e->x5t, x5t, 32);
+}
+
 static void note_last_used(sb_app *app, cred_entry *e, int64_t now)
 {
     if (now - e->last_used_recorded_ms < LAST_USED_EVERY_MS)
@@ -629,15 +645,8 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
                 return false;
             }
             if (rc == 0) {
-                memcpy(e->digest, digest, 32);
-                e->valid = true;
-                e->gen = gen;
-                e->auth = at.auth;
-                sb_ipallow_free(e->allow);
-                e->allow = at.allow;
+                cache_fill(e, digest, gen, &at.auth, at.allow, at.bound, at.x5t);
                 e->limit = (sb_rl_policy){0, 0};
-                e->bound = at.bound;
-                memcpy(e->x5t, at.x5t, 32);
                 e->until_ms = at.exp * 1000 + SB_OAUTH_LEEWAY_S * 1000;
                 e->last_used_recorded_ms = now; /* tokens have no last_used_at */
                 e->token = true;
@@ -654,19 +663,12 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
             unauthorized(req, "the credential is not valid (unknown, revoked or expired)");
             return false;
         }
-        memcpy(e->digest, digest, 32);
-        e->valid = true;
-        e->gen = gen;
-        e->auth = res.auth;
-        sb_ipallow_free(e->allow);
-        e->allow = res.allow;
+        cache_fill(e, digest, gen, &res.auth, res.allow, res.bound, res.x5t);
         e->limit = res.limit;
         e->until_ms = now + CRED_CACHE_TTL_MS;
         if (res.expires_at && res.expires_at < e->until_ms)
             e->until_ms = res.expires_at;
         e->last_used_recorded_ms = 0;
-        e->bound = res.bound;
-        memcpy(e->x5t, res.x5t, 32);
         e->token = false;
     }
 cached:
