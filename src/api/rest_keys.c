@@ -9,7 +9,6 @@
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
-#include "guard/ipallow.h"
 #include "switchboard/error.h"
 
 #define NAME_MAX_LEN 256
