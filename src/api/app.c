@@ -298,22 +298,22 @@ typedef struct lookup_result {
     unsigned char x5t[32];
 } lookup_result;
 
-/* The stored JSON array of CIDRs (validated when the key was made) as a matcher. */
-static sb_ipallow *allow_from_json(const char *text)
+bool sb_app_allow_column(sqlite3_stmt *st, int col, sb_ipallow **out)
 {
-    json_t *a = text ? json_loads(text, 0, NULL) : NULL;
+    *out = NULL;
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return true;
+    json_t *a = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
     size_t n = json_is_array(a) ? json_array_size(a) : 0;
     const char *entries[SB_IPALLOW_MAX_ENTRIES];
-    sb_ipallow *out = NULL;
     if (n > 0 && n <= SB_IPALLOW_MAX_ENTRIES) {
         for (size_t i = 0; i < n; i++)
             entries[i] = json_string_value(json_array_get(a, i));
-        char err[128];
-        if (sb_ipallow_new(entries, n, &out, err, sizeof err) != 0)
-            out = NULL;
+        if (sb_ipallow_new(entries, n, out, NULL, 0) != 0)
+            *out = NULL;
     }
     json_decref(a);
-    return out;
+    return *out != NULL;
 }
 
 static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t len,
@@ -383,11 +383,8 @@ static int lookup_key_id(sqlite3 *db, const sb_app *app, const char *tok, size_t
             if (res->bound &&
                 sb_hex_decode32((const char *)sqlite3_column_text(st, 8), res->x5t) != 0)
                 res->found = false;
-            if (res->found && sqlite3_column_type(st, 5) != SQLITE_NULL) {
-                res->allow = allow_from_json((const char *)sqlite3_column_text(st, 5));
-                if (!res->allow) /* cannot enforce it: refuse rather than allow everyone */
-                    res->found = false;
-            }
+            if (res->found && !sb_app_allow_column(st, 5, &res->allow))
+                res->found = false; /* cannot enforce it: refuse rather than allow everyone */
         }
         rc = SQLITE_DONE;
     }
@@ -421,6 +418,22 @@ static void last_used_done(void *arg, int rc)
 
 /* Recorded at most once a minute per key and loop: a write per request would cost more
  * than the request. Fire and forget: losing one such update on a crash is harmless. */
+/* What every verified credential puts in its cache slot; e takes allow (and frees the list
+ * it held). The caller sets the kind-specific rest (limit, expiry, token fields). */
+static void cache_fill(cred_entry *e, const unsigned char digest[32], uint64_t gen,
+                       const sb_auth *auth, sb_ipallow *allow, bool bound,
+                       const unsigned char x5t[32])
+{
+    memcpy(e->digest, digest, 32);
+    e->valid = true;
+    e->gen = gen;
+    e->auth = *auth;
+    sb_ipallow_free(e->allow);
+    e->allow = allow;
+    e->bound = bound;
+    memcpy(e->x5t, x5t, 32);
+}
+
 static void note_last_used(sb_app *app, cred_entry *e, int64_t now)
 {
     if (now - e->last_used_recorded_ms < LAST_USED_EVERY_MS)
@@ -632,15 +645,8 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
                 return false;
             }
             if (rc == 0) {
-                memcpy(e->digest, digest, 32);
-                e->valid = true;
-                e->gen = gen;
-                e->auth = at.auth;
-                sb_ipallow_free(e->allow);
-                e->allow = at.allow;
+                cache_fill(e, digest, gen, &at.auth, at.allow, at.bound, at.x5t);
                 e->limit = (sb_rl_policy){0, 0};
-                e->bound = at.bound;
-                memcpy(e->x5t, at.x5t, 32);
                 e->until_ms = at.exp * 1000 + SB_OAUTH_LEEWAY_S * 1000;
                 e->last_used_recorded_ms = now; /* tokens have no last_used_at */
                 e->token = true;
@@ -657,19 +663,12 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
             unauthorized(req, "the credential is not valid (unknown, revoked or expired)");
             return false;
         }
-        memcpy(e->digest, digest, 32);
-        e->valid = true;
-        e->gen = gen;
-        e->auth = res.auth;
-        sb_ipallow_free(e->allow);
-        e->allow = res.allow;
+        cache_fill(e, digest, gen, &res.auth, res.allow, res.bound, res.x5t);
         e->limit = res.limit;
         e->until_ms = now + CRED_CACHE_TTL_MS;
         if (res.expires_at && res.expires_at < e->until_ms)
             e->until_ms = res.expires_at;
         e->last_used_recorded_ms = 0;
-        e->bound = res.bound;
-        memcpy(e->x5t, res.x5t, 32);
         e->token = false;
     }
 cached:
@@ -814,6 +813,17 @@ void sb_app_internal_error(sb_req *req, const char *what, int rc)
     sb_resp_problem(req, 500, "internal", "an internal error occurred; see the server log");
 }
 
+void *sb_app_ctx(sb_req *req, size_t size, const char *what)
+{
+    void *p = sb_arena_alloc(&req->arena, size);
+    if (!p) {
+        sb_app_internal_error(req, what, SB_ENOMEM);
+        return NULL;
+    }
+    memset(p, 0, size);
+    return p;
+}
+
 json_t *sb_app_body(sb_req *req)
 {
     const sb_http_header *ct = sb_req_header(req, "content-type");
@@ -868,6 +878,63 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return sb_store_errno(rc);
+}
+
+typedef struct credential_revoke {
+    sb_app *app;
+    sb_req *req;
+    const sb_app_revoke_spec *spec;
+    sb_auth who;
+    char id[SB_ID_MAX];
+} credential_revoke;
+
+static int credential_revoke_run(sqlite3 *db, void *arg)
+{
+    credential_revoke *k = arg;
+    sqlite3_stmt *st = sb_store_stmt(db, k->spec->sql);
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_int64(st, 1, sb_time_ms());
+    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
+    int rc = sb_store_errno(sqlite3_step(st));
+    sqlite3_reset(st);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc; /* 0: unknown or already revoked */
+    rc =
+        sb_app_audit(db, &k->who, k->req->request_id, k->spec->action, k->spec->target_type, k->id);
+    return rc ? rc : 1;
+}
+
+static void credential_revoke_done(void *arg, int rc)
+{
+    credential_revoke *k = arg;
+    if (rc < 0) {
+        sb_app_internal_error(k->req, k->spec->what, rc);
+        return;
+    }
+    if (rc == 0) {
+        sb_resp_problem(k->req, 404, "not-found", k->spec->not_found);
+        return;
+    }
+    /* Committed: the credential stops working on every loop before anyone hears 204. */
+    k->spec->committed(k->app, k->id);
+    sb_resp_send(k->req, 204, NULL, NULL, 0);
+}
+
+void sb_app_revoke_credential(sb_app *app, sb_req *req, const sb_auth *who, sb_str id,
+                              const sb_app_revoke_spec *spec)
+{
+    credential_revoke *k = sb_app_ctx(req, sizeof *k, spec->what);
+    if (!k)
+        return;
+    k->app = app;
+    k->req = req;
+    k->spec = spec;
+    k->who = *who;
+    memcpy(k->id, id.base, id.len);
+    k->id[id.len] = '\0';
+    sb_app_submit(app, req, credential_revoke_run, credential_revoke_done, k);
 }
 
 bool sb_req_query(sb_req *req, const char *name, sb_str *out)
@@ -1504,6 +1571,23 @@ void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
     sb_app_send_json(req, 200, resp);
 }
 
+void sb_app_list_project(sb_app *app, sb_req *req, uint32_t need, const char *sql,
+                         json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what)
+{
+    sb_auth who;
+    sb_page pg;
+    if (!sb_app_auth(app, req, need, &who) || !sb_app_page(req, &pg))
+        return;
+    sqlite3_stmt *st = sb_store_stmt(sb_app_reader(app, req), sql);
+    if (!st) {
+        sb_app_internal_error(req, what, SB_EIO);
+        return;
+    }
+    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
+    sb_app_bind_page(st, &pg);
+    sb_app_send_page(req, st, &pg, row, ms_col, id_col, what);
+}
+
 json_t *sb_app_time_or_null(sqlite3_stmt *st, int col)
 {
     if (sqlite3_column_type(st, col) == SQLITE_NULL)
@@ -1511,4 +1595,12 @@ json_t *sb_app_time_or_null(sqlite3_stmt *st, int col)
     char t[32];
     sb_time_rfc3339(sqlite3_column_int64(st, col), t);
     return json_string(t);
+}
+
+json_t *sb_app_json_or_null(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return json_null();
+    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
+    return j ? j : json_null();
 }

@@ -66,6 +66,11 @@ bool sb_app_submit_loop(sb_app *app, sb_loop *loop, sb_store_job_fn job, sb_stor
 /* Answers 500 and logs why (never to the client). */
 void sb_app_internal_error(sb_req *req, const char *what, int rc);
 
+/* A handler's context: size zeroed bytes in req's arena (freed with the request). On
+ * failure answers 500 (logging `what`, like sb_app_internal_error) and returns NULL; the
+ * caller then only releases what it holds and returns. */
+void *sb_app_ctx(sb_req *req, size_t size, const char *what);
+
 /* Parses the body as a JSON object or answers 400/415 and returns NULL. */
 json_t *sb_app_body(sb_req *req);
 
@@ -78,6 +83,25 @@ int sb_app_audit(sqlite3 *db, const sb_auth *who, const char *request_id, const 
 
 /* Drops cached credentials of key_id on every loop (after a revoke is committed). */
 void sb_app_forget_key(sb_app *app, const char *key_id);
+
+/*
+ * DELETE of one of the caller's credentials (API key, OAuth client, signing key). A store
+ * job runs sql with ?1 = now (ms), ?2 = id, ?3 = the caller's project; the statement must
+ * change only a row that is still active, so that a second DELETE changes nothing. When it
+ * changed a row, the job writes the audit row (action on target_type id) in the same
+ * transaction; then committed(app, id) runs on the loop before 204 is answered. Nothing
+ * changed answers 404 not-found with not_found; an error 500, logged as what. The caller
+ * has checked id (shorter than SB_ID_MAX, else it answers 404 itself); spec must outlive the
+ * request (a static).
+ */
+typedef struct sb_app_revoke_spec {
+    const char *sql;
+    const char *action, *target_type;
+    const char *what, *not_found;
+    void (*committed)(sb_app *app, const char *id);
+} sb_app_revoke_spec;
+void sb_app_revoke_credential(sb_app *app, sb_req *req, const sb_auth *who, sb_str id,
+                              const sb_app_revoke_spec *spec);
 
 /* Participant tokens revoked by id (DELETE /v1/tokens/{jti}): checked on every join. An
  * empty jti is never revoked. Revoking returns 0, SB_ENOMEM or SB_EAGAIN (the set is full). */
@@ -121,8 +145,19 @@ void sb_app_bind_page(sqlite3_stmt *st, const sb_page *pg);
 void sb_app_send_page(sb_req *req, sqlite3_stmt *st, const sb_page *pg,
                       json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col, const char *what);
 
+/* GET of a keyset-paged list in the caller's project: authenticates `need`, reads the page
+ * (sb_app_page), prepares sql on the loop's reader, binds the project id to ?1 and the page
+ * to ?2..?5 (sb_app_bind_page) and answers it (sb_app_send_page). Answers every error
+ * itself; `what` names the list in error logs. */
+void sb_app_list_project(sb_app *app, sb_req *req, uint32_t need, const char *sql,
+                         json_t *(*row)(sqlite3_stmt *st), int ms_col, int id_col,
+                         const char *what);
+
 /* An INTEGER ms column as an RFC 3339 string, or JSON null. */
 json_t *sb_app_time_or_null(sqlite3_stmt *st, int col);
+
+/* A TEXT column holding JSON as that value; SQL NULL or text that does not parse: JSON null. */
+json_t *sb_app_json_or_null(sqlite3_stmt *st, int col);
 
 /* A query-string parameter, percent-decoded into the request arena; false if absent. */
 bool sb_req_query(sb_req *req, const char *name, sb_str *out);
@@ -132,6 +167,13 @@ bool sb_req_query(sb_req *req, const char *name, sb_str *out);
 struct sockaddr_storage;
 struct sb_ipallow;
 bool sb_app_client_addr(sb_app *app, sb_req *req, struct sockaddr_storage *out);
+
+/* A credential's allowed_ips column (the JSON array of addresses and CIDRs checked when the
+ * credential was made) as a matcher in *out, which the caller frees; NULL for SQL NULL (no
+ * list). False, *out NULL, when the column holds a list that cannot be built (bad JSON, no
+ * entries, too many, out of memory): the caller then refuses the credential rather than
+ * allow every address. */
+bool sb_app_allow_column(sqlite3_stmt *st, int col, struct sb_ipallow **out);
 
 /* Whether the caller's address passes security.allowed_ips and `list` (NULL: no list). */
 bool sb_app_address_allowed(sb_app *app, sb_req *req, const struct sb_ipallow *list);

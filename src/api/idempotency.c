@@ -282,12 +282,9 @@ static void idem_entry(sb_req *req, void *ud)
     sb_auth who;
     if (!sb_app_auth(r->app, req, 0, &who))
         return;
-    idem_ctx *c = sb_arena_alloc(&req->arena, sizeof *c);
-    if (!c) {
-        sb_app_internal_error(req, "checking an Idempotency-Key", SB_ENOMEM);
+    idem_ctx *c = sb_app_ctx(req, sizeof *c, "checking an Idempotency-Key");
+    if (!c)
         return;
-    }
-    memset(c, 0, sizeof *c);
     c->route = r;
     c->req = req;
     memcpy(c->credential, who.credential_id, sizeof c->credential);

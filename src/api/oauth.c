@@ -92,22 +92,6 @@ static bool copy_claim(const json_t *claims, const char *name, char *out, size_t
     return true;
 }
 
-static sb_ipallow *allow_from_text(const char *text)
-{
-    json_t *a = text ? json_loads(text, 0, NULL) : NULL;
-    size_t n = json_is_array(a) ? json_array_size(a) : 0;
-    const char *entries[SB_IPALLOW_MAX_ENTRIES];
-    sb_ipallow *out = NULL;
-    if (n > 0 && n <= SB_IPALLOW_MAX_ENTRIES) {
-        for (size_t i = 0; i < n; i++)
-            entries[i] = json_string_value(json_array_get(a, i));
-        if (sb_ipallow_new(entries, n, &out, NULL, 0) != 0)
-            out = NULL;
-    }
-    json_decref(a);
-    return out;
-}
-
 static int refuse(sb_jwt_reason *why, sb_jwt_reason r)
 {
     *why = r;
@@ -175,11 +159,8 @@ int sb_oauth_verify(sb_app *app, sqlite3 *db, const char *tok, size_t len, sb_ac
         uint32_t now_scopes = 0;
         sb_scopes_parse(sc, strlen(sc), &now_scopes, NULL, NULL);
         out->auth.scopes &= now_scopes;
-        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
-            out->allow = allow_from_text((const char *)sqlite3_column_text(st, 1));
-            if (!out->allow)
-                step = SQLITE_DONE; /* cannot enforce it: refuse */
-        }
+        if (!sb_app_allow_column(st, 1, &out->allow))
+            step = SQLITE_DONE; /* cannot enforce it: refuse */
     }
     sqlite3_reset(st);
     if (step != SQLITE_ROW) {

@@ -63,8 +63,4 @@ int sb_oauth_verify(sb_app *app, sqlite3 *db, const char *tok, size_t len, sb_ac
 int sb_oauth_revoke_jti(sb_oauth *o, const char *jti, int64_t exp);
 bool sb_oauth_is_revoked(sb_oauth *o, const char *jti);
 
-/* A certificate's SHA-256 as 64 hex digits or openssl's colon-separated form → 64 lower-case
- * hex digits in out; false if it is neither (rest_oauth.c; POST /v1/keys uses it too). */
-bool sb__oauth_fingerprint(const char *in, size_t len, char out[65]);
-
 #endif

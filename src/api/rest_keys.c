@@ -5,11 +5,10 @@
 #include <stdio.h>
 
 #include "api/app.h"
-#include "api/oauth.h"
+#include "api/credential.h"
 #include "auth/scopes.h"
 #include "core/alloc.h"
 #include "core/json.h"
-#include "guard/ipallow.h"
 #include "switchboard/error.h"
 
 #define NAME_MAX_LEN 256
@@ -17,25 +16,9 @@
 /* A new key: sbk_<key id>_<43 base64url chars of 32 random bytes>. */
 static int new_secret(const char *id, char *out, size_t cap)
 {
-    unsigned char r[32];
-    char enc[48];
-    sb_buf b = {enc, 0, sizeof enc, sizeof enc};
-    int rc = sb_random(r, sizeof r);
-    rc = rc ? rc : sb_jose_b64url_encode(r, sizeof r, &b);
-    OPENSSL_cleanse(r, sizeof r);
-    if (rc)
-        return rc;
-    snprintf(out, cap, "sbk_%s_%.*s", id, (int)b.len, b.base);
-    OPENSSL_cleanse(enc, sizeof enc);
-    return 0;
-}
-
-static json_t *text_json_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
-    return j ? j : json_null();
+    char prefix[SB_ID_MAX + 8];
+    snprintf(prefix, sizeof prefix, "sbk_%s_", id);
+    return sb_credential_new_secret(prefix, out, cap);
 }
 
 #define KEY_COLS                                                                                   \
@@ -59,7 +42,7 @@ static json_t *key_json(sqlite3_stmt *st)
         sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes), "created_at",
         sb_app_time_or_null(st, 3), "expires_at", sb_app_time_or_null(st, 4), "revoked_at",
         sb_app_time_or_null(st, 5), "last_used_at", sb_app_time_or_null(st, 6), "allowed_ips",
-        text_json_or_null(st, 7), "rate_limit", rl, "tls_client_certificate_sha256", fp);
+        sb_app_json_or_null(st, 7), "rate_limit", rl, "tls_client_certificate_sha256", fp);
 }
 
 /* ---- POST /v1/keys ---------------------------------------------------------------- */
@@ -117,19 +100,6 @@ static int key_insert(sqlite3 *db, const char *id, const char *project, const ch
  * that this file never sees the pepper. */
 void sb__app_hash_secret(const sb_app *app, const char *secret, size_t len, unsigned char out[32]);
 
-static int key_read_back(sqlite3 *db, const char *id, json_t **out)
-{
-    sqlite3_stmt *st = sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *out = key_json(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW && *out ? 0 : SB_EIO;
-}
-
 static int key_create_run(sqlite3 *db, void *arg)
 {
     key_create *k = arg;
@@ -138,48 +108,17 @@ static int key_create_run(sqlite3 *db, void *arg)
     int rc = key_insert(db, k->id, k->who.project_id, k->name, h, k->scopes, k->expires_at,
                         k->allowed_ips, k->rps, k->burst, k->fingerprint);
     rc = rc ? rc : sb_app_audit(db, &k->who, k->req->request_id, "key.create", "key", k->id);
-    rc = rc ? rc : key_read_back(db, k->id, &k->result);
+    rc = rc ? rc
+            : sb_credential_read(db, "SELECT " KEY_COLS " FROM api_keys WHERE id = ?1", k->id,
+                                 key_json, &k->result);
     return rc;
 }
 
 static void key_create_done(void *arg, int rc)
 {
     key_create *k = arg;
-    if (rc < 0) {
-        json_decref(k->result);
-        OPENSSL_cleanse(k->secret, sizeof k->secret);
-        sb_app_internal_error(k->req, "creating a key", rc);
-        return;
-    }
-    json_object_set_new(k->result, "secret", json_string(k->secret));
-    OPENSSL_cleanse(k->secret, sizeof k->secret);
-    sb_resp_header(k->req, "Cache-Control", SB_STR_LIT("no-store"));
-    sb_app_send_json(k->req, 201, k->result);
-}
-
-static bool valid_ip_list(const json_t *a, char *why, size_t whylen)
-{
-    if (!json_is_array(a) || json_array_size(a) == 0 ||
-        json_array_size(a) > SB_IPALLOW_MAX_ENTRIES) {
-        snprintf(why, whylen, "allowed_ips must be an array of 1 to %d addresses or CIDRs",
-                 SB_IPALLOW_MAX_ENTRIES);
-        return false;
-    }
-    size_t i;
-    const json_t *v;
-    json_array_foreach(a, i, v)
-    {
-        sb_cidr c;
-        char err[160];
-        if (!json_is_string(v) ||
-            sb_ipallow_parse_entry(json_string_value(v), json_string_length(v), &c, err,
-                                   sizeof err) != 0) {
-            snprintf(why, whylen, "allowed_ips[%zu]: %s", i,
-                     json_is_string(v) ? err : "must be a string");
-            return false;
-        }
-    }
-    return true;
+    sb_credential_created(k->req, rc, k->result, "secret", k->secret, sizeof k->secret,
+                          "creating a key");
 }
 
 static void keys_create(sb_req *req, void *ud)
@@ -198,44 +137,31 @@ static void keys_create(sb_req *req, void *ud)
     char why[256];
     const char *name = NULL, *exp = NULL, *fp = NULL;
     size_t nlen = 0, fplen = 0;
-    key_create *k = sb_arena_alloc(&req->arena, sizeof *k);
+    key_create *k = sb_app_ctx(req, sizeof *k, "allocating");
     if (!k) {
         json_decref(body);
-        sb_app_internal_error(req, "allocating", SB_ENOMEM);
         return;
     }
-    memset(k, 0, sizeof *k);
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) ||
         sb_json_get_string(body, "expires_at", &exp, NULL, 64, why, sizeof why) ||
         sb_json_get_string(body, "tls_client_certificate_sha256", &fp, &fplen, 128, why,
                            sizeof why))
         goto invalid;
-    if (fp && !sb__oauth_fingerprint(fp, fplen, k->fingerprint)) {
-        snprintf(why, sizeof why,
-                 "tls_client_certificate_sha256 must be the certificate's SHA-256 in hex");
+    if (!sb_credential_fingerprint(fp, fplen, k->fingerprint, why, sizeof why))
         goto invalid;
-    }
     if (!name || nlen == 0) {
         snprintf(why, sizeof why, "name is required");
         goto invalid;
     }
-    if (sb_scopes_from_json(json_object_get(body, "scopes"), &k->scopes) != 0) {
-        snprintf(why, sizeof why, "scopes must be a non-empty array of known scope names");
+    if (!sb_credential_scopes(body, &k->scopes, why, sizeof why))
         goto invalid;
-    }
     if (exp && (sb_time_parse_rfc3339(exp, &k->expires_at) != 0 || k->expires_at <= sb_time_ms())) {
         snprintf(why, sizeof why, "expires_at must be an RFC 3339 time in the future");
         goto invalid;
     }
-    const json_t *ips = json_object_get(body, "allowed_ips");
-    if (ips && !json_is_null(ips)) {
-        if (!valid_ip_list(ips, why, sizeof why))
-            goto invalid;
-        char *t = json_dumps(ips, JSON_COMPACT);
-        k->allowed_ips = t ? sb_arena_strndup(&req->arena, t, strlen(t)) : NULL;
-        free(t);
-    }
+    if (!sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why))
+        goto invalid;
     const json_t *rl = json_object_get(body, "rate_limit");
     if (rl && !json_is_null(rl)) {
         const json_t *rps = json_object_get(rl, "requests_per_second");
@@ -277,23 +203,11 @@ invalid:
 
 static void keys_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3 *db = sb_app_reader(app, req);
-    sqlite3_stmt *st =
-        sb_store_stmt(db, "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
-                          "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
-                          "ORDER BY created_at, id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing keys", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, key_json, 3, 0, "listing keys");
+    sb_app_list_project(ud, req, SB_SCOPE_KEYS_READ,
+                        "SELECT " KEY_COLS " FROM api_keys WHERE project_id = ?1 AND "
+                        "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
+                        "ORDER BY created_at, id LIMIT ?5",
+                        key_json, 3, 0, "listing keys");
 }
 
 static void keys_get(sb_req *req, void *ud)
@@ -322,48 +236,15 @@ static void keys_get(sb_req *req, void *ud)
 
 /* ---- DELETE /v1/keys/{id} ---------------------------------------------------------- */
 
-typedef struct key_revoke {
-    sb_app *app;
-    sb_req *req;
-    sb_auth who;
-    char id[SB_ID_MAX];
-} key_revoke;
-
-static int key_revoke_run(sqlite3 *db, void *arg)
-{
-    key_revoke *k = arg;
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND "
-                                         "project_id = ?3 AND revoked_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, sb_time_ms());
-    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0)
-        return rc;
-    if (sqlite3_changes(db) == 0)
-        return 0; /* unknown or already revoked */
-    rc = sb_app_audit(db, &k->who, k->req->request_id, "key.revoke", "key", k->id);
-    return rc ? rc : 1;
-}
-
-static void key_revoke_done(void *arg, int rc)
-{
-    key_revoke *k = arg;
-    if (rc < 0) {
-        sb_app_internal_error(k->req, "revoking a key", rc);
-        return;
-    }
-    if (rc == 0) {
-        sb_resp_problem(k->req, 404, "not-found", "no such active key in this project");
-        return;
-    }
-    /* Committed: every loop drops it from its cache before anyone hears 204. */
-    sb_app_forget_key(k->app, k->id);
-    sb_resp_send(k->req, 204, NULL, NULL, 0);
-}
+static const sb_app_revoke_spec key_revoke = {
+    .sql = "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND project_id = ?3 AND "
+           "revoked_at IS NULL",
+    .action = "key.revoke",
+    .target_type = "key",
+    .what = "revoking a key",
+    .not_found = "no such active key in this project",
+    .committed = sb_app_forget_key,
+};
 
 static void keys_delete(sb_req *req, void *ud)
 {
@@ -371,17 +252,11 @@ static void keys_delete(sb_req *req, void *ud)
     sb_auth who;
     if (!sb_app_auth(app, req, SB_SCOPE_KEYS_WRITE, &who))
         return;
-    key_revoke *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k || req->params[0].len >= SB_ID_MAX) {
-        sb_resp_problem(req, 404, "not-found", "no such active key in this project");
+    if (req->params[0].len >= SB_ID_MAX) {
+        sb_resp_problem(req, 404, "not-found", key_revoke.not_found);
         return;
     }
-    k->app = app;
-    k->req = req;
-    k->who = who;
-    memcpy(k->id, req->params[0].base, req->params[0].len);
-    k->id[req->params[0].len] = '\0';
-    sb_app_submit(app, req, key_revoke_run, key_revoke_done, k);
+    sb_app_revoke_credential(app, req, &who, req->params[0], &key_revoke);
 }
 
 /* ---- POST /v1/projects ------------------------------------------------------------- */
@@ -459,13 +334,11 @@ static void projects_create(sb_req *req, void *ud)
         sb_resp_problem(req, 400, "invalid-request", why[0] ? why : "name is required");
         return;
     }
-    project_create *p = sb_arena_alloc(&req->arena, sizeof *p);
+    project_create *p = sb_app_ctx(req, sizeof *p, "creating a project");
     if (!p) {
         json_decref(body);
-        sb_app_internal_error(req, "creating a project", SB_ENOMEM);
         return;
     }
-    memset(p, 0, sizeof *p);
     p->app = app;
     p->req = req;
     p->who = who;

@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 
+#include "api/credential.h"
 #include "api/oauth.h"
 #include "auth/oauth.h"
 #include "auth/scopes.h"
@@ -228,19 +229,8 @@ static bool authenticate_client(sb_app *app, sb_req *req, oauth_call *c)
             sb_scopes_parse(sc, strlen(sc), &c->scopes, NULL, NULL);
             const char *gt = (const char *)sqlite3_column_text(st, 4);
             c->may_client_credentials = strstr(gt, "client_credentials") != NULL;
-            if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
-                json_t *a = json_loads((const char *)sqlite3_column_text(st, 6), 0, NULL);
-                const char *entries[SB_IPALLOW_MAX_ENTRIES];
-                size_t n = json_is_array(a) ? json_array_size(a) : 0;
-                for (size_t i = 0; i < n && i < SB_IPALLOW_MAX_ENTRIES; i++)
-                    entries[i] = json_string_value(json_array_get(a, i));
-                if (n == 0 || n > SB_IPALLOW_MAX_ENTRIES ||
-                    sb_ipallow_new(entries, n, &allow, NULL, 0) != 0) {
-                    ok = false; /* cannot enforce it: refuse */
-                    allow = NULL;
-                }
-                json_decref(a);
-            }
+            if (!sb_app_allow_column(st, 6, &allow))
+                ok = false; /* cannot enforce it: refuse */
         }
     }
     sqlite3_reset(st);
@@ -349,30 +339,44 @@ static void token(sb_req *req, void *ud)
 
 /* ---- POST /oauth/introspect ---------------------------------------------------------- */
 
+/* What /oauth/introspect and /oauth/revoke start with: the form, its token parameter, the
+ * client's authentication and the token's verification. False when it has answered (a bad
+ * request or client; an internal error, logged as what). Otherwise *active tells whether
+ * the token is valid and of the client's project; at is filled, its allow list freed. */
+static bool token_request(sb_app *app, sb_req *req, oauth_call *c, sb_access_token *at,
+                          bool *active, const char *what)
+{
+    memset(c, 0, sizeof *c);
+    if (!oauth_begin(app, req, c))
+        return false;
+    const sb_str *t = param(c, "token");
+    if (!t) {
+        oauth_error(req, 400, "invalid_request", "token is required");
+        return false;
+    }
+    if (!authenticate_client(app, req, c))
+        return false;
+    sb_jwt_reason why;
+    int rc = sb_oauth_verify(app, sb_app_reader(app, req), t->base, t->len, at, &why);
+    sb_ipallow_free(at->allow);
+    if (rc != 0 && rc != SB_EAUTH) {
+        sb_app_internal_error(req, what, rc);
+        return false;
+    }
+    *active = rc == 0 && strcmp(at->auth.project_id, c->project_id) == 0;
+    return true;
+}
+
 static void introspect(sb_req *req, void *ud)
 {
     sb_app *app = ud;
     oauth_call c;
-    memset(&c, 0, sizeof c);
-    if (!oauth_begin(app, req, &c))
-        return;
-    const sb_str *t = param(&c, "token");
-    if (!t) {
-        oauth_error(req, 400, "invalid_request", "token is required");
-        return;
-    }
-    if (!authenticate_client(app, req, &c))
-        return;
     sb_access_token at;
-    sb_jwt_reason why;
-    int rc = sb_oauth_verify(app, sb_app_reader(app, req), t->base, t->len, &at, &why);
-    sb_ipallow_free(at.allow);
-    if (rc != 0 && rc != SB_EAUTH) {
-        sb_app_internal_error(req, "introspecting a token", rc);
+    bool active;
+    if (!token_request(app, req, &c, &at, &active, "introspecting a token"))
         return;
-    }
     json_t *j;
-    if (rc != 0 || strcmp(at.auth.project_id, c.project_id) != 0) {
+    if (!active) {
         j = json_pack("{s:b}", "active", 0);
     } else {
         char sc[256];
@@ -440,43 +444,22 @@ static void revoke(sb_req *req, void *ud)
 {
     sb_app *app = ud;
     oauth_call c;
-    memset(&c, 0, sizeof c);
-    if (!oauth_begin(app, req, &c))
-        return;
-    const sb_str *t = param(&c, "token");
-    if (!t) {
-        oauth_error(req, 400, "invalid_request", "token is required");
-        return;
-    }
-    if (!authenticate_client(app, req, &c))
-        return;
     sb_access_token at;
-    sb_jwt_reason why;
-    int rc = sb_oauth_verify(app, sb_app_reader(app, req), t->base, t->len, &at, &why);
-    sb_ipallow_free(at.allow);
-    if (rc != 0 && rc != SB_EAUTH) {
-        sb_app_internal_error(req, "revoking a token", rc);
+    bool active;
+    if (!token_request(app, req, &c, &at, &active, "revoking a token"))
         return;
-    }
     /* Section 2.2: an invalid, expired or unknown token (or one of another project) is
-     * answered 200 as if revoked: the client's goal is reached either way. */
-    if (rc != 0 || strcmp(at.auth.project_id, c.project_id) != 0) {
+     * answered 200 as if revoked: the client's goal is reached either way. Only a client's
+     * own tokens are revoked; another's is answered like an unknown one, so that revocation
+     * reveals nothing about other clients' tokens. */
+    if (!active || strcmp(at.auth.credential_id, c.client_id) != 0) {
         no_store(req);
         sb_resp_send(req, 200, NULL, NULL, 0);
         return;
     }
-    if (strcmp(at.auth.credential_id, c.client_id) != 0) {
-        /* Only a client's own tokens are revoked; another's is answered like an unknown
-         * one, so that revocation reveals nothing about other clients' tokens. */
-        no_store(req);
-        sb_resp_send(req, 200, NULL, NULL, 0);
+    revoke_job *j = sb_app_ctx(req, sizeof *j, "revoking a token");
+    if (!j)
         return;
-    }
-    revoke_job *j = sb_arena_alloc(&req->arena, sizeof *j);
-    if (!j) {
-        sb_app_internal_error(req, "revoking a token", SB_ENOMEM);
-        return;
-    }
     j->app = app;
     j->req = req;
     memset(&j->who, 0, sizeof j->who);
@@ -547,14 +530,6 @@ static metadata *make_metadata(sb_app *app)
     "id, name, scopes, auth_method, grant_types, tls_client_cert_sha256, allowed_ips, "            \
     "created_at"
 
-static json_t *text_json_or_null(sqlite3_stmt *st, int col)
-{
-    if (sqlite3_column_type(st, col) == SQLITE_NULL)
-        return json_null();
-    json_t *j = json_loads((const char *)sqlite3_column_text(st, col), 0, NULL);
-    return j ? j : json_null();
-}
-
 static json_t *client_json(sqlite3_stmt *st)
 {
     const char *sc = (const char *)sqlite3_column_text(st, 2);
@@ -570,7 +545,7 @@ static json_t *client_json(sqlite3_stmt *st)
     return json_pack("{s:s,s:s,s:o,s:s,s:o,s:o,s:o,s:o}", "client_id", sqlite3_column_text(st, 0),
                      "name", sqlite3_column_text(st, 1), "scopes", sb_scopes_to_json(scopes),
                      "token_endpoint_auth_method", sqlite3_column_text(st, 3), "grant_types", gt,
-                     "tls_client_certificate_sha256", fp, "allowed_ips", text_json_or_null(st, 6),
+                     "tls_client_certificate_sha256", fp, "allowed_ips", sb_app_json_or_null(st, 6),
                      "created_at", sb_app_time_or_null(st, 7));
 }
 
@@ -623,77 +598,15 @@ static int client_create_run(sqlite3 *db, void *arg)
                            k->id);
     if (rc)
         return rc;
-    st = sb_store_stmt(db, "SELECT " CLIENT_COLS " FROM oauth_clients WHERE id = ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, k->id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        k->result = client_json(st);
-    sqlite3_reset(st);
-    return k->result ? 0 : SB_EIO;
+    return sb_credential_read(db, "SELECT " CLIENT_COLS " FROM oauth_clients WHERE id = ?1", k->id,
+                              client_json, &k->result);
 }
 
 static void client_create_done(void *arg, int rc)
 {
     client_create *k = arg;
-    if (rc < 0) {
-        json_decref(k->result);
-        OPENSSL_cleanse(k->secret, sizeof k->secret);
-        sb_app_internal_error(k->req, "creating an OAuth client", rc);
-        return;
-    }
-    if (k->secret[0])
-        json_object_set_new(k->result, "client_secret", json_string(k->secret));
-    OPENSSL_cleanse(k->secret, sizeof k->secret);
-    sb_resp_header(k->req, "Cache-Control", SB_STR_LIT("no-store"));
-    sb_app_send_json(k->req, 201, k->result);
-}
-
-/* 64 hex digits, or the colon-separated form openssl prints; stored as lower-case hex. */
-static bool normalise_fingerprint(const char *in, size_t len, char out[65])
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = in[i];
-        if (ch == ':' && n % 2 == 0 && n > 0 && i + 1 < len)
-            continue;
-        if (n == 64 ||
-            !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
-            return false;
-        out[n++] = (char)(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
-    }
-    out[n] = '\0';
-    return n == 64;
-}
-
-bool sb__oauth_fingerprint(const char *in, size_t len, char out[65])
-{
-    return normalise_fingerprint(in, len, out);
-}
-
-static bool valid_ips(const json_t *a, char *why, size_t whylen)
-{
-    if (!json_is_array(a) || json_array_size(a) == 0 ||
-        json_array_size(a) > SB_IPALLOW_MAX_ENTRIES) {
-        snprintf(why, whylen, "allowed_ips must be an array of 1 to %d addresses or CIDRs",
-                 SB_IPALLOW_MAX_ENTRIES);
-        return false;
-    }
-    size_t i;
-    const json_t *v;
-    json_array_foreach(a, i, v)
-    {
-        sb_cidr cidr;
-        char err[160];
-        if (!json_is_string(v) ||
-            sb_ipallow_parse_entry(json_string_value(v), json_string_length(v), &cidr, err,
-                                   sizeof err) != 0) {
-            snprintf(why, whylen, "allowed_ips[%zu]: %s", i,
-                     json_is_string(v) ? err : "must be a string");
-            return false;
-        }
-    }
-    return true;
+    sb_credential_created(k->req, rc, k->result, "client_secret", k->secret, sizeof k->secret,
+                          "creating an OAuth client");
 }
 
 static void clients_create(sb_req *req, void *ud)
@@ -715,13 +628,11 @@ static void clients_create(sb_req *req, void *ud)
     char why[256] = "";
     const char *name = NULL, *method = NULL, *fp = NULL;
     size_t nlen = 0, fplen = 0;
-    client_create *k = sb_arena_alloc(&req->arena, sizeof *k);
+    client_create *k = sb_app_ctx(req, sizeof *k, "allocating");
     if (!k) {
         json_decref(body);
-        sb_app_internal_error(req, "allocating", SB_ENOMEM);
         return;
     }
-    memset(k, 0, sizeof *k);
     k->client_credentials = true;
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, NAME_MAX_LEN, why, sizeof why) ||
@@ -734,10 +645,8 @@ static void clients_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "name is required");
         goto invalid;
     }
-    if (sb_scopes_from_json(json_object_get(body, "scopes"), &k->scopes) != 0) {
-        snprintf(why, sizeof why, "scopes must be a non-empty array of known scope names");
+    if (!sb_credential_scopes(body, &k->scopes, why, sizeof why))
         goto invalid;
-    }
     if (k->scopes & SB_SCOPE_PROJECTS_WRITE) {
         snprintf(why, sizeof why, "an OAuth client cannot hold projects:write");
         goto invalid;
@@ -749,11 +658,8 @@ static void clients_create(sb_req *req, void *ud)
                  "or tls_client_auth");
         goto invalid;
     }
-    if (fp && !normalise_fingerprint(fp, fplen, k->fingerprint)) {
-        snprintf(why, sizeof why,
-                 "tls_client_certificate_sha256 must be the certificate's SHA-256 in hex");
+    if (!sb_credential_fingerprint(fp, fplen, k->fingerprint, why, sizeof why))
         goto invalid;
-    }
     if ((k->method == AUTH_TLS) != (fp != NULL)) {
         snprintf(why, sizeof why,
                  "tls_client_certificate_sha256 is required with "
@@ -778,14 +684,8 @@ static void clients_create(sb_req *req, void *ud)
             k->client_credentials = true;
         }
     }
-    const json_t *ips = json_object_get(body, "allowed_ips");
-    if (ips && !json_is_null(ips)) {
-        if (!valid_ips(ips, why, sizeof why))
-            goto invalid;
-        char *t = json_dumps(ips, JSON_COMPACT);
-        k->allowed_ips = t ? sb_arena_strndup(&req->arena, t, strlen(t)) : NULL;
-        free(t);
-    }
+    if (!sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why))
+        goto invalid;
     if ((k->scopes & who.scopes) != k->scopes) {
         json_decref(body);
         sb_resp_problem(req, 403, "scope-escalation",
@@ -801,17 +701,9 @@ static void clients_create(sb_req *req, void *ud)
         sb_app_internal_error(req, "creating an OAuth client", SB_ENOMEM);
         return;
     }
-    if (k->method != AUTH_TLS) {
-        unsigned char r[32];
-        char enc[48];
-        sb_buf b = {enc, 0, sizeof enc, sizeof enc};
-        if (sb_random(r, sizeof r) != 0 || sb_jose_b64url_encode(r, sizeof r, &b) != 0) {
-            sb_app_internal_error(req, "creating an OAuth client", SB_EIO);
-            return;
-        }
-        snprintf(k->secret, sizeof k->secret, "sbcs_%.*s", (int)b.len, b.base);
-        OPENSSL_cleanse(r, sizeof r);
-        OPENSSL_cleanse(enc, sizeof enc);
+    if (k->method != AUTH_TLS && sb_credential_new_secret("sbcs_", k->secret, sizeof k->secret)) {
+        sb_app_internal_error(req, "creating an OAuth client", SB_EIO);
+        return;
     }
     sb_app_submit(app, req, client_create_run, client_create_done, k);
     return;
@@ -822,68 +714,23 @@ invalid:
 
 static void clients_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
-        "SELECT " CLIENT_COLS " FROM oauth_clients WHERE project_id = ?1 AND revoked_at IS NULL "
-        "AND (?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
-        "ORDER BY created_at, id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing OAuth clients", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, client_json, 7, 0, "listing OAuth clients");
+    sb_app_list_project(ud, req, SB_SCOPE_KEYS_READ,
+                        "SELECT " CLIENT_COLS
+                        " FROM oauth_clients WHERE project_id = ?1 AND revoked_at IS NULL "
+                        "AND (?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) "
+                        "ORDER BY created_at, id LIMIT ?5",
+                        client_json, 7, 0, "listing OAuth clients");
 }
 
-typedef struct client_delete {
-    sb_app *app;
-    sb_req *req;
-    sb_auth who;
-    char id[SB_ID_MAX];
-} client_delete;
-
-static int client_delete_run(sqlite3 *db, void *arg)
-{
-    client_delete *k = arg;
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE oauth_clients SET revoked_at = ?1 WHERE id = ?2 "
-                                         "AND project_id = ?3 AND revoked_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, sb_time_ms());
-    sqlite3_bind_text(st, 2, k->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
-    if (rc)
-        return rc;
-    if (sqlite3_changes(db) == 0)
-        return 0;
-    rc =
-        sb_app_audit(db, &k->who, k->req->request_id, "oauth_client.delete", "oauth_client", k->id);
-    return rc ? rc : 1;
-}
-
-static void client_delete_done(void *arg, int rc)
-{
-    client_delete *k = arg;
-    if (rc < 0) {
-        sb_app_internal_error(k->req, "deleting an OAuth client", rc);
-        return;
-    }
-    if (rc == 0) {
-        sb_resp_problem(k->req, 404, "not-found", "no such OAuth client in this project");
-        return;
-    }
-    /* Committed: its tokens stop working on every loop before anyone hears 204. */
-    sb_app_forget_key(k->app, k->id);
-    sb_resp_send(k->req, 204, NULL, NULL, 0);
-}
+static const sb_app_revoke_spec client_revoke = {
+    .sql = "UPDATE oauth_clients SET revoked_at = ?1 WHERE id = ?2 AND project_id = ?3 AND "
+           "revoked_at IS NULL",
+    .action = "oauth_client.delete",
+    .target_type = "oauth_client",
+    .what = "deleting an OAuth client",
+    .not_found = "no such OAuth client in this project",
+    .committed = sb_app_forget_key, /* its tokens stop working on every loop */
+};
 
 static void clients_delete(sb_req *req, void *ud)
 {
@@ -891,17 +738,11 @@ static void clients_delete(sb_req *req, void *ud)
     sb_auth who;
     if (!sb_app_auth(app, req, SB_SCOPE_KEYS_WRITE, &who))
         return;
-    client_delete *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k || req->params[0].len >= SB_ID_MAX) {
-        sb_resp_problem(req, 404, "not-found", "no such OAuth client in this project");
+    if (req->params[0].len >= SB_ID_MAX) {
+        sb_resp_problem(req, 404, "not-found", client_revoke.not_found);
         return;
     }
-    k->app = app;
-    k->req = req;
-    k->who = who;
-    memcpy(k->id, req->params[0].base, req->params[0].len);
-    k->id[req->params[0].len] = '\0';
-    sb_app_submit(app, req, client_delete_run, client_delete_done, k);
+    sb_app_revoke_credential(app, req, &who, req->params[0], &client_revoke);
 }
 
 int sb_api_oauth_register(sb_app *app, sb_router *r)

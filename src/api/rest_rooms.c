@@ -226,15 +226,13 @@ static void rooms_create(sb_req *req, void *ud)
     static const char *const fields[] = {
         "name", "metadata", "max_participants", "empty_timeout_seconds", "auto_record", NULL};
     char why[256] = "";
-    room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
+    room_write *w = sb_app_ctx(req, sizeof *w, "creating a room");
     const char *name = NULL;
     size_t nlen = 0;
     if (!w) {
         json_decref(body);
-        sb_app_internal_error(req, "creating a room", SB_ENOMEM);
         return;
     }
-    memset(w, 0, sizeof *w);
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nlen, 128, why, sizeof why) ||
         !room_fields(req, body, w, why, sizeof why) ||
@@ -266,23 +264,12 @@ invalid:
 
 static void rooms_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
-        "SELECT " ROOM_COLS " FROM rooms r WHERE r.project_id = ?1 AND r.status = 'open' AND "
-        "(?2 = 0 OR r.created_at > ?3 OR (r.created_at = ?3 AND r.id > ?4)) "
-        "ORDER BY r.created_at, r.id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing rooms", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, room_json, 7, 0, "listing rooms");
+    sb_app_list_project(ud, req, SB_SCOPE_ROOMS_READ,
+                        "SELECT " ROOM_COLS
+                        " FROM rooms r WHERE r.project_id = ?1 AND r.status = 'open' AND "
+                        "(?2 = 0 OR r.created_at > ?3 OR (r.created_at = ?3 AND r.id > ?4)) "
+                        "ORDER BY r.created_at, r.id LIMIT ?5",
+                        room_json, 7, 0, "listing rooms");
 }
 
 static void rooms_get(sb_req *req, void *ud)
@@ -376,13 +363,11 @@ static void rooms_update(sb_req *req, void *ud)
     static const char *const fields[] = {"metadata", "max_participants", "empty_timeout_seconds",
                                          NULL};
     char why[256] = "";
-    room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
+    room_write *w = sb_app_ctx(req, sizeof *w, "updating a room");
     if (!w) {
         json_decref(body);
-        sb_app_internal_error(req, "updating a room", SB_ENOMEM);
         return;
     }
-    memset(w, 0, sizeof *w);
     if (sb_json_only(body, fields, why, sizeof why) ||
         !room_fields(req, body, w, why, sizeof why)) {
         json_decref(body);
@@ -476,12 +461,9 @@ static void rooms_delete(sb_req *req, void *ud)
     sb_str name;
     if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_WRITE, &who) || !room_param(req, &name))
         return;
-    room_write *w = sb_arena_alloc(&req->arena, sizeof *w);
-    if (!w) {
-        sb_app_internal_error(req, "closing a room", SB_ENOMEM);
+    room_write *w = sb_app_ctx(req, sizeof *w, "closing a room");
+    if (!w)
         return;
-    }
-    memset(w, 0, sizeof *w);
     w->req = req;
     w->app = app;
     w->who = who;

@@ -415,12 +415,9 @@ static void sessions_end(sb_req *req, void *ud)
         sb_resp_problem(req, 404, "not-found", NO_SESSION);
         return;
     }
-    session_end *e = sb_arena_alloc(&req->arena, sizeof *e);
-    if (!e) {
-        sb_app_internal_error(req, "ending a session", SB_ENOMEM);
+    session_end *e = sb_app_ctx(req, sizeof *e, "ending a session");
+    if (!e)
         return;
-    }
-    memset(e, 0, sizeof *e);
     e->req = req;
     e->who = who;
     e->app = app;
@@ -536,11 +533,8 @@ static void live_read_start(sb_app *app, sb_req *req, bool one)
     live_read *lr = NULL;
     if (!sb_app_auth(app, req, SB_SCOPE_ROOMS_READ, &who))
         return;
-    if (!(lr = sb_arena_alloc(&req->arena, sizeof *lr))) {
-        sb_app_internal_error(req, "listing participants", SB_ENOMEM);
+    if (!(lr = sb_app_ctx(req, sizeof *lr, "listing participants")))
         return;
-    }
-    memset(lr, 0, sizeof *lr);
     lr->req = req;
     lr->one = one;
     if (!one && !sb_app_page(req, &lr->pg))
@@ -751,13 +745,11 @@ static void participants_update(sb_req *req, void *ud)
         return;
     static const char *const fields[] = {"metadata", "grants", NULL};
     char why[256] = "";
-    participant_write *w = sb_arena_alloc(&req->arena, sizeof *w);
+    participant_write *w = sb_app_ctx(req, sizeof *w, "updating a participant");
     if (!w) {
         json_decref(body);
-        sb_app_internal_error(req, "updating a participant", SB_ENOMEM);
         return;
     }
-    memset(w, 0, sizeof *w);
     if (sb_json_only(body, fields, why, sizeof why))
         goto invalid;
     const json_t *m = json_object_get(body, "metadata");
@@ -889,12 +881,9 @@ static void participants_delete(sb_req *req, void *ud)
         return;
     /* The ban itself is the real-time layer's (it refuses the rejoin), kept in memory on the
      * room's home loop; nothing stores it. */
-    participant_write *w = sb_arena_alloc(&req->arena, sizeof *w);
-    if (!w) {
-        sb_app_internal_error(req, "ejecting a participant", SB_ENOMEM);
+    participant_write *w = sb_app_ctx(req, sizeof *w, "ejecting a participant");
+    if (!w)
         return;
-    }
-    memset(w, 0, sizeof *w);
     w->req = req;
     w->app = app;
     w->who = who;

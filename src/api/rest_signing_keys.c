@@ -92,12 +92,9 @@ static void skey_create_handler(sb_req *req, void *ud)
         sb_resp_problem(req, 400, "invalid-request", why);
         return;
     }
-    skey_create *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k) {
-        sb_app_internal_error(req, "creating a signing key", SB_ENOMEM);
+    skey_create *k = sb_app_ctx(req, sizeof *k, "creating a signing key");
+    if (!k)
         return;
-    }
-    memset(k, 0, sizeof *k);
     k->req = req;
     k->who = who;
     k->created_at = sb_time_ms();
@@ -121,65 +118,35 @@ static json_t *skey_json(sqlite3_stmt *st)
 
 static void skey_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_KEYS_READ, &who) || !sb_app_page(req, &pg))
-        return;
     /* Never the material: the secret is shown once, at creation. */
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
+    sb_app_list_project(
+        ud, req, SB_SCOPE_KEYS_READ,
         "SELECT kid, alg, created_at, retired_at FROM signing_keys WHERE project_id = ?1 AND "
         "(?2 = 0 OR created_at > ?3 OR (created_at = ?3 AND kid > ?4)) "
-        "ORDER BY created_at, kid LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing signing keys", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, skey_json, 2, 0, "listing signing keys");
+        "ORDER BY created_at, kid LIMIT ?5",
+        skey_json, 2, 0, "listing signing keys");
 }
 
 /* ---- DELETE /v1/signing-keys/{kid} ------------------------------------------------- */
 
-typedef struct skey_retire {
-    sb_req *req;
-    sb_auth who;
-    char kid[SB_ID_MAX];
-} skey_retire;
-
-static int skey_retire_run(sqlite3 *db, void *arg)
+/* Tokens it signed leave every loop's verified-token cache. */
+static void skey_retired(sb_app *app, const char *kid)
 {
-    skey_retire *k = arg;
-    /* project_id = ?3 also keeps the server's own keys (project_id NULL) out of reach. */
-    sqlite3_stmt *st = sb_store_stmt(db, "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 "
-                                         "AND project_id = ?3 AND retired_at IS NULL");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int64(st, 1, sb_time_ms());
-    sqlite3_bind_text(st, 2, k->kid, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, k->who.project_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if ((rc = sb_store_errno(rc)) != 0 || sqlite3_changes(db) == 0)
-        return rc; /* 0: unknown or already retired */
-    rc = sb_app_audit(db, &k->who, k->req->request_id, "signing_key.retire", "signing_key", k->kid);
-    return rc ? rc : 1;
+    (void)app;
+    (void)kid;
+    sb_app_cache_bump();
 }
 
-static void skey_retire_done(void *arg, int rc)
-{
-    skey_retire *k = arg;
-    if (rc < 0)
-        sb_app_internal_error(k->req, "retiring a signing key", rc);
-    else if (rc == 0)
-        sb_resp_problem(k->req, 404, "not-found", "no such active signing key in this project");
-    else {
-        sb_app_cache_bump(); /* tokens it signed leave every loop's verified-token cache */
-        sb_resp_send(k->req, 204, NULL, NULL, 0);
-    }
-}
+/* project_id = ?3 also keeps the server's own keys (project_id NULL) out of reach. */
+static const sb_app_revoke_spec skey_retire = {
+    .sql = "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 AND project_id = ?3 AND "
+           "retired_at IS NULL",
+    .action = "signing_key.retire",
+    .target_type = "signing_key",
+    .what = "retiring a signing key",
+    .not_found = "no such active signing key in this project",
+    .committed = skey_retired,
+};
 
 static void skey_delete(sb_req *req, void *ud)
 {
@@ -189,20 +156,10 @@ static void skey_delete(sb_req *req, void *ud)
         return;
     sb_str kid = req->params[0];
     if (kid.len >= SB_ID_MAX || memchr(kid.base, '\0', kid.len)) {
-        sb_resp_problem(req, 404, "not-found", "no such active signing key in this project");
+        sb_resp_problem(req, 404, "not-found", skey_retire.not_found);
         return;
     }
-    skey_retire *k = sb_arena_alloc(&req->arena, sizeof *k);
-    if (!k) {
-        sb_app_internal_error(req, "retiring a signing key", SB_ENOMEM);
-        return;
-    }
-    memset(k, 0, sizeof *k);
-    k->req = req;
-    k->who = who;
-    memcpy(k->kid, kid.base, kid.len);
-    k->kid[kid.len] = '\0';
-    sb_app_submit(app, req, skey_retire_run, skey_retire_done, k);
+    sb_app_revoke_credential(app, req, &who, kid, &skey_retire);
 }
 
 int sb_api_signing_keys_register(sb_app *app, sb_router *r)

@@ -193,11 +193,9 @@ static void tokens_revoke(sb_req *req, void *ud)
             sb_resp_problem(req, 400, "invalid-request", "a token id has no control characters");
             return;
         }
-    token_revoke *t = sb_arena_alloc(&req->arena, sizeof *t);
-    if (!t) {
-        sb_app_internal_error(req, "revoking a token", SB_ENOMEM);
+    token_revoke *t = sb_app_ctx(req, sizeof *t, "revoking a token");
+    if (!t)
         return;
-    }
     t->app = app;
     t->req = req;
     t->who = who;

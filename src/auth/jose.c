@@ -39,7 +39,8 @@ struct sb_jose_key {
 static const char b64_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static int b64_value(unsigned char c)
+/* A character's value in the base64url alphabet (url) or the standard one, or -1. */
+static int b64_value(unsigned char c, bool url)
 {
     if (c >= 'A' && c <= 'Z')
         return c - 'A';
@@ -47,9 +48,9 @@ static int b64_value(unsigned char c)
         return c - 'a' + 26;
     if (c >= '0' && c <= '9')
         return c - '0' + 52;
-    if (c == '-')
+    if (c == (url ? '-' : '+'))
         return 62;
-    if (c == '_')
+    if (c == (url ? '_' : '/'))
         return 63;
     return -1;
 }
@@ -92,8 +93,9 @@ int sb_jose_b64url_encode(const void *in, size_t len, sb_buf *out)
     return 0;
 }
 
-int sb_jose_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap,
-                          size_t *out_len)
+/* sb_jose_b64url_decode for either alphabet, without padding. */
+static int b64_decode(const char *in, size_t len, bool url, unsigned char *out, size_t cap,
+                      size_t *out_len)
 {
     if ((!in && len) || !out_len || (!out && cap))
         return SB_EINVAL;
@@ -101,12 +103,12 @@ int sb_jose_b64url_decode(const char *in, size_t len, unsigned char *out, size_t
     if (rem == 1)
         return SB_EINVAL;
     for (size_t i = 0; i < len; i++)
-        if (b64_value((unsigned char)in[i]) < 0)
+        if (b64_value((unsigned char)in[i], url) < 0)
             return SB_EINVAL;
     /* The bits past the last whole byte must be zero, or two texts would decode alike. */
-    if (rem == 2 && (b64_value((unsigned char)in[len - 1]) & 0x0F))
+    if (rem == 2 && (b64_value((unsigned char)in[len - 1], url) & 0x0F))
         return SB_EINVAL;
-    if (rem == 3 && (b64_value((unsigned char)in[len - 1]) & 0x03))
+    if (rem == 3 && (b64_value((unsigned char)in[len - 1], url) & 0x03))
         return SB_EINVAL;
     size_t n = len / 4 * 3 + (rem ? rem - 1 : 0);
     *out_len = n;
@@ -114,24 +116,38 @@ int sb_jose_b64url_decode(const char *in, size_t len, unsigned char *out, size_t
         return SB_EMSGSIZE;
     size_t o = 0, i = 0;
     for (; i + 4 <= len; i += 4) {
-        unsigned v = (unsigned)b64_value((unsigned char)in[i]) << 18 |
-                     (unsigned)b64_value((unsigned char)in[i + 1]) << 12 |
-                     (unsigned)b64_value((unsigned char)in[i + 2]) << 6 |
-                     (unsigned)b64_value((unsigned char)in[i + 3]);
+        unsigned v = (unsigned)b64_value((unsigned char)in[i], url) << 18 |
+                     (unsigned)b64_value((unsigned char)in[i + 1], url) << 12 |
+                     (unsigned)b64_value((unsigned char)in[i + 2], url) << 6 |
+                     (unsigned)b64_value((unsigned char)in[i + 3], url);
         out[o++] = (unsigned char)(v >> 16);
         out[o++] = (unsigned char)(v >> 8);
         out[o++] = (unsigned char)v;
     }
     if (rem) {
-        unsigned v = (unsigned)b64_value((unsigned char)in[i]) << 18 |
-                     (unsigned)b64_value((unsigned char)in[i + 1]) << 12;
+        unsigned v = (unsigned)b64_value((unsigned char)in[i], url) << 18 |
+                     (unsigned)b64_value((unsigned char)in[i + 1], url) << 12;
         if (rem == 3)
-            v |= (unsigned)b64_value((unsigned char)in[i + 2]) << 6;
+            v |= (unsigned)b64_value((unsigned char)in[i + 2], url) << 6;
         out[o++] = (unsigned char)(v >> 16);
         if (rem == 3)
             out[o++] = (unsigned char)(v >> 8);
     }
     return 0;
+}
+
+int sb_jose_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap,
+                          size_t *out_len)
+{
+    return b64_decode(in, len, true, out, cap, out_len);
+}
+
+int sb_jose_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len)
+{
+    if (!in || len == 0 || len % 4 != 0)
+        return SB_EINVAL;
+    size_t pad = in[len - 1] == '=' ? (in[len - 2] == '=' ? 2 : 1) : 0;
+    return b64_decode(in, len - pad, false, out, cap, out_len);
 }
 
 /* ---- small helpers ------------------------------------------------------------------- */

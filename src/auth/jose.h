@@ -70,6 +70,11 @@ int sb_jose_b64url_encode(const void *in, size_t len, sb_buf *out);
 int sb_jose_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap,
                           size_t *out_len);
 
+/* The same for standard base64 with padding (RFC 4648 section 4, as HTTP Basic uses it):
+ * '+' and '/' instead of '-' and '_', a non-empty length that is a multiple of 4, at most
+ * two '=' and only at the end; unused bits must be zero. */
+int sb_jose_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len);
+
 /* ---- keys ---------------------------------------------------------------------------- */
 
 typedef enum sb_jose_alg {

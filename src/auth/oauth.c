@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "auth/jose.h"
 #include "core/str.h"
 #include "switchboard/error.h"
 
@@ -85,52 +86,6 @@ const sb_str *sb_oauth_form_get(const sb_oauth_param *params, int n, const char 
     return NULL;
 }
 
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* Strict RFC 4648 base64 with padding; unused bits must be zero. */
-static int b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *outlen)
-{
-    if (len == 0 || len % 4 != 0)
-        return SB_EINVAL;
-    size_t pad = in[len - 1] == '=' ? (in[len - 2] == '=' ? 2 : 1) : 0;
-    size_t need = len / 4 * 3 - pad;
-    if (need > cap)
-        return SB_EMSGSIZE;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4];
-        for (int k = 0; k < 4; k++) {
-            bool padded = i + 4 == len && (size_t)k >= 4 - pad;
-            v[k] = padded ? (in[i + k] == '=' ? 0 : -1) : b64val((unsigned char)in[i + k]);
-            if (v[k] < 0)
-                return SB_EINVAL;
-        }
-        unsigned long w = (unsigned long)v[0] << 18 | (unsigned long)v[1] << 12 |
-                          (unsigned long)v[2] << 6 | (unsigned long)v[3];
-        unsigned char b[3] = {(unsigned char)(w >> 16), (unsigned char)(w >> 8), (unsigned char)w};
-        size_t take = i + 4 == len ? 3 - pad : 3;
-        if (i + 4 == len && pad && (b[3 - pad] != 0))
-            return SB_EINVAL; /* non-zero unused bits: not the canonical encoding */
-        memcpy(out + o, b, take);
-        o += take;
-    }
-    *outlen = o;
-    return 0;
-}
-
 int sb_oauth_basic_decode(sb_str header, char *scratch, size_t cap, sb_str *id, sb_str *secret)
 {
     const char *v = header.base;
@@ -151,7 +106,7 @@ int sb_oauth_basic_decode(sb_str header, char *scratch, size_t cap, sb_str *id, 
      * decoded part is never longer than its source, so they cannot overlap harmfully. */
     unsigned char *raw = (unsigned char *)scratch + (cap - len);
     size_t rl;
-    int rc = b64_decode(v, len, raw, len, &rl);
+    int rc = sb_jose_b64_decode(v, len, raw, len, &rl);
     if (rc)
         return rc;
     const unsigned char *colon = memchr(raw, ':', rl);

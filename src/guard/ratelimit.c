@@ -129,6 +129,20 @@ uint64_t sb_ratelimit_window_seconds(const sb_rl_policy *p)
     return w ? w : 1;
 }
 
+/* What both tables answer: ahead = how far the key was drained before this request, d =
+ * how far it is drained after it (≥ 0: the stored TAT is never before now). */
+static void result(sb_rl_result *out, const sb_rl_policy *p, uint64_t T, uint64_t tau, bool allowed,
+                   uint64_t ahead, uint64_t d)
+{
+    out->allowed = allowed;
+    out->limit = p->burst;
+    out->remaining = d <= tau + T ? (uint32_t)((tau + T - d) / T) : 0;
+    out->reset_ns = d;
+    out->reset_seconds = ceil_div(d, NS_PER_S);
+    out->retry_after_ns = allowed ? 0 : ahead - tau;
+    out->retry_after_seconds = allowed ? 0 : ceil_div(ahead - tau, NS_PER_S);
+}
+
 /* ---- table ----------------------------------------------------------------------- */
 
 int sb_ratelimit_new(size_t capacity, uint64_t seed, sb_ratelimit **out)
@@ -299,14 +313,7 @@ int sb_ratelimit_check(sb_ratelimit *rl, const char *key, size_t keylen, const s
         stored = tat;
     }
 
-    uint64_t d = stored - now_ns; /* stored ≥ now here */
-    out->allowed = allowed;
-    out->limit = p->burst;
-    out->remaining = d <= tau + T ? (uint32_t)((tau + T - d) / T) : 0;
-    out->reset_ns = d;
-    out->reset_seconds = ceil_div(d, NS_PER_S);
-    out->retry_after_ns = allowed ? 0 : ahead - tau;
-    out->retry_after_seconds = allowed ? 0 : ceil_div(ahead - tau, NS_PER_S);
+    result(out, p, T, tau, allowed, ahead, stored - now_ns);
     return 0;
 }
 
@@ -435,14 +442,7 @@ int sb_ratelimit_shared_check(sb_ratelimit_shared *rl, const char *key, size_t k
                                                   memory_order_acquire))
             break;
     }
-    uint64_t d = stored - now_ns;
-    out->allowed = allowed;
-    out->limit = p->burst;
-    out->remaining = d <= tau + T ? (uint32_t)((tau + T - d) / T) : 0;
-    out->reset_ns = d;
-    out->reset_seconds = ceil_div(d, NS_PER_S);
-    out->retry_after_ns = allowed ? 0 : ahead - tau;
-    out->retry_after_seconds = allowed ? 0 : ceil_div(ahead - tau, NS_PER_S);
+    result(out, p, T, tau, allowed, ahead, stored - now_ns);
     return 0;
 }
 

@@ -36,14 +36,20 @@ static void on_wakeup(uv_async_t *a)
         finish_if_drained(loop); /* what ran may have been the last work */
 }
 
-static void enqueue(sb_loop *loop, sb_loop_msg *m)
+/* Appends m to the queue; the caller holds mq_lock. */
+static void append_locked(sb_loop *loop, sb_loop_msg *m)
 {
-    pthread_mutex_lock(&loop->mq_lock);
     if (loop->mq_tail)
         loop->mq_tail->next = m;
     else
         loop->mq_head = m;
     loop->mq_tail = m;
+}
+
+static void enqueue(sb_loop *loop, sb_loop_msg *m)
+{
+    pthread_mutex_lock(&loop->mq_lock);
+    append_locked(loop, m);
     pthread_mutex_unlock(&loop->mq_lock);
     uv_async_send(&loop->wakeup);
 }
@@ -56,13 +62,8 @@ int sb_loop_post(sb_loop *loop, sb_loop_msg_fn fn, void *arg)
     *m = (sb_loop_msg){.fn = fn, .arg = arg};
     pthread_mutex_lock(&loop->mq_lock);
     bool closed = loop->mq_closed;
-    if (!closed) {
-        if (loop->mq_tail)
-            loop->mq_tail->next = m;
-        else
-            loop->mq_head = m;
-        loop->mq_tail = m;
-    }
+    if (!closed)
+        append_locked(loop, m);
     pthread_mutex_unlock(&loop->mq_lock);
     if (closed) {
         sb_free(m);

@@ -289,6 +289,33 @@ static void test_b64url_strict(void **state)
     sb_buf_free(&b);
 }
 
+/* The padded standard alphabet (HTTP Basic) shares the decoder and its strictness. */
+static void test_b64_padded(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *out;
+    } good[] = {{"Zg==", "f"}, {"Zm8=", "fo"}, {"Zm9v", "foo"}, {"+/8A", "\xfb\xff"}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        unsigned char out[8];
+        size_t n = 0;
+        size_t want = i == 3 ? 3 : strlen(good[i].out);
+        assert_int_equal(sb_jose_b64_decode(good[i].in, strlen(good[i].in), out, sizeof out, &n),
+                         0);
+        assert_int_equal(n, want);
+        assert_memory_equal(out, good[i].out, want); /* "\xfb\xff" ends in its NUL: 3 bytes */
+    }
+    static const char *const bad[] = {
+        "", "Zg", "Zg=", "Zh==", "Zm9=", "Z===", "====", "Zg=A", "-_8A", "Zm 9", "Zm9v\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        unsigned char out[8];
+        size_t n = 0;
+        assert_int_equal(sb_jose_b64_decode(bad[i], strlen(bad[i]), out, sizeof out, &n),
+                         SB_EINVAL);
+    }
+}
+
 static void test_b64url_roundtrip_all_lengths(void **state)
 {
     (void)state;
@@ -1627,6 +1654,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_b64url_vectors),
         cmocka_unit_test(test_b64url_strict),
+        cmocka_unit_test(test_b64_padded),
         cmocka_unit_test(test_b64url_roundtrip_all_lengths),
         cmocka_unit_test(test_rfc7515_a1_hs256),
         cmocka_unit_test(test_rfc7515_a3_es256),
