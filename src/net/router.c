@@ -90,7 +90,9 @@ int sb_router_wrap_method(sb_router *r, const char *method, sb_handler_fn wrap,
     return 0;
 }
 
-/* Percent-decodes s into the arena. Returns false on a malformed escape or no memory. */
+/* Percent-decodes s into the arena. Returns false on a malformed escape, an escaped NUL
+ * (every handler treats its parameters as C strings: "key_a%00x" must not become "key_a")
+ * or no memory. */
 static bool decode(sb_arena *a, sb_str s, sb_str *out)
 {
     if (!memchr(s.base, '%', s.len)) {
@@ -108,7 +110,7 @@ static bool decode(sb_arena *a, sb_str s, sb_str *out)
         }
         int hi = i + 2 < s.len ? sb_hex_value((unsigned char)s.base[i + 1]) : -1;
         int lo = i + 2 < s.len ? sb_hex_value((unsigned char)s.base[i + 2]) : -1;
-        if (hi < 0 || lo < 0)
+        if (hi < 0 || lo < 0 || (hi | lo) == 0)
             return false;
         d[n++] = (char)(hi << 4 | lo);
         i += 2;
@@ -166,7 +168,8 @@ void sb_router_dispatch(const sb_router *r, sb_req *req)
             if (rt->seg[s].len >= 2 && rt->seg[s].base[0] == '{' &&
                 req->num_params < SB_REQ_MAX_PARAMS) {
                 if (!decode(&req->arena, seg[s], &req->params[req->num_params++])) {
-                    sb_resp_problem(req, 400, "bad-path", "malformed percent-encoding in path");
+                    sb_resp_problem(req, 400, "bad-path",
+                                    "malformed percent-encoding (or an encoded NUL) in path");
                     return;
                 }
             }

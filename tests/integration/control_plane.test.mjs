@@ -559,6 +559,16 @@ describe('control plane', () => {
       assert.ok(r.status === 401 || r.status === 403, `from 127.0.0.1: ${r.status}`);
     });
 
+    it('an id with an encoded NUL is refused (400), never cut short to another key\'s id', async () => {
+      const k = (await api('POST', '/v1/keys', { json: { name: 'nul-target', scopes: ['rooms:read'] } })).json();
+      for (const m of ['GET', 'DELETE']) {
+        const r = await api(m, `/v1/keys/${k.id}%00x`);
+        assert.equal(r.status, 400, r.text);
+      }
+      assert.equal((await api.with(k.secret)('GET', '/v1/rooms')).status, 200, 'the key is not revoked');
+      assert.equal((await api('GET', `/v1/keys/${k.id}`)).json().revoked_at, null);
+    });
+
     it('GET/DELETE /v1/keys/{id}: unknown → 404', async () => {
       for (const id of ['key_nosuchkey000000000', 'x', 'a'.repeat(200)]) {
         problem(await api('GET', `/v1/keys/${id}`), 404);
