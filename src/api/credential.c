@@ -42,19 +42,20 @@ static bool valid_ips(const json_t *a, char *why, size_t whylen)
     return true;
 }
 
-bool sb_credential_allowed_ips(sb_req *req, const json_t *body, char **text, char *why,
-                               size_t whylen)
+int sb_credential_allowed_ips(sb_req *req, const json_t *body, char **text, char *why,
+                              size_t whylen)
 {
     const json_t *ips = json_object_get(body, "allowed_ips");
     *text = NULL;
     if (!ips || json_is_null(ips))
-        return true;
+        return 0;
     if (!valid_ips(ips, why, whylen))
-        return false;
+        return SB_EINVAL;
     char *t = json_dumps(ips, JSON_COMPACT);
     *text = t ? sb_arena_strndup(&req->arena, t, strlen(t)) : NULL;
     free(t);
-    return true;
+    /* Never a credential without the restriction its creator asked for. */
+    return *text ? 0 : SB_ENOMEM;
 }
 
 /* 64 hex digits, or the colon-separated form openssl prints; stored as lower-case hex. */

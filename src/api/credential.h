@@ -20,9 +20,11 @@
 bool sb_credential_scopes(const json_t *body, uint32_t *out, char *why, size_t whylen);
 
 /* "allowed_ips": absent or null leaves *text NULL; otherwise 1 to SB_IPALLOW_MAX_ENTRIES
- * addresses or CIDRs, kept as compact JSON text in req's arena (NULL if that copy fails). */
-bool sb_credential_allowed_ips(sb_req *req, const json_t *body, char **text, char *why,
-                               size_t whylen);
+ * addresses or CIDRs, kept as compact JSON text in req's arena. Returns 0, SB_EINVAL (why
+ * says what is wrong: answer 400) or SB_ENOMEM (the copy failed: answer 500, never create
+ * the credential without its list). */
+int sb_credential_allowed_ips(sb_req *req, const json_t *body, char **text, char *why,
+                              size_t whylen);
 
 /* "tls_client_certificate_sha256" as read from the body (fp NULL: absent, out untouched):
  * 64 hex digits or openssl's colon-separated form, written to out as 64 lower-case hex

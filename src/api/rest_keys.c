@@ -160,7 +160,13 @@ static void keys_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "expires_at must be an RFC 3339 time in the future");
         goto invalid;
     }
-    if (!sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why))
+    int ips_rc = sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why);
+    if (ips_rc == SB_ENOMEM) {
+        json_decref(body);
+        sb_app_internal_error(req, "creating a key", ips_rc);
+        return;
+    }
+    if (ips_rc)
         goto invalid;
     const json_t *rl = json_object_get(body, "rate_limit");
     if (rl && !json_is_null(rl)) {

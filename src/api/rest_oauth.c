@@ -684,7 +684,13 @@ static void clients_create(sb_req *req, void *ud)
             k->client_credentials = true;
         }
     }
-    if (!sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why))
+    int ips_rc = sb_credential_allowed_ips(req, body, &k->allowed_ips, why, sizeof why);
+    if (ips_rc == SB_ENOMEM) {
+        json_decref(body);
+        sb_app_internal_error(req, "creating an OAuth client", ips_rc);
+        return;
+    }
+    if (ips_rc)
         goto invalid;
     if ((k->scopes & who.scopes) != k->scopes) {
         json_decref(body);
