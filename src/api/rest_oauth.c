@@ -5,14 +5,14 @@
  *   POST /oauth/introspect   RFC 7662
  *   POST /oauth/revoke       RFC 7009
  *   GET  /.well-known/oauth-authorization-server   RFC 8414
- *   POST/GET /v1/oauth-clients, GET/DELETE /v1/oauth-clients/{client_id}
+ *   POST/GET /v1/oauth-clients, DELETE /v1/oauth-clients/{client_id}
  *
  * Client authentication (every /oauth endpoint): client_secret_basic (with the
  * form-urlencoding of RFC 6749 section 2.3.1), client_secret_post, or tls_client_auth
  * (RFC 8705 section 2: the verified client certificate's SHA-256 equals the registered
  * one). A client uses exactly the method it was registered with, and one method per
  * request. Errors follow RFC 6749 section 5.2 exactly; the /oauth endpoints are never wrapped by
- * Idempotency-Key, and is limited per client address (oauth.requests_per_second).
+ * Idempotency-Key, and they are limited per client address (oauth.requests_per_second).
  */
 #include <openssl/crypto.h>
 #include <stdio.h>
