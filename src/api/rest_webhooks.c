@@ -75,6 +75,44 @@ static int step_done(sqlite3_stmt *st)
     return sb_store_errno(rc);
 }
 
+/* sql prepared on db with ?1 = the job's webhook id and ?2 = the caller's project; NULL when
+ * it cannot be prepared. */
+static sqlite3_stmt *webhook_stmt(sqlite3 *db, const wh_job *j, const char *sql)
+{
+    sqlite3_stmt *st = sb_store_stmt(db, sql);
+    if (st) {
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
+    }
+    return st;
+}
+
+/* Steps a bound statement that changes this webhook; when it changed a row, writes the audit
+ * row of action in the same transaction. SB_ENOENT when it changed nothing. */
+static int step_audit(sqlite3 *db, wh_job *j, sqlite3_stmt *st, const char *action)
+{
+    int rc = step_done(st);
+    if (rc)
+        return rc;
+    if (sqlite3_changes(db) == 0)
+        return SB_ENOENT;
+    return sb_app_audit(db, &j->who, j->req->request_id, action, "webhook", j->id);
+}
+
+/* Whether webhook id is in project: 1 yes, 0 no, -1 on error. */
+static int webhook_exists(sqlite3 *db, const char *id, const char *project_id)
+{
+    sqlite3_stmt *st =
+        sb_store_stmt(db, "SELECT 1 FROM webhooks WHERE id = ?1 AND project_id = ?2");
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, project_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
 static wh_job *job_new(sb_app *app, sb_req *req, const sb_auth *who)
 {
     wh_job *j = sb_arena_alloc(&req->arena, sizeof *j);
@@ -193,15 +231,14 @@ static int create_run(sqlite3 *db, void *arg)
         return SB_EIO;
     if (n >= SB_WEBHOOKS_MAX_PER_PROJECT)
         return RC_LIMIT;
-    st = sb_store_stmt(
-        db, "INSERT INTO webhooks (id, project_id, url, events, description, enabled, secret, "
-            "cursor_seq, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-            "COALESCE((SELECT next_seq - 1 FROM event_counters WHERE project_id = ?2), 0), ?8, "
-            "?8)");
+    st = webhook_stmt(
+        db, j,
+        "INSERT INTO webhooks (id, project_id, url, events, description, enabled, secret, "
+        "cursor_seq, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+        "COALESCE((SELECT next_seq - 1 FROM event_counters WHERE project_id = ?2), 0), ?8, "
+        "?8)");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, j->url, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, j->events, -1, SQLITE_STATIC);
     if (j->description)
@@ -298,15 +335,7 @@ static void webhooks_list(sb_req *req, void *ud)
 /* Whether webhook id exists in the caller's project (reader). -1 on error. */
 static int owned(sb_app *app, sb_req *req, const sb_auth *who, const char *id)
 {
-    sqlite3_stmt *st = sb_store_stmt(sb_app_reader(app, req),
-                                     "SELECT 1 FROM webhooks WHERE id = ?1 AND project_id = ?2");
-    if (!st)
-        return -1;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, who->project_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+    return webhook_exists(sb_app_reader(app, req), id, who->project_id);
 }
 
 static void webhooks_get(sb_req *req, void *ud)
@@ -345,19 +374,18 @@ static int update_run(sqlite3 *db, void *arg)
     wh_job *j = arg;
     /* Re-enabling starts from the project's newest event: what happened while disabled is
      * not sent (replay dead letters for what failed before). */
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "UPDATE webhooks SET url = COALESCE(?3, url), events = COALESCE(?4, events), "
-            "description = CASE WHEN ?5 THEN ?6 ELSE description END, "
-            "cursor_seq = CASE WHEN ?7 = 1 AND enabled = 0 THEN COALESCE((SELECT next_seq - 1 "
-            "FROM event_counters WHERE project_id = ?2), 0) ELSE cursor_seq END, "
-            "disabled_reason = CASE WHEN ?7 = 1 THEN NULL WHEN ?7 = 0 AND enabled = 1 THEN "
-            "'manual' ELSE disabled_reason END, "
-            "enabled = CASE WHEN ?7 >= 0 THEN ?7 ELSE enabled END, updated_at = MAX(?8, "
-            "updated_at + 1) WHERE id = ?1 AND project_id = ?2");
+    sqlite3_stmt *st = webhook_stmt(
+        db, j,
+        "UPDATE webhooks SET url = COALESCE(?3, url), events = COALESCE(?4, events), "
+        "description = CASE WHEN ?5 THEN ?6 ELSE description END, "
+        "cursor_seq = CASE WHEN ?7 = 1 AND enabled = 0 THEN COALESCE((SELECT next_seq - 1 "
+        "FROM event_counters WHERE project_id = ?2), 0) ELSE cursor_seq END, "
+        "disabled_reason = CASE WHEN ?7 = 1 THEN NULL WHEN ?7 = 0 AND enabled = 1 THEN "
+        "'manual' ELSE disabled_reason END, "
+        "enabled = CASE WHEN ?7 >= 0 THEN ?7 ELSE enabled END, updated_at = MAX(?8, "
+        "updated_at + 1) WHERE id = ?1 AND project_id = ?2");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
     if (j->url)
         sqlite3_bind_text(st, 3, j->url, -1, SQLITE_STATIC);
     if (j->events)
@@ -367,12 +395,7 @@ static int update_run(sqlite3 *db, void *arg)
         sqlite3_bind_text(st, 6, j->description, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 7, j->enabled);
     sqlite3_bind_int64(st, 8, j->now);
-    int rc = step_done(st);
-    if (rc)
-        return rc;
-    if (sqlite3_changes(db) == 0)
-        return SB_ENOENT;
-    rc = sb_app_audit(db, &j->who, j->req->request_id, "webhook.update", "webhook", j->id);
+    int rc = step_audit(db, j, st, "webhook.update");
     return rc ? rc : read_back(db, j);
 }
 
@@ -414,11 +437,10 @@ static void webhooks_update(sb_req *req, void *ud)
 static int delete_run(sqlite3 *db, void *arg)
 {
     wh_job *j = arg;
-    sqlite3_stmt *st = sb_store_stmt(db, "DELETE FROM webhooks WHERE id = ?1 AND project_id = ?2");
+    sqlite3_stmt *st =
+        webhook_stmt(db, j, "DELETE FROM webhooks WHERE id = ?1 AND project_id = ?2");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
     int rc = step_done(st);
     if (rc)
         return rc;
@@ -476,22 +498,16 @@ static int rotate_run(sqlite3 *db, void *arg)
 {
     wh_job *j = arg;
     sqlite3_stmt *st =
-        sb_store_stmt(db, "UPDATE webhooks SET old_secret = CASE WHEN ?4 > 0 THEN secret END, "
-                          "old_secret_until = CASE WHEN ?4 > 0 THEN ?5 + ?4 END, secret = ?3, "
-                          "updated_at = MAX(?5, updated_at + 1) WHERE id = ?1 AND project_id = ?2");
+        webhook_stmt(db, j,
+                     "UPDATE webhooks SET old_secret = CASE WHEN ?4 > 0 THEN secret END, "
+                     "old_secret_until = CASE WHEN ?4 > 0 THEN ?5 + ?4 END, secret = ?3, "
+                     "updated_at = MAX(?5, updated_at + 1) WHERE id = ?1 AND project_id = ?2");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 3, j->sealed.base, (int)j->sealed.len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, j->overlap_ms);
     sqlite3_bind_int64(st, 5, j->now);
-    int rc = step_done(st);
-    if (rc)
-        return rc;
-    if (sqlite3_changes(db) == 0)
-        return SB_ENOENT;
-    rc = sb_app_audit(db, &j->who, j->req->request_id, "webhook.rotate_secret", "webhook", j->id);
+    int rc = step_audit(db, j, st, "webhook.rotate_secret");
     rc = rc ? rc : read_back(db, j);
     if (!rc) {
         char t[32];
@@ -594,11 +610,9 @@ static int test_run(sqlite3 *db, void *arg)
 {
     wh_job *j = arg;
     sqlite3_stmt *st =
-        sb_store_stmt(db, "SELECT enabled FROM webhooks WHERE id = ?1 AND project_id = ?2");
+        webhook_stmt(db, j, "SELECT enabled FROM webhooks WHERE id = ?1 AND project_id = ?2");
     if (!st)
         return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
     int s = sqlite3_step(st);
     int enabled = s == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
     sqlite3_reset(st);
@@ -857,19 +871,10 @@ static void delivery_retry(sb_req *req, void *ud)
 static int retry_bulk_run(sqlite3 *db, void *arg)
 {
     wh_job *j = arg;
-    sqlite3_stmt *st =
-        sb_store_stmt(db, "SELECT 1 FROM webhooks WHERE id = ?1 AND project_id = ?2");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
-    int s = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (s == SQLITE_DONE)
-        return SB_ENOENT;
-    if (s != SQLITE_ROW)
-        return SB_EIO;
-    st = sb_store_stmt(
+    int own = webhook_exists(db, j->id, j->who.project_id);
+    if (own <= 0)
+        return own < 0 ? SB_EIO : SB_ENOENT;
+    sqlite3_stmt *st = sb_store_stmt(
         db, "UPDATE webhook_deliveries SET state = 'pending', round_attempts = 0, next_at = ?2, "
             "blocked = room_name IS NOT NULL, updated_at = ?2 WHERE id IN (SELECT id FROM "
             "webhook_deliveries WHERE webhook_id = ?1 "
