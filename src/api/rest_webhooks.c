@@ -139,9 +139,11 @@ static bool take_id(sb_req *req, int i, char *out)
     return true;
 }
 
+#define NO_WEBHOOK "no such webhook in this project"
+
 static void not_found(sb_req *req)
 {
-    sb_resp_problem(req, 404, "not-found", "no such webhook in this project");
+    sb_resp_problem(req, 404, "not-found", NO_WEBHOOK);
 }
 
 static void wipe(wh_job *j)
@@ -253,23 +255,38 @@ static int create_run(sqlite3 *db, void *arg)
     return rc;
 }
 
-/* Shared completion: 200/201 with the webhook (and the secret when one was made). */
-static void answer_webhook(wh_job *j, int rc, int status, const char *what)
+/* How a job's result is answered (a static per route): success as status with j->result
+ * (and the secret when one was made; 204 without a body), SB_ENOENT as 404 missing, conflict_rc
+ * (RC_LIMIT or RC_CONFLICT; 0 for none) as 409 conflict/detail, another error as 500 logged
+ * as what. */
+typedef struct wh_answer {
+    int status;
+    const char *what, *missing;
+    int conflict_rc;
+    const char *conflict, *detail;
+} wh_answer;
+
+/* Shared completion of every job: answers rc as a says, then frees what the job holds. */
+static void answer(wh_job *j, int rc, const wh_answer *a)
 {
     if (rc == SB_ENOENT) {
-        not_found(j->req);
-    } else if (rc == RC_LIMIT) {
-        sb_resp_problem(j->req, 409, "limit-reached", "this project has the most webhooks allowed");
+        sb_resp_problem(j->req, 404, "not-found", a->missing);
+    } else if (a->conflict_rc && rc == a->conflict_rc) {
+        sb_resp_problem(j->req, 409, a->conflict, a->detail);
     } else if (rc < 0) {
-        sb_app_internal_error(j->req, what, rc);
+        sb_app_internal_error(j->req, a->what, rc);
     } else {
         sb_webhooks_changed(sb_app_webhooks(j->app));
         if (j->secret[0]) {
             json_object_set_new(j->result, "secret", json_string(j->secret));
             sb_resp_header(j->req, "Cache-Control", SB_STR_LIT("no-store"));
         }
-        sb_app_send_json(j->req, status, j->result);
-        j->result = NULL;
+        if (a->status == 204) {
+            sb_resp_send(j->req, 204, NULL, NULL, 0);
+        } else {
+            sb_app_send_json(j->req, a->status, j->result);
+            j->result = NULL;
+        }
     }
     json_decref(j->result);
     wipe(j);
@@ -277,7 +294,13 @@ static void answer_webhook(wh_job *j, int rc, int status, const char *what)
 
 static void create_done(void *arg, int rc)
 {
-    answer_webhook(arg, rc, 201, "creating a webhook");
+    static const wh_answer a = {.status = 201,
+                                .what = "creating a webhook",
+                                .missing = NO_WEBHOOK,
+                                .conflict_rc = RC_LIMIT,
+                                .conflict = "limit-reached",
+                                .detail = "this project has the most webhooks allowed"};
+    answer(arg, rc, &a);
 }
 
 static void webhooks_create(sb_req *req, void *ud)
@@ -401,7 +424,8 @@ static int update_run(sqlite3 *db, void *arg)
 
 static void update_done(void *arg, int rc)
 {
-    answer_webhook(arg, rc, 200, "updating a webhook");
+    static const wh_answer a = {.status = 200, .what = "updating a webhook", .missing = NO_WEBHOOK};
+    answer(arg, rc, &a);
 }
 
 static void webhooks_update(sb_req *req, void *ud)
@@ -464,16 +488,8 @@ static int delete_run(sqlite3 *db, void *arg)
 
 static void delete_done(void *arg, int rc)
 {
-    wh_job *j = arg;
-    if (rc == SB_ENOENT)
-        not_found(j->req);
-    else if (rc < 0)
-        sb_app_internal_error(j->req, "deleting a webhook", rc);
-    else {
-        sb_webhooks_changed(sb_app_webhooks(j->app));
-        sb_resp_send(j->req, 204, NULL, NULL, 0);
-    }
-    wipe(j);
+    static const wh_answer a = {.status = 204, .what = "deleting a webhook", .missing = NO_WEBHOOK};
+    answer(arg, rc, &a);
 }
 
 static void webhooks_delete(sb_req *req, void *ud)
@@ -520,7 +536,9 @@ static int rotate_run(sqlite3 *db, void *arg)
 
 static void rotate_done(void *arg, int rc)
 {
-    answer_webhook(arg, rc, 200, "rotating a webhook secret");
+    static const wh_answer a = {
+        .status = 200, .what = "rotating a webhook secret", .missing = NO_WEBHOOK};
+    answer(arg, rc, &a);
 }
 
 static void webhooks_rotate(sb_req *req, void *ud)
@@ -635,21 +653,13 @@ static int test_run(sqlite3 *db, void *arg)
 
 static void test_done(void *arg, int rc)
 {
-    wh_job *j = arg;
-    if (rc == SB_ENOENT)
-        not_found(j->req);
-    else if (rc == RC_CONFLICT)
-        sb_resp_problem(j->req, 409, "webhook-disabled",
-                        "the webhook is disabled; enable it first");
-    else if (rc < 0)
-        sb_app_internal_error(j->req, "sending a test event", rc);
-    else {
-        sb_webhooks_changed(sb_app_webhooks(j->app));
-        sb_app_send_json(j->req, 202, j->result);
-        j->result = NULL;
-    }
-    json_decref(j->result);
-    wipe(j);
+    static const wh_answer a = {.status = 202,
+                                .what = "sending a test event",
+                                .missing = NO_WEBHOOK,
+                                .conflict_rc = RC_CONFLICT,
+                                .conflict = "webhook-disabled",
+                                .detail = "the webhook is disabled; enable it first"};
+    answer(arg, rc, &a);
 }
 
 static void webhooks_test(sb_req *req, void *ud)
@@ -833,23 +843,18 @@ static int retry_one_run(sqlite3 *db, void *arg)
     return rc ? rc : delivery_read(db, j->delivery_id, &j->result);
 }
 
+#define NO_DELIVERY "no such delivery of this webhook"
+
 static void retry_one_done(void *arg, int rc)
 {
-    wh_job *j = arg;
-    if (rc == SB_ENOENT)
-        sb_resp_problem(j->req, 404, "not-found", "no such delivery of this webhook");
-    else if (rc == RC_CONFLICT)
-        sb_resp_problem(j->req, 409, "not-dead",
-                        "only a dead delivery can be replayed; this one is pending or delivered");
-    else if (rc < 0)
-        sb_app_internal_error(j->req, "replaying a delivery", rc);
-    else {
-        sb_webhooks_changed(sb_app_webhooks(j->app));
-        sb_app_send_json(j->req, 202, j->result);
-        j->result = NULL;
-    }
-    json_decref(j->result);
-    wipe(j);
+    static const wh_answer a = {
+        .status = 202,
+        .what = "replaying a delivery",
+        .missing = NO_DELIVERY,
+        .conflict_rc = RC_CONFLICT,
+        .conflict = "not-dead",
+        .detail = "only a dead delivery can be replayed; this one is pending or delivered"};
+    answer(arg, rc, &a);
 }
 
 static void delivery_retry(sb_req *req, void *ud)
@@ -862,7 +867,7 @@ static void delivery_retry(sb_req *req, void *ud)
     if (!j)
         return;
     if (!take_id(req, 0, j->id) || !take_id(req, 1, j->delivery_id)) {
-        sb_resp_problem(req, 404, "not-found", "no such delivery of this webhook");
+        sb_resp_problem(req, 404, "not-found", NO_DELIVERY);
         return;
     }
     sb_app_submit(app, req, retry_one_run, retry_one_done, j);
@@ -902,16 +907,12 @@ static int retry_bulk_run(sqlite3 *db, void *arg)
 
 static void retry_bulk_done(void *arg, int rc)
 {
+    static const wh_answer a = {
+        .status = 202, .what = "replaying deliveries", .missing = NO_WEBHOOK};
     wh_job *j = arg;
-    if (rc == SB_ENOENT)
-        not_found(j->req);
-    else if (rc < 0)
-        sb_app_internal_error(j->req, "replaying deliveries", rc);
-    else {
-        sb_webhooks_changed(sb_app_webhooks(j->app));
-        sb_app_send_json(j->req, 202, json_pack("{s:i}", "replayed", j->count));
-    }
-    wipe(j);
+    if (rc >= 0)
+        j->result = json_pack("{s:i}", "replayed", j->count);
+    answer(j, rc, &a);
 }
 
 static void deliveries_retry(sb_req *req, void *ud)
