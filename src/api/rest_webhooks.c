@@ -218,6 +218,58 @@ static bool parse_fields(sb_app *app, sb_req *req, json_t *body, wh_job *j, bool
     return true;
 }
 
+/* ---- the job of a webhooks:write request ----------------------------------------------- */
+
+/* Authenticates webhooks:write; when body is not NULL parses the JSON body into *body (an
+ * empty body as {} when empty_ok); then makes the job. Answers every error itself and returns
+ * NULL, holding nothing; otherwise the caller owns *body. */
+static wh_job *write_job(sb_app *app, sb_req *req, json_t **body, bool empty_ok)
+{
+    sb_auth who;
+    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
+        return NULL;
+    if (body) {
+        *body = empty_ok && !req->body.len ? json_object() : sb_app_body(req);
+        if (!*body)
+            return NULL;
+    }
+    wh_job *j = job_new(app, req, &who);
+    if (!j && body) {
+        json_decref(*body);
+        *body = NULL;
+    }
+    return j;
+}
+
+/* write_job for the webhook named by the path's {id}; an id that cannot be one answers 404. */
+static wh_job *path_job(sb_app *app, sb_req *req)
+{
+    wh_job *j = write_job(app, req, NULL, false);
+    if (j && !take_id(req, 0, j->id)) {
+        not_found(req);
+        return NULL;
+    }
+    return j;
+}
+
+/* write_job with the body's {url, events, description, enabled} (parse_fields); a body that
+ * does not pass answers 400. */
+static wh_job *fields_job(sb_app *app, sb_req *req, bool create)
+{
+    char why[256] = "";
+    json_t *body;
+    wh_job *j = write_job(app, req, &body, false);
+    if (!j)
+        return NULL;
+    bool ok = parse_fields(app, req, body, j, create, why, sizeof why);
+    json_decref(body);
+    if (!ok) {
+        sb_resp_problem(req, 400, "invalid-request", why);
+        return NULL;
+    }
+    return j;
+}
+
 /* ---- POST /v1/webhooks ------------------------------------------------------------------ */
 
 static int create_run(sqlite3 *db, void *arg)
@@ -306,24 +358,9 @@ static void create_done(void *arg, int rc)
 static void webhooks_create(sb_req *req, void *ud)
 {
     sb_app *app = ud;
-    sb_auth who;
-    char why[256] = "";
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
+    wh_job *j = fields_job(app, req, true);
+    if (!j)
         return;
-    json_t *body = sb_app_body(req);
-    if (!body)
-        return;
-    wh_job *j = job_new(app, req, &who);
-    if (!j) {
-        json_decref(body);
-        return;
-    }
-    bool ok = parse_fields(app, req, body, j, true, why, sizeof why);
-    json_decref(body);
-    if (!ok) {
-        sb_resp_problem(req, 400, "invalid-request", why);
-        return;
-    }
     if (!j->url || !j->events || sb_id_new("wh", j->id) != 0 || make_secret(j) != 0) {
         wipe(j);
         sb_app_internal_error(req, "creating a webhook", SB_ENOMEM);
@@ -431,24 +468,9 @@ static void update_done(void *arg, int rc)
 static void webhooks_update(sb_req *req, void *ud)
 {
     sb_app *app = ud;
-    sb_auth who;
-    char why[256] = "";
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
+    wh_job *j = fields_job(app, req, false);
+    if (!j)
         return;
-    json_t *body = sb_app_body(req);
-    if (!body)
-        return;
-    wh_job *j = job_new(app, req, &who);
-    if (!j) {
-        json_decref(body);
-        return;
-    }
-    bool ok = parse_fields(app, req, body, j, false, why, sizeof why);
-    json_decref(body);
-    if (!ok) {
-        sb_resp_problem(req, 400, "invalid-request", why);
-        return;
-    }
     if (!take_id(req, 0, j->id)) {
         not_found(req);
         return;
@@ -494,18 +516,9 @@ static void delete_done(void *arg, int rc)
 
 static void webhooks_delete(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
-        return;
-    wh_job *j = job_new(app, req, &who);
-    if (!j)
-        return;
-    if (!take_id(req, 0, j->id)) {
-        not_found(req);
-        return;
-    }
-    sb_app_submit(app, req, delete_run, delete_done, j);
+    wh_job *j = path_job(ud, req);
+    if (j)
+        sb_app_submit(ud, req, delete_run, delete_done, j);
 }
 
 /* ---- POST /v1/webhooks/{id}/rotate-secret ------------------------------------------------- */
@@ -544,16 +557,9 @@ static void rotate_done(void *arg, int rc)
 static void webhooks_rotate(sb_req *req, void *ud)
 {
     sb_app *app = ud;
-    sb_auth who;
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
-        return;
-    wh_job *j = job_new(app, req, &who);
+    wh_job *j = path_job(app, req);
     if (!j)
         return;
-    if (!take_id(req, 0, j->id)) {
-        not_found(req);
-        return;
-    }
     j->overlap_ms = sb_app_config(app)->webhooks_rotation_overlap_ms;
     if (make_secret(j) != 0) {
         wipe(j);
@@ -664,18 +670,9 @@ static void test_done(void *arg, int rc)
 
 static void webhooks_test(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
-        return;
-    wh_job *j = job_new(app, req, &who);
-    if (!j)
-        return;
-    if (!take_id(req, 0, j->id)) {
-        not_found(req);
-        return;
-    }
-    sb_app_submit(app, req, test_run, test_done, j);
+    wh_job *j = path_job(ud, req);
+    if (j)
+        sb_app_submit(ud, req, test_run, test_done, j);
 }
 
 /* ---- GET /v1/webhooks/{id}/deliveries ------------------------------------------------------ */
@@ -860,10 +857,7 @@ static void retry_one_done(void *arg, int rc)
 static void delivery_retry(sb_req *req, void *ud)
 {
     sb_app *app = ud;
-    sb_auth who;
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
-        return;
-    wh_job *j = job_new(app, req, &who);
+    wh_job *j = write_job(app, req, NULL, false);
     if (!j)
         return;
     if (!take_id(req, 0, j->id) || !take_id(req, 1, j->delivery_id)) {
@@ -918,18 +912,11 @@ static void retry_bulk_done(void *arg, int rc)
 static void deliveries_retry(sb_req *req, void *ud)
 {
     sb_app *app = ud;
-    sb_auth who;
     char why[256] = "";
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_WRITE, &who))
+    json_t *body;
+    wh_job *j = write_job(app, req, &body, true);
+    if (!j)
         return;
-    json_t *body = req->body.len ? sb_app_body(req) : json_object();
-    if (!body)
-        return;
-    wh_job *j = job_new(app, req, &who);
-    if (!j) {
-        json_decref(body);
-        return;
-    }
     static const char *const fields[] = {"state", "event_type", "since", "until", "limit", NULL};
     const char *state = NULL, *type = NULL, *since = NULL, *until = NULL;
     int64_t limit = BULK_RETRY_DEF;
