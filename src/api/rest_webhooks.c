@@ -374,22 +374,11 @@ static void webhooks_create(sb_req *req, void *ud)
 
 static void webhooks_list(sb_req *req, void *ud)
 {
-    sb_app *app = ud;
-    sb_auth who;
-    sb_page pg;
-    if (!sb_app_auth(app, req, SB_SCOPE_WEBHOOKS_READ, &who) || !sb_app_page(req, &pg))
-        return;
-    sqlite3_stmt *st = sb_store_stmt(
-        sb_app_reader(app, req),
-        "SELECT " WH_COLS " FROM webhooks WHERE project_id = ?1 AND (?2 = 0 OR created_at > ?3 OR "
-        "(created_at = ?3 AND id > ?4)) ORDER BY created_at, id LIMIT ?5");
-    if (!st) {
-        sb_app_internal_error(req, "listing webhooks", SB_EIO);
-        return;
-    }
-    sqlite3_bind_text(st, 1, who.project_id, -1, SQLITE_STATIC);
-    sb_app_bind_page(st, &pg);
-    sb_app_send_page(req, st, &pg, sb_webhooks_endpoint_json, 6, 0, "listing webhooks");
+    sb_app_list_project(ud, req, SB_SCOPE_WEBHOOKS_READ,
+                        "SELECT " WH_COLS
+                        " FROM webhooks WHERE project_id = ?1 AND (?2 = 0 OR created_at > ?3 OR "
+                        "(created_at = ?3 AND id > ?4)) ORDER BY created_at, id LIMIT ?5",
+                        sb_webhooks_endpoint_json, 6, 0, "listing webhooks");
 }
 
 /* Whether webhook id exists in the caller's project (reader). -1 on error. */
