@@ -271,6 +271,14 @@ static void post_done(void *target, void (*fn)(void *), void *arg)
     uv_async_send(&w->async);
 }
 
+/* Steps a bound statement that returns no rows (or whose rows are not read) and resets it. */
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return sb_store_errno(rc);
+}
+
 static bool submit(sb_webhooks *w, sb_store_job_fn job, sb_store_done_fn done, void *arg)
 {
     int rc = sb_store_submit(w->store, job, done, arg, post_done, w);
@@ -493,8 +501,7 @@ static int fanout_run(sqlite3 *db, void *arg)
         sqlite3_bind_int64(st, 6, hi);
         sqlite3_bind_text(st, 7, eps[i].events, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 8, eps[i].rowid);
-        rc = sb_store_errno(sqlite3_step(st));
-        sqlite3_reset(st);
+        rc = step_done(st);
         if (rc)
             break;
         st = sb_store_stmt(
@@ -512,8 +519,7 @@ static int fanout_run(sqlite3 *db, void *arg)
         sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, lo);
         sqlite3_bind_int64(st, 3, hi);
-        rc = sb_store_errno(sqlite3_step(st));
-        sqlite3_reset(st);
+        rc = step_done(st);
         if (rc)
             break;
         st = sb_store_stmt(db, "UPDATE webhooks SET cursor_seq = ?2 WHERE id = ?1");
@@ -523,8 +529,7 @@ static int fanout_run(sqlite3 *db, void *arg)
         }
         sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, hi);
-        rc = sb_store_errno(sqlite3_step(st));
-        sqlite3_reset(st);
+        rc = step_done(st);
     }
     for (int i = 0; i < n; i++)
         sb_free(eps[i].events);
@@ -595,8 +600,7 @@ int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *ro
         return SB_EIO;
     sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
+    int rc = step_done(st);
     return rc;
 }
 
@@ -612,8 +616,7 @@ static int unblock_next(sqlite3 *db, const char *webhook_id, const char *room)
         return SB_EIO;
     sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
+    int rc = step_done(st);
     return rc;
 }
 
@@ -629,8 +632,7 @@ int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id)
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
+    int rc = step_done(st);
     return rc;
 }
 
@@ -667,8 +669,7 @@ static int write_attempt(sqlite3 *db, attempt *a)
     sqlite3_bind_int64(st, 9, a->rowid);
     sqlite3_bind_int64(st, 10, a->at_ms);
     sqlite3_bind_int64(st, 11, a->duration_ms);
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
+    int rc = step_done(st);
     if (rc || sqlite3_changes(db) == 0)
         return rc;
     if (a->outcome == OUT_DELIVERED) /* the row's last_* columns are its log entry */
@@ -687,8 +688,7 @@ static int write_attempt(sqlite3 *db, attempt *a)
     sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
     if (a->error[0])
         sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
-    rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
+    rc = step_done(st);
     if (!rc && a->outcome != OUT_RETRY && a->room[0])
         rc = unblock_next(db, a->ep->id, a->room);
     return rc;
@@ -704,8 +704,7 @@ static int disable_endpoint(sqlite3 *db, const endpoint *ep)
         return SB_EIO;
     sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, sb_time_ms());
-    int rc = sb_store_errno(sqlite3_step(st));
-    sqlite3_reset(st);
+    int rc = step_done(st);
     if (rc || sqlite3_changes(db) == 0)
         return rc;
     json_t *obj = NULL;
@@ -1439,13 +1438,11 @@ static int retention_run(sqlite3 *db, void *arg)
         if (!rows[i].drop)
             continue;
         sqlite3_bind_text(da, 1, rows[i].id, -1, SQLITE_STATIC);
-        rc = sb_store_errno(sqlite3_step(da));
-        sqlite3_reset(da);
+        rc = step_done(da);
         if (rc)
             break;
         sqlite3_bind_int64(dd, 1, rows[i].rowid);
-        rc = sb_store_errno(sqlite3_step(dd));
-        sqlite3_reset(dd);
+        rc = step_done(dd);
     }
     return rc ? rc : n == RETENTION_BATCH;
 }
