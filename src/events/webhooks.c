@@ -588,52 +588,53 @@ static bool fanout_pending(sb_webhooks *w)
 
 /* ---- per-room order: unblocking a room's next delivery ---------------------------------- */
 
-int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *room)
+/* Runs sql, an UPDATE of webhook_deliveries, with ?1 = webhook_id and (unless NULL) ?2 = room. */
+static int unblock(sqlite3 *db, const char *sql, const char *webhook_id, const char *room)
 {
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE id = (SELECT p.id FROM "
-            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
-            "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1 AND NOT EXISTS (SELECT 1 FROM "
-            "webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = "
-            "0 AND q.room_name = ?2)");
+    sqlite3_stmt *st = sb_store_stmt(db, sql);
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
-    int rc = step_done(st);
-    return rc;
+    if (room)
+        sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
+    return step_done(st);
+}
+
+int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *room)
+{
+    return unblock(
+        db,
+        "UPDATE webhook_deliveries SET blocked = 0 WHERE id = (SELECT p.id FROM "
+        "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+        "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1 AND NOT EXISTS (SELECT 1 FROM "
+        "webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = "
+        "0 AND q.room_name = ?2)",
+        webhook_id, room);
 }
 
 /* After the room's unblocked delivery stopped being pending (at most one is unblocked per
  * room, so none is now): unblocks the next one. */
 static int unblock_next(sqlite3 *db, const char *webhook_id, const char *room)
 {
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE rowid = (SELECT p.rowid FROM "
-            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
-            "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, room, -1, SQLITE_STATIC);
-    int rc = step_done(st);
-    return rc;
+    return unblock(
+        db,
+        "UPDATE webhook_deliveries SET blocked = 0 WHERE rowid = (SELECT p.rowid FROM "
+        "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+        "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1",
+        webhook_id, room);
 }
 
 int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id)
 {
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "UPDATE webhook_deliveries SET blocked = 0 WHERE webhook_id = ?1 AND state = "
-            "'pending' AND blocked = 1 AND event_seq = (SELECT MIN(p.event_seq) FROM "
-            "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
-            "= webhook_deliveries.room_name) AND NOT EXISTS (SELECT 1 FROM webhook_deliveries q "
-            "WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = 0 AND q.room_name = "
-            "webhook_deliveries.room_name)");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, webhook_id, -1, SQLITE_STATIC);
-    int rc = step_done(st);
-    return rc;
+    return unblock(
+        db,
+        "UPDATE webhook_deliveries SET blocked = 0 WHERE webhook_id = ?1 AND state = "
+        "'pending' AND blocked = 1 AND event_seq = (SELECT MIN(p.event_seq) FROM "
+        "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
+        "= webhook_deliveries.room_name) AND NOT EXISTS (SELECT 1 FROM webhook_deliveries q "
+        "WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = 0 AND q.room_name = "
+        "webhook_deliveries.room_name)",
+        webhook_id, NULL);
 }
 
 /* ---- results: one job writes a batch of finished attempts ------------------------------ */
