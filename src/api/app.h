@@ -245,4 +245,8 @@ int sb_app_session_end(sqlite3 *db, const char *project_id, const char *session_
 /* Room names: ^[A-Za-z0-9_-]{1,128}$ (rest_rooms.c). */
 bool sb_room_name_valid(const char *s, size_t n);
 
+/* Participant identities: ^[A-Za-z0-9_.:@-]{1,128}$ (rest_rooms.c). */
+#define SB_IDENTITY_MAX 128
+bool sb_identity_valid(const char *s, size_t n);
+
 #endif

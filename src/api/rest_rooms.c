@@ -33,6 +33,19 @@ bool sb_room_name_valid(const char *s, size_t n)
     return true;
 }
 
+bool sb_identity_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > SB_IDENTITY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.' || c == ':' || c == '@'))
+            return false;
+    }
+    return true;
+}
+
 static json_t *room_json(sqlite3_stmt *st)
 {
     char t[32];

@@ -21,7 +21,6 @@
 #include "core/json.h"
 #include "switchboard/error.h"
 
-#define IDENTITY_MAX    128
 #define METADATA_MAX    4096
 #define MESSAGE_MAX     (64 * 1024)
 #define TOPIC_MAX       128
@@ -43,19 +42,6 @@
     "NULL AND p.left_at IS NULL"
 
 #define LIVE_COLS "p.rowid, p.identity, p.name, p.metadata, p.joined_at, p.session_id"
-
-static bool identity_valid(const char *s, size_t n)
-{
-    if (n == 0 || n > IDENTITY_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-' || c == '.' || c == ':' || c == '@'))
-            return false;
-    }
-    return true;
-}
 
 static json_t *text_or_null(sqlite3_stmt *st, int col)
 {
@@ -123,6 +109,23 @@ static int room_open(sqlite3 *db, const char *project, const char *name, size_t 
     sqlite3_reset(st);
     *open = rc == SQLITE_ROW;
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : SB_EIO;
+}
+
+/* Whether the project has an open room `name`; answers 404 (also for a name no room can
+ * have) or 500 and returns false otherwise. */
+static bool room_open_or_404(sb_app *app, sb_req *req, const char *project, sb_str name)
+{
+    bool open = false;
+    int rc = sb_room_name_valid(name.base, name.len)
+                 ? room_open(sb_app_reader(app, req), project, name.base, name.len, &open)
+                 : 0;
+    if (rc) {
+        sb_app_internal_error(req, "reading a room", rc);
+        return false;
+    }
+    if (!open)
+        sb_resp_problem(req, 404, "not-found", NO_ROOM);
+    return open;
 }
 
 /* Reads the live participant identity of the open room into *out (NULL if absent). */
@@ -540,21 +543,11 @@ static void live_read_start(sb_app *app, sb_req *req, bool one)
     if (!one && !sb_app_page(req, &lr->pg))
         return;
     sb_str name = req->params[0];
-    bool open = false;
-    int rc = sb_room_name_valid(name.base, name.len)
-                 ? room_open(sb_app_reader(app, req), who.project_id, name.base, name.len, &open)
-                 : 0;
-    if (rc) {
-        sb_app_internal_error(req, "reading a room", rc);
+    if (!room_open_or_404(app, req, who.project_id, name))
         return;
-    }
-    if (!open) {
-        sb_resp_problem(req, 404, "not-found", NO_ROOM);
-        return;
-    }
     if (one) {
         sb_str identity = req->params[1];
-        if (!identity_valid(identity.base, identity.len)) {
+        if (!sb_identity_valid(identity.base, identity.len)) {
             sb_resp_problem(req, 404, "not-found", NO_PARTICIPANT);
             return;
         }
@@ -587,9 +580,9 @@ typedef struct participant_write {
     int64_t ban;
     sb_auth who;
     char room[129];
-    char identity[IDENTITY_MAX + 1];
-    char target[129 + IDENTITY_MAX + 1]; /* audit target: "<room>/<identity>" */
-    const char *metadata;                /* arena; NULL with set_metadata = clear */
+    char identity[SB_IDENTITY_MAX + 1];
+    char target[129 + SB_IDENTITY_MAX + 1]; /* audit target: "<room>/<identity>" */
+    const char *metadata;                   /* arena; NULL with set_metadata = clear */
     bool set_metadata;
     json_t *grants; /* requested grant changes (owned), or NULL */
     json_t *result;
@@ -622,7 +615,7 @@ static bool grants_valid(const json_t *g, char *why, size_t whylen)
 static bool participant_target(sb_req *req, participant_write *w)
 {
     sb_str name = req->params[0], identity = req->params[1];
-    if (!sb_room_name_valid(name.base, name.len) || !identity_valid(identity.base, identity.len))
+    if (!sb_room_name_valid(name.base, name.len) || !sb_identity_valid(identity.base, identity.len))
         return false;
     memcpy(w->room, name.base, name.len);
     w->room[name.len] = '\0';
@@ -920,7 +913,7 @@ static bool message_valid(const json_t *body, char *why, size_t whylen)
     const json_t *v;
     json_array_foreach(to, i, v)
     {
-        if (!json_is_string(v) || !identity_valid(json_string_value(v), json_string_length(v))) {
+        if (!json_is_string(v) || !sb_identity_valid(json_string_value(v), json_string_length(v))) {
             snprintf(why, whylen, "to[%zu] must be an identity matching ^[A-Za-z0-9_.:@-]{1,128}$",
                      i);
             return false;
@@ -985,18 +978,8 @@ static void messages_send(sb_req *req, void *ud)
             return;
         }
     sb_str name = req->params[0];
-    bool open = false;
-    int rc = sb_room_name_valid(name.base, name.len)
-                 ? room_open(sb_app_reader(app, req), who.project_id, name.base, name.len, &open)
-                 : 0;
-    if (rc) {
-        sb_app_internal_error(req, "reading a room", rc);
+    if (!room_open_or_404(app, req, who.project_id, name))
         return;
-    }
-    if (!open) {
-        sb_resp_problem(req, 404, "not-found", NO_ROOM);
-        return;
-    }
     c->kind = SB_RTC_SEND;
     snprintf(c->project_id, sizeof c->project_id, "%s", who.project_id);
     memcpy(c->room, name.base, name.len);

@@ -8,22 +8,8 @@
 #include "core/json.h"
 #include "switchboard/error.h"
 
-#define TTL_DEFAULT  600
-#define TTL_MAX      86400
-#define IDENTITY_MAX 128
-
-static bool identity_valid(const char *s, size_t n)
-{
-    if (n == 0 || n > IDENTITY_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-' || c == '.' || c == ':' || c == '@'))
-            return false;
-    }
-    return true;
-}
+#define TTL_DEFAULT 600
+#define TTL_MAX     86400
 
 /* Grants with their defaults filled in; unknown members or non-booleans refused. */
 static json_t *grants_from(const json_t *in, char *why, size_t whylen)
@@ -70,7 +56,7 @@ static void tokens_create(sb_req *req, void *ud)
     json_t *grants = NULL, *claims = NULL;
     if (sb_json_only(body, fields, why, sizeof why) ||
         sb_json_get_string(body, "room", &room, &rl, 128, why, sizeof why) ||
-        sb_json_get_string(body, "identity", &identity, &il, IDENTITY_MAX, why, sizeof why) ||
+        sb_json_get_string(body, "identity", &identity, &il, SB_IDENTITY_MAX, why, sizeof why) ||
         sb_json_get_string(body, "name", &name, &nl, 256, why, sizeof why) ||
         sb_json_get_string(body, "metadata", &metadata, &ml, 4096, why, sizeof why) ||
         sb_json_get_int(body, "ttl_seconds", &ttl, 1, TTL_MAX, why, sizeof why))
@@ -79,7 +65,7 @@ static void tokens_create(sb_req *req, void *ud)
         snprintf(why, sizeof why, "room is required and must match ^[A-Za-z0-9_-]{1,128}$");
         goto invalid;
     }
-    if (!identity || !identity_valid(identity, il)) {
+    if (!identity || !sb_identity_valid(identity, il)) {
         snprintf(why, sizeof why, "identity is required and must match ^[A-Za-z0-9_.:@-]{1,128}$");
         goto invalid;
     }

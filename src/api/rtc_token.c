@@ -42,19 +42,6 @@ static const sb_jose_key *lookup(void *ud, const char *kid)
     return c->owned;
 }
 
-static bool pattern_ok(const char *s, size_t n, const char *extra)
-{
-    if (n == 0 || n > 128)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '-' || (ch && strchr(extra, ch))))
-            return false;
-    }
-    return true;
-}
-
 static bool copy_str(const json_t *v, char *out, size_t cap, bool required)
 {
     if (!v)
@@ -70,9 +57,9 @@ static bool read_claims(const json_t *c, const lookup_ctx *lc, sb_rtc_claims *ou
 {
     memset(out, 0, offsetof(sb_rtc_claims, metadata) + 1);
     if (!copy_str(json_object_get(c, "sub"), out->identity, sizeof out->identity, true) ||
-        !pattern_ok(out->identity, strlen(out->identity), ".:@") ||
+        !sb_identity_valid(out->identity, strlen(out->identity)) ||
         !copy_str(json_object_get(c, "room"), out->room, sizeof out->room, true) ||
-        !pattern_ok(out->room, strlen(out->room), "") ||
+        !sb_room_name_valid(out->room, strlen(out->room)) ||
         !copy_str(json_object_get(c, "jti"), out->jti, sizeof out->jti, lc->server_key) ||
         !copy_str(json_object_get(c, "name"), out->name, sizeof out->name, false) ||
         !copy_str(json_object_get(c, "metadata"), out->metadata, sizeof out->metadata, false) ||
