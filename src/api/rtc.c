@@ -360,7 +360,8 @@ static void ws_message(sb_ws *ws, void *ud, int opcode, const void *data, size_t
     rtc_member *m = ud;
     rtc_loop *lp = m->lp;
     int rc;
-    if (opcode == SB_WS_TEXT && memmem(data, len, "\"refresh_token\"", 15)) {
+    if (opcode == SB_WS_TEXT && len <= MAX_TOKEN + 64 &&
+        memmem(data, len, "\"refresh_token\"", 15)) {
         /* Possibly the connection's own message rather than one for the room. */
         json_t *j = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
         const char *type = json_string_value(json_object_get(j, "type"));
