@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <inttypes.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -23,7 +24,6 @@
 #include "store/store.h"
 #include "switchboard/error.h"
 
-#define FANOUT_ENDPOINTS   64   /* endpoints fanned out per job */
 #define RELOAD_EVERY_MS    5000 /* endpoints re-read at least this often */
 #define MAX_ENDPOINTS      4096 /* enabled endpoints the dispatcher tracks */
 #define BUSY_BUCKETS       4096
@@ -34,6 +34,10 @@
 #define RETENTION_EVERY_MS 60000 /* at most this long between passes */
 #define HEADERS            6     /* request headers of an attempt */
 #define SOCKS_MAX          65536 /* sockets (by fd) whose poll handle is kept between transfers */
+#define ROOM_BUCKETS       256   /* per endpoint: rooms with stream items */
+#define STREAM_WINDOW_MAX  1024  /* stream items (unwritten) per endpoint */
+#define STREAM_READ_MAX    256   /* outbox rows read per query */
+#define TYPE_MAX           64
 
 static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,    100,
                                                        250, 500, 1000, 2500, 10000, 30000};
@@ -51,6 +55,22 @@ static const char *const outcome_name[OUT_COUNT] = {"delivered", "retry", "dead"
 
 typedef struct endpoint endpoint;
 typedef struct attempt attempt;
+typedef struct roomq roomq;
+
+/* The stream's per-room state for one endpoint: exists while the room has stream items not
+ * yet written. At most one is started (head); later ones wait in seq order. Once the head
+ * has to be retried, the room is "spilled": its later events go to the table as blocked
+ * pending rows (parks), and the table's per-room chain takes over. */
+struct roomq {
+    roomq *hnext;
+    roomq *rnext; /* ready list: head free and something waiting */
+    bool in_ready;
+    bool spilled;
+    attempt *head;
+    attempt *wait_head, *wait_tail;
+    int items; /* stream items of the room not yet written */
+    char name[];
+};
 
 struct endpoint {
     endpoint *next;
@@ -79,6 +99,24 @@ struct endpoint {
      * again (in flight + awaiting their write, ~50 rows per 2 new ones in the bench). */
     bool wm;
     int64_t wm_next_at, wm_rowid;
+
+    int64_t rowid;
+    char **types; /* event filter (NULL = every type) */
+    int ntypes;
+    /* The stream: events past the cursor are read from the outbox and sent without a row;
+     * a row is written once an attempt has finished (delivered, or failed: the retry path
+     * takes over) or when the event must wait behind a room whose chain is in the table.
+     * cursor_seq (written with the rows) = the seq below which every event has its row or
+     * needed none, so a restart resends only what was not yet written. */
+    int64_t read_seq;         /* last event seq read */
+    int64_t cursor_db;        /* cursor_seq as last loaded or written */
+    attempt *s_head, *s_tail; /* stream items in seq order, until written */
+    int s_items;
+    bool s_caught_up;  /* the last read found the end of the outbox */
+    bool mark;         /* flush(): counted */
+    int64_t s_read_at; /* when it was read last */
+    roomq *rooms[ROOM_BUCKETS];
+    roomq *ready;
 };
 
 struct attempt {
@@ -99,9 +137,19 @@ struct attempt {
     char delivery_id[SB_ID_MAX];
     char event_id[SB_ID_MAX];
     char room[SB_WEBHOOKS_ROOM_MAX + 1]; /* "" when the event has none */
-    int64_t rowid;                       /* of the delivery row */
-    int attempt_no;                      /* total, 1-based */
-    int round_no;                        /* within the schedule round, 1-based */
+    char type[TYPE_MAX];
+    /* stream items (no row yet) */
+    bool stream;
+    bool started;  /* else waiting behind its room's head */
+    bool park;     /* to be written as a blocked pending row, not sent */
+    bool flushing; /* in the running flush job */
+    int64_t seq;
+    attempt *snext, *sprev; /* endpoint's stream list */
+    attempt *wnext;         /* room's waiting list */
+    roomq *rq;
+    int64_t rowid;  /* of the delivery row */
+    int attempt_no; /* total, 1-based */
+    int round_no;   /* within the schedule round, 1-based */
     int64_t at_ms;
     uint64_t t0_ns;
     int64_t retry_after_ms;
@@ -165,8 +213,7 @@ struct sb_webhooks {
     _Atomic uint64_t changed_gen;
     uint64_t loaded_gen;
     int64_t loaded_at;
-    _Atomic uint64_t fanned_total; /* sb_event_emitted_total at the last fan-out submit */
-    bool fanout_running, fanout_again;
+    _Atomic uint64_t seen_total; /* sb_event_emitted_total when the stream was last read */
     bool flush_running;
     bool retention_running;
     int64_t retention_at;     /* next retention pass */
@@ -194,6 +241,9 @@ struct sb_webhooks {
 
 static void pump(sb_webhooks *w);
 static void pump_soon(sb_webhooks *w);
+static void free_types(char **types, int n);
+static bool parse_types(const char *json, char ***out, int *n);
+static void drop_waiting(sb_webhooks *w, endpoint *ep);
 static void wm_clear(sb_webhooks *w);
 static void maybe_finish_stop(sb_webhooks *w);
 
@@ -248,6 +298,96 @@ static void busy_remove(sb_webhooks *w, attempt *a)
         }
 }
 
+/* ---- the stream's bookkeeping: rooms and the per-endpoint list of unwritten items -------- */
+
+static unsigned room_slot(const char *name)
+{
+    uint32_t h = 2166136261u;
+    for (; *name; name++)
+        h = (h ^ (unsigned char)*name) * 16777619u;
+    return h % ROOM_BUCKETS;
+}
+
+static roomq *room_find(endpoint *ep, const char *name)
+{
+    for (roomq *r = ep->rooms[room_slot(name)]; r; r = r->hnext)
+        if (strcmp(r->name, name) == 0)
+            return r;
+    return NULL;
+}
+
+static roomq *room_add(endpoint *ep, const char *name)
+{
+    size_t len = strlen(name);
+    roomq *r = sb_calloc(1, sizeof *r + len + 1);
+    if (!r)
+        return NULL;
+    memcpy(r->name, name, len + 1);
+    unsigned s = room_slot(name);
+    r->hnext = ep->rooms[s];
+    ep->rooms[s] = r;
+    return r;
+}
+
+static void room_remove(endpoint *ep, roomq *r)
+{
+    for (roomq **p = &ep->rooms[room_slot(r->name)]; *p; p = &(*p)->hnext)
+        if (*p == r) {
+            *p = r->hnext;
+            break;
+        }
+    if (r->in_ready)
+        for (roomq **p = &ep->ready; *p; p = &(*p)->rnext)
+            if (*p == r) {
+                *p = r->rnext;
+                break;
+            }
+    sb_free(r);
+}
+
+static void room_ready(endpoint *ep, roomq *r)
+{
+    if (r->in_ready || r->head || !r->wait_head)
+        return;
+    r->in_ready = true;
+    r->rnext = ep->ready;
+    ep->ready = r;
+}
+
+/* A stream item leaves the endpoint's books: it was written, or it is dropped (never
+ * written: the cursor stayed below it, so the outbox has it for the next read). */
+static void stream_forget(endpoint *ep, attempt *a)
+{
+    if (a->sprev)
+        a->sprev->snext = a->snext;
+    else
+        ep->s_head = a->snext;
+    if (a->snext)
+        a->snext->sprev = a->sprev;
+    else
+        ep->s_tail = a->sprev;
+    a->snext = a->sprev = NULL;
+    ep->s_items--;
+    roomq *r = a->rq;
+    a->rq = NULL;
+    if (r) {
+        if (r->head == a)
+            r->head = NULL;
+        if (--r->items == 0)
+            room_remove(ep, r);
+    }
+}
+
+/* The cursor once the running flush commits: below every item not in it. */
+static int64_t stream_cursor(const endpoint *ep)
+{
+    int64_t c = ep->read_seq;
+    for (const attempt *a = ep->s_head; a; a = a->snext)
+        if (!a->flushing && a->seq - 1 < c)
+            c = a->seq - 1;
+    return c;
+}
+
 /* ---- completions of store jobs, posted from the writer thread -------------------------- */
 
 static void post_done(void *target, void (*fn)(void *), void *arg)
@@ -292,7 +432,7 @@ static bool submit(sb_webhooks *w, sb_store_job_fn job, sb_store_done_fn done, v
 static void commit_hook(void *ud)
 {
     sb_webhooks *w = ud;
-    if (sb_event_emitted_total() != w->fanned_total) {
+    if (sb_event_emitted_total() != w->seen_total) {
         atomic_store(&w->wake_requested, true);
         uv_async_send(&w->async);
     }
@@ -342,15 +482,83 @@ static void free_endpoint(sb_webhooks *w, endpoint *e)
     w->nendpoints--;
     OPENSSL_cleanse(e->key, sizeof e->key);
     OPENSSL_cleanse(e->old_key, sizeof e->old_key);
+    free_types(e->types, e->ntypes);
+    for (int i = 0; i < ROOM_BUCKETS; i++)
+        for (roomq *r = e->rooms[i], *next; r; r = next) {
+            next = r->hnext;
+            sb_free(r);
+        }
     sb_free(e->url);
     sb_free(e);
+}
+
+static void free_types(char **types, int n)
+{
+    for (int i = 0; i < n; i++)
+        sb_free(types[i]);
+    sb_free(types);
+}
+
+/* The endpoint's `events` (a JSON array of types; [] = all) as a list; false without memory
+ * or on a malformed value (it is validated when written). */
+static bool parse_types(const char *json, char ***out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    json_t *arr = json ? json_loads(json, 0, NULL) : NULL;
+    if (!json_is_array(arr)) {
+        json_decref(arr);
+        return false;
+    }
+    size_t len = json_array_size(arr);
+    bool ok = true;
+    if (len > 0) {
+        *out = sb_calloc(len, sizeof **out);
+        ok = *out != NULL;
+        for (size_t i = 0; ok && i < len; i++) {
+            const char *t = json_string_value(json_array_get(arr, i));
+            (*out)[i] = t ? sb_strdup(t) : NULL;
+            ok = (*out)[i] != NULL;
+            *n = (int)i + 1;
+        }
+    }
+    json_decref(arr);
+    if (!ok) {
+        free_types(*out, *n);
+        *out = NULL;
+        *n = 0;
+    }
+    return ok;
+}
+
+static bool type_wanted(const endpoint *e, const char *type)
+{
+    if (strcmp(type, "webhook.test") == 0) /* only ever sent through POST .../test */
+        return false;
+    if (e->ntypes == 0)
+        return true;
+    for (int i = 0; i < e->ntypes; i++)
+        if (strcmp(e->types[i], type) == 0)
+            return true;
+    return false;
+}
+
+static bool endpoint_deleted(sb_webhooks *w, const endpoint *e)
+{
+    sqlite3_stmt *st = sb_store_stmt(w->db, "SELECT 1 FROM webhooks WHERE id = ?1");
+    if (!st)
+        return false;
+    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
+    bool deleted = sqlite3_step(st) == SQLITE_DONE;
+    sqlite3_reset(st);
+    return deleted;
 }
 
 static void reload_endpoints(sb_webhooks *w, int64_t now)
 {
     sqlite3_stmt *st = sb_store_stmt(
-        w->db, "SELECT id, project_id, url, secret, old_secret, old_secret_until, updated_at "
-               "FROM webhooks WHERE enabled = 1 ORDER BY id LIMIT ?1");
+        w->db, "SELECT id, project_id, url, secret, old_secret, old_secret_until, updated_at, "
+               "rowid, events, cursor_seq FROM webhooks WHERE enabled = 1 ORDER BY id LIMIT ?1");
     if (!st) {
         sb_log(SB_LOG_ERROR, "webhooks: cannot read endpoints", "reason", sqlite3_errmsg(w->db),
                NULL);
@@ -383,9 +591,13 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
             sqlite3_column_type(st, 4) == SQLITE_NULL
                 ? 0
                 : open_key(w, sqlite3_column_blob(st, 4), sqlite3_column_bytes(st, 4), e->old_key);
-        if (!url || kl < 0 || okl < 0) {
+        char **types = NULL;
+        int ntypes = 0;
+        bool types_ok = parse_types((const char *)sqlite3_column_text(st, 8), &types, &ntypes);
+        if (!url || kl < 0 || okl < 0 || !types_ok) {
             sb_log(SB_LOG_ERROR, "webhooks: cannot load an endpoint", "webhook_id", id, NULL);
             sb_free(url);
+            free_types(types, ntypes);
             if (fresh)
                 sb_free(e);
             else
@@ -398,6 +610,16 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
         e->old_keylen = okl;
         e->old_until = okl > 0 ? sqlite3_column_int64(st, 5) : 0;
         e->updated_at = upd;
+        free_types(e->types, e->ntypes);
+        e->types = types;
+        e->ntypes = ntypes;
+        e->rowid = sqlite3_column_int64(st, 7);
+        int64_t cursor = sqlite3_column_int64(st, 9);
+        if (fresh || cursor > e->read_seq) /* new, or re-enabled: the API moved its cursor */
+            e->read_seq = cursor;
+        if (fresh || cursor > e->cursor_db)
+            e->cursor_db = cursor;
+        e->s_caught_up = false;
         e->live = e->seen = true;
         e->gone = false;
         if (fresh) {
@@ -411,179 +633,16 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
         next = e->next;
         if (!e->seen) {
             e->live = false;
+            /* Waiting stream items of a disabled endpoint wait for it to be enabled again;
+             * a deleted one's are dropped (nothing would ever send them). */
+            if (endpoint_deleted(w, e))
+                drop_waiting(w, e);
             if (e->refs == 0)
                 free_endpoint(w, e);
         }
     }
     w->loaded_gen = gen;
     w->loaded_at = now;
-}
-
-/* ---- fan-out: new outbox events become pending deliveries (writer thread) -------------- */
-
-typedef struct fanout_job {
-    sb_webhooks *w;
-    int64_t now, first_delay;
-} fanout_job;
-
-static int fanout_run(sqlite3 *db, void *arg)
-{
-    fanout_job *j = arg;
-    struct {
-        char id[SB_ID_MAX], project[SB_ID_MAX];
-        int64_t rowid;
-        int64_t cursor;
-        char *events;
-    } eps[FANOUT_ENDPOINTS];
-    int n = 0, rc = 0, more = 0;
-    sqlite3_stmt *st = sb_store_stmt(
-        db, "SELECT w.id, w.project_id, w.cursor_seq, w.events, w.rowid FROM webhooks w JOIN "
-            "event_counters c ON c.project_id = w.project_id WHERE w.enabled = 1 AND "
-            "w.cursor_seq < c.next_seq - 1 ORDER BY w.id LIMIT ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_int(st, 1, FANOUT_ENDPOINTS + 1);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == FANOUT_ENDPOINTS) {
-            more = 1;
-            break;
-        }
-        snprintf(eps[n].id, SB_ID_MAX, "%s", sqlite3_column_text(st, 0));
-        snprintf(eps[n].project, SB_ID_MAX, "%s", sqlite3_column_text(st, 1));
-        eps[n].cursor = sqlite3_column_int64(st, 2);
-        eps[n].events = sb_strdup((const char *)sqlite3_column_text(st, 3));
-        eps[n].rowid = sqlite3_column_int64(st, 4);
-        if (!eps[n].events) {
-            rc = SQLITE_NOMEM;
-            break;
-        }
-        n++;
-    }
-    sqlite3_reset(st);
-    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sb_store_errno(rc);
-    for (int i = 0; i < n && rc == 0; i++) {
-        int64_t latest = 0, lo = eps[i].cursor;
-        st = sb_store_stmt(db, "SELECT next_seq - 1 FROM event_counters WHERE project_id = ?1");
-        if (!st) {
-            rc = SB_EIO;
-            break;
-        }
-        sqlite3_bind_text(st, 1, eps[i].project, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW)
-            latest = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-        int64_t hi =
-            latest < lo + SB_WEBHOOKS_FANOUT_BATCH ? latest : lo + SB_WEBHOOKS_FANOUT_BATCH;
-        if (hi < latest)
-            more = 1;
-        /* Every new delivery of a room starts blocked; the heads are unblocked below. */
-        st = sb_store_stmt(
-            db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
-                "event_id, event_type, room_name, state, attempts, round_attempts, blocked, "
-                "next_at, created_at, updated_at) SELECT " SB__DELIVERY_ID(
-                    "?8", "e.seq") ", ?1, "
-                                   "e.project_id, e.seq, e.id, e.type, e.room_name, 'pending', 0, "
-                                   "0, e.room_name IS "
-                                   "NOT NULL, ?4, ?5, ?5 FROM events e WHERE e.project_id = ?2 AND "
-                                   "e.seq > ?3 AND "
-                                   "e.seq <= ?6 AND e.type <> 'webhook.test' AND (?7 = '[]' OR "
-                                   "e.type IN (SELECT value "
-                                   "FROM json_each(?7))) ORDER BY e.seq");
-        if (!st) {
-            rc = SB_EIO;
-            break;
-        }
-        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, eps[i].project, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, lo);
-        sqlite3_bind_int64(st, 4, j->now + j->first_delay);
-        sqlite3_bind_int64(st, 5, j->now);
-        sqlite3_bind_int64(st, 6, hi);
-        sqlite3_bind_text(st, 7, eps[i].events, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 8, eps[i].rowid);
-        rc = step_done(st);
-        if (rc)
-            break;
-        st = sb_store_stmt(
-            db, "UPDATE webhook_deliveries SET blocked = 0 WHERE id IN (SELECT (SELECT p.id FROM "
-                "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND "
-                "p.room_name = r.room_name ORDER BY p.event_seq LIMIT 1) FROM (SELECT DISTINCT "
-                "room_name FROM webhook_deliveries WHERE webhook_id = ?1 AND event_seq > ?2 AND "
-                "event_seq <= ?3 AND room_name IS NOT NULL) r) AND blocked = 1 AND NOT EXISTS "
-                "(SELECT 1 FROM webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = "
-                "'pending' AND q.blocked = 0 AND q.room_name = webhook_deliveries.room_name)");
-        if (!st) {
-            rc = SB_EIO;
-            break;
-        }
-        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, lo);
-        sqlite3_bind_int64(st, 3, hi);
-        rc = step_done(st);
-        if (rc)
-            break;
-        st = sb_store_stmt(db, "UPDATE webhooks SET cursor_seq = ?2 WHERE id = ?1");
-        if (!st) {
-            rc = SB_EIO;
-            break;
-        }
-        sqlite3_bind_text(st, 1, eps[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, hi);
-        rc = step_done(st);
-    }
-    for (int i = 0; i < n; i++)
-        sb_free(eps[i].events);
-    return rc ? rc : more;
-}
-
-static void fanout_done(void *arg, int rc)
-{
-    fanout_job *j = arg;
-    sb_webhooks *w = j->w;
-    sb_free(j);
-    w->jobs--;
-    w->fanout_running = false;
-    wm_clear(w);
-    if (rc < 0)
-        sb_log(SB_LOG_ERROR, "webhooks: fan-out failed", "reason", sb_strerror(rc), NULL);
-    if (rc > 0)
-        w->fanout_again = true;
-    if (w->stopping) {
-        maybe_finish_stop(w);
-        return;
-    }
-    pump_soon(w);
-}
-
-static void fanout(sb_webhooks *w)
-{
-    if (w->fanout_running || w->stopping)
-        return;
-    fanout_job *j = sb_malloc(sizeof *j);
-    if (!j)
-        return;
-    *j = (fanout_job){w, sb_time_ms(), w->schedule[0]};
-    w->fanned_total = sb_event_emitted_total();
-    w->fanout_again = false;
-    if (!submit(w, fanout_run, fanout_done, j)) {
-        sb_free(j);
-        return;
-    }
-    w->fanout_running = true;
-}
-
-/* Whether some endpoint has events not yet fanned out (cheap read; also finds rows written
- * by another process). */
-static bool fanout_pending(sb_webhooks *w)
-{
-    sqlite3_stmt *st = sb_store_stmt(w->db, "SELECT 1 FROM webhooks w JOIN event_counters c ON "
-                                            "c.project_id = w.project_id WHERE w.enabled = 1 AND "
-                                            "w.cursor_seq < c.next_seq - 1 LIMIT 1");
-    if (!st)
-        return false;
-    bool r = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_reset(st);
-    return r;
 }
 
 /* ---- per-room order: unblocking a room's next delivery ---------------------------------- */
@@ -639,10 +698,17 @@ int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id)
 
 /* ---- results: one job writes a batch of finished attempts ------------------------------ */
 
+typedef struct cursor_move {
+    char id[SB_ID_MAX];
+    int64_t seq;
+} cursor_move;
+
 typedef struct flush_job {
     sb_webhooks *w;
     attempt *head;
     int n;
+    int ncursors;
+    cursor_move cursors[]; /* endpoints whose stream items are in this job */
 } flush_job;
 
 static int write_attempt(sqlite3 *db, attempt *a)
@@ -695,6 +761,70 @@ static int write_attempt(sqlite3 *db, attempt *a)
     return rc;
 }
 
+/* A stream item's first row: the finished attempt (its outcome and last_* columns, and its
+ * webhook_attempts entry unless delivered), or a park (pending, blocked behind the room's
+ * chain in the table). Written only while the endpoint exists. */
+static int write_stream(sqlite3 *db, attempt *a)
+{
+    static const char *const state_of[OUT_COUNT] = {"delivered", "pending", "dead", "dead"};
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
+            "event_id, event_type, room_name, state, attempts, round_attempts, blocked, next_at, "
+            "last_attempt_at, last_duration_ms, last_status, last_error, created_at, updated_at) "
+            "SELECT ?1, w.id, w.project_id, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12, ?13, "
+            "?14, ?15, ?15 FROM webhooks w WHERE w.id = ?2");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, a->ep->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, a->seq);
+    sqlite3_bind_text(st, 4, a->event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, a->type, -1, SQLITE_STATIC);
+    if (a->room[0])
+        sqlite3_bind_text(st, 6, a->room, -1, SQLITE_STATIC);
+    int64_t now = sb_time_ms();
+    if (a->park) {
+        sqlite3_bind_text(st, 7, "pending", -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 8, 0);
+        sqlite3_bind_int(st, 9, 1);
+        sqlite3_bind_int64(st, 10, now);
+    } else {
+        sqlite3_bind_text(st, 7, state_of[a->outcome], -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 8, 1);
+        sqlite3_bind_int(st, 9, 0);
+        sqlite3_bind_int64(st, 10, a->outcome == OUT_RETRY ? a->next_at : a->at_ms);
+        sqlite3_bind_int64(st, 11, a->at_ms);
+        sqlite3_bind_int64(st, 12, a->duration_ms);
+        if (a->status > 0)
+            sqlite3_bind_int(st, 13, a->status);
+        if (a->error[0])
+            sqlite3_bind_text(st, 14, a->error, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int64(st, 15, now);
+    int rc = step_done(st);
+    if (rc || sqlite3_changes(db) == 0)
+        return rc;
+    if (a->park) /* its room's chain may have emptied since it was read: then it is the head */
+        return sb_webhooks_unblock_room(db, a->ep->id, a->room);
+    if (a->outcome == OUT_DELIVERED)
+        return 0;
+    st = sb_store_stmt(db,
+                       "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, "
+                       "status, duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, 1);
+    sqlite3_bind_int64(st, 3, a->at_ms);
+    if (a->status > 0)
+        sqlite3_bind_int(st, 4, a->status);
+    sqlite3_bind_int64(st, 5, a->duration_ms);
+    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
+    if (a->error[0])
+        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
+    return step_done(st);
+}
+
 /* 410 Gone: the endpoint is disabled, once, with its event and an audit row. */
 static int disable_endpoint(sqlite3 *db, const endpoint *ep)
 {
@@ -726,9 +856,20 @@ static int flush_run(sqlite3 *db, void *arg)
 {
     flush_job *j = arg;
     for (attempt *a = j->head; a; a = a->qnext) {
-        int rc = write_attempt(db, a);
-        if (!rc && a->outcome == OUT_GONE)
+        int rc = a->stream ? write_stream(db, a) : write_attempt(db, a);
+        if (!rc && !a->park && a->outcome == OUT_GONE)
             rc = disable_endpoint(db, a->ep);
+        if (rc)
+            return rc;
+    }
+    for (int i = 0; i < j->ncursors; i++) {
+        sqlite3_stmt *st = sb_store_stmt(
+            db, "UPDATE webhooks SET cursor_seq = ?2 WHERE id = ?1 AND cursor_seq < ?2");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, j->cursors[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, j->cursors[i].seq);
+        int rc = step_done(st);
         if (rc)
             return rc;
     }
@@ -754,9 +895,26 @@ static void flush_done(void *arg, int rc)
         /* Not written: the deliveries are still pending on disk and will be sent again. */
         sb_log(SB_LOG_ERROR, "webhooks: cannot record attempts", "reason", sb_strerror(rc), NULL);
     }
+    for (int i = 0; i < j->ncursors && rc >= 0; i++) {
+        endpoint *ep = find_endpoint(w, j->cursors[i].id);
+        if (ep && j->cursors[i].seq > ep->cursor_db)
+            ep->cursor_db = j->cursors[i].seq;
+    }
     bool gone = false;
     for (attempt *a = j->head, *next; a; a = next) {
         next = a->qnext;
+        if (a->stream) {
+            a->flushing = false;
+            if (rc >= 0) {
+                stream_forget(a->ep, a);
+            } else {
+                /* Not written: the item is dropped and the stream reads the outbox again
+                 * from the written cursor (what was sent is sent again: at least once). */
+                stream_forget(a->ep, a);
+                if (a->seq <= a->ep->read_seq)
+                    a->ep->read_seq = a->ep->cursor_db;
+            }
+        }
         busy_remove(w, a);
         a->ep->busy--;
         a->ep->refs--;
@@ -782,11 +940,40 @@ static void flush(sb_webhooks *w)
 {
     if (w->flush_running || !w->results_head)
         return;
-    flush_job *j = sb_malloc(sizeof *j);
-    if (!j)
+    int neps = 0;
+    for (attempt *a = w->results_head; a; a = a->qnext)
+        if (a->stream) {
+            a->flushing = true;
+            if (!a->ep->mark) { /* counted once */
+                a->ep->mark = true;
+                neps++;
+            }
+        }
+    flush_job *j = sb_malloc(sizeof *j + (size_t)neps * sizeof j->cursors[0]);
+    if (j)
+        j->ncursors = 0;
+    for (attempt *a = w->results_head; a; a = a->qnext) {
+        endpoint *ep = a->ep;
+        if (!a->stream || !ep->mark)
+            continue;
+        ep->mark = false;
+        int64_t c = stream_cursor(ep);
+        if (j && c > ep->cursor_db) {
+            snprintf(j->cursors[j->ncursors].id, SB_ID_MAX, "%s", ep->id);
+            j->cursors[j->ncursors++].seq = c;
+        }
+    }
+    if (!j) {
+        for (attempt *a = w->results_head; a; a = a->qnext)
+            a->flushing = false;
         return; /* the next completion tries again */
-    *j = (flush_job){w, w->results_head, w->nresults};
+    }
+    j->w = w;
+    j->head = w->results_head;
+    j->n = w->nresults;
     if (!submit(w, flush_run, flush_done, j)) {
+        for (attempt *a = w->results_head; a; a = a->qnext)
+            a->flushing = false;
         sb_free(j);
         return;
     }
@@ -1071,6 +1258,40 @@ static bool retryable_status(long status)
     return status == 408 || status == 425 || status == 429 || status >= 500;
 }
 
+static void push_result(sb_webhooks *w, attempt *a)
+{
+    if (w->results_tail)
+        w->results_tail->qnext = a;
+    else
+        w->results_head = a;
+    w->results_tail = a;
+    a->qnext = NULL;
+    w->nresults++;
+}
+
+/* Frees the endpoint's waiting stream items (not started, not written; gone, deleted or
+ * stopping): the outbox keeps their events, and the cursor never moved past them. */
+static void drop_waiting(sb_webhooks *w, endpoint *ep)
+{
+    ep->ready = NULL;
+    for (int i = 0; i < ROOM_BUCKETS; i++)
+        for (roomq *r = ep->rooms[i], *rn; r; r = rn) {
+            rn = r->hnext;
+            attempt *p = r->wait_head;
+            r->wait_head = r->wait_tail = NULL;
+            r->in_ready = false;
+            while (p) {
+                attempt *next = p->wnext;
+                busy_remove(w, p);
+                ep->refs--;
+                ep->busy--;
+                stream_forget(ep, p); /* frees r with its last item */
+                attempt_free(p);
+                p = next;
+            }
+        }
+}
+
 static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
 {
     long status = 0;
@@ -1129,13 +1350,28 @@ static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
         sb_log(SB_LOG_INFO, "webhook attempt failed", "webhook_id", a->ep->id, "delivery_id",
                a->delivery_id, "event_id", a->event_id, "outcome", outcome_name[a->outcome],
                "error", a->error, NULL);
-    if (w->results_tail)
-        w->results_tail->qnext = a;
-    else
-        w->results_head = a;
-    w->results_tail = a;
-    a->qnext = NULL;
-    w->nresults++;
+    push_result(w, a);
+    roomq *r = a->stream ? a->rq : NULL;
+    if (r && r->head == a) {
+        r->head = NULL;
+        if (a->outcome == OUT_RETRY) {
+            /* The room's chain moves to the table: its waiting events are written right
+             * after this one, blocked behind it, and so is whatever it reads next. */
+            r->spilled = true;
+            while (r->wait_head) {
+                attempt *p = r->wait_head;
+                r->wait_head = p->wnext;
+                p->wnext = NULL;
+                p->park = true;
+                push_result(w, p);
+            }
+            r->wait_tail = NULL;
+        } else if (a->outcome == OUT_GONE) {
+            drop_waiting(w, a->ep);
+        } else {
+            room_ready(a->ep, r); /* delivered or dead: the next one may go */
+        }
+    }
     flush(w);
     pump_soon(w);
 }
@@ -1179,43 +1415,28 @@ enum {
     DUE_ORPHAN
 };
 
-/* Builds and starts one attempt from a due-scan row (DUE_COLS). */
-static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t rowid)
+/* Sends a (ids, room and counters set): the envelope of sb_event_envelope written around
+ * the stored data text, its signatures, and the transfer. On an error a is untouched
+ * (the caller frees it). */
+static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, int64_t created_ms,
+                  const void *data, size_t data_len)
 {
-    int rc = SB_ENOMEM;
-    attempt *a = sb_calloc(1, sizeof *a);
-    if (!a)
-        return SB_ENOMEM;
-    a->w = w;
-    a->ep = ep;
-    a->retry_after_ms = -1;
-    a->rowid = rowid;
-    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, DUE_ID));
-    a->attempt_no = sqlite3_column_int(st, DUE_ATTEMPTS) + 1;
-    a->round_no = sqlite3_column_int(st, DUE_ROUND) + 1;
-    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, DUE_EVENT_ID));
-    if (sqlite3_column_type(st, DUE_ROOM) != SQLITE_NULL)
-        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, DUE_ROOM));
-    /* The envelope of sb_event_envelope, written around the stored data text. */
     sb_buf b;
     char created[32];
     sb_buf_init(&b, SB_WEBHOOKS_MAX_BODY);
-    sb_time_rfc3339(sqlite3_column_int64(st, DUE_CREATED), created);
-    const char *type = (const char *)sqlite3_column_text(st, DUE_TYPE);
-    rc = sb_buf_append_str(&b, "{\"id\":\"");
+    sb_time_rfc3339(created_ms, created);
+    int rc = sb_buf_append_str(&b, "{\"id\":\"");
     rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, strlen(a->event_id));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"type\":\"");
     rc = rc ? rc : sb_buf_append_json_str(&b, type, strlen(type));
     rc = rc ? rc : sb_buf_appendf(&b, "\",\"created_at\":\"%s\",\"project_id\":\"", created);
     rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, strlen(ep->project));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"data\":");
-    rc = rc ? rc
-            : sb_buf_append(&b, sqlite3_column_text(st, DUE_DATA),
-                            (size_t)sqlite3_column_bytes(st, DUE_DATA));
+    rc = rc ? rc : sb_buf_append(&b, data, data_len);
     rc = rc ? rc : sb_buf_append(&b, "}", 2); /* with the NUL */
     if (rc) {
         sb_buf_free(&b);
-        goto fail;
+        return rc;
     }
     a->body = b.base;
     a->body_len = b.len - 1;
@@ -1257,9 +1478,7 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->errbuf);
     curl_easy_setopt(e, CURLOPT_PRIVATE, a);
-    busy_add(w, a);
-    ep->refs++;
-    ep->busy++;
+    a->started = true;
     ep->inflight++;
     sb_stat_add(&w->in_flight, 1);
     if (ep->open_until)
@@ -1272,7 +1491,40 @@ static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t
     return 0;
 fail:
     easy_put(w, a->easy);
-    attempt_free(a);
+    a->easy = NULL;
+    sb_free(a->body);
+    a->body = NULL;
+    return rc;
+}
+
+/* Builds and starts one attempt from a due-scan row (DUE_COLS). */
+static int start_attempt(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int64_t rowid)
+{
+    attempt *a = sb_calloc(1, sizeof *a);
+    if (!a)
+        return SB_ENOMEM;
+    a->w = w;
+    a->ep = ep;
+    a->retry_after_ms = -1;
+    a->rowid = rowid;
+    snprintf(a->delivery_id, sizeof a->delivery_id, "%s", sqlite3_column_text(st, DUE_ID));
+    a->attempt_no = sqlite3_column_int(st, DUE_ATTEMPTS) + 1;
+    a->round_no = sqlite3_column_int(st, DUE_ROUND) + 1;
+    snprintf(a->event_id, sizeof a->event_id, "%s", sqlite3_column_text(st, DUE_EVENT_ID));
+    if (sqlite3_column_type(st, DUE_ROOM) != SQLITE_NULL)
+        snprintf(a->room, sizeof a->room, "%s", sqlite3_column_text(st, DUE_ROOM));
+    busy_add(w, a);
+    ep->refs++;
+    ep->busy++;
+    int rc = launch(w, ep, a, (const char *)sqlite3_column_text(st, DUE_TYPE),
+                    sqlite3_column_int64(st, DUE_CREATED), sqlite3_column_text(st, DUE_DATA),
+                    (size_t)sqlite3_column_bytes(st, DUE_DATA));
+    if (rc) {
+        busy_remove(w, a);
+        ep->refs--;
+        ep->busy--;
+        attempt_free(a);
+    }
     return rc;
 }
 
@@ -1335,6 +1587,198 @@ static int start_due(sb_webhooks *w, endpoint *ep, sqlite3_stmt *st, int slots)
     return started;
 }
 
+/* ---- the stream: events past the cursor, sent before they have a row ---------------------- */
+
+static attempt *stream_item(sb_webhooks *w, endpoint *ep, int64_t seq, const char *event_id,
+                            const char *type, const char *room)
+{
+    attempt *a = sb_calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->w = w;
+    a->ep = ep;
+    a->retry_after_ms = -1;
+    a->stream = true;
+    a->seq = seq;
+    a->attempt_no = a->round_no = 1;
+    /* the id SB__DELIVERY_ID gives the same (endpoint, event) in SQL */
+    snprintf(a->delivery_id, sizeof a->delivery_id, "dlv_%08" PRIx64 "%012" PRIx64,
+             (uint64_t)ep->rowid & 0xffffffffu, (uint64_t)seq & 0xffffffffffffu);
+    snprintf(a->event_id, sizeof a->event_id, "%s", event_id);
+    snprintf(a->type, sizeof a->type, "%s", type);
+    if (room)
+        snprintf(a->room, sizeof a->room, "%s", room);
+    a->sprev = ep->s_tail;
+    if (ep->s_tail)
+        ep->s_tail->snext = a;
+    else
+        ep->s_head = a;
+    ep->s_tail = a;
+    ep->s_items++;
+    busy_add(w, a);
+    ep->refs++;
+    ep->busy++;
+    return a;
+}
+
+/* Undoes stream_item for an item that was neither started nor queued. */
+static void stream_unmake(sb_webhooks *w, endpoint *ep, attempt *a)
+{
+    busy_remove(w, a);
+    ep->refs--;
+    ep->busy--;
+    stream_forget(ep, a);
+    attempt_free(a);
+}
+
+/* Starts the waiting heads of rooms whose previous event is delivered or dead; their event
+ * is read again (a waiting item keeps no body). Returns how many started. */
+static int start_ready(sb_webhooks *w, endpoint *ep, int slots)
+{
+    int started = 0;
+    while (started < slots && ep->ready) {
+        roomq *r = ep->ready;
+        ep->ready = r->rnext;
+        r->in_ready = false;
+        if (r->head || !r->wait_head)
+            continue;
+        attempt *a = r->wait_head;
+        r->wait_head = a->wnext;
+        if (!r->wait_head)
+            r->wait_tail = NULL;
+        a->wnext = NULL;
+        r->head = a;
+        sqlite3_stmt *st = sb_store_stmt(
+            w->db, "SELECT type, created_at, data FROM events WHERE project_id = ?1 AND seq = ?2");
+        int rc = st ? 0 : SB_EIO;
+        if (st) {
+            sqlite3_bind_text(st, 1, ep->project, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, a->seq);
+            int s = sqlite3_step(st);
+            if (s == SQLITE_ROW) {
+                rc = launch(w, ep, a, (const char *)sqlite3_column_text(st, 0),
+                            sqlite3_column_int64(st, 1), sqlite3_column_text(st, 2),
+                            (size_t)sqlite3_column_bytes(st, 2));
+            } else if (s == SQLITE_DONE) { /* left the outbox: cannot be sent */
+                a->at_ms = a->next_at = sb_time_ms();
+                a->outcome = OUT_DEAD;
+                snprintf(a->error, sizeof a->error, "the event is no longer in the outbox");
+                sb_stat_add(&w->outcomes[OUT_DEAD], 1);
+                r->head = NULL;
+                push_result(w, a);
+                room_ready(ep, r);
+                sqlite3_reset(st);
+                flush(w);
+                continue;
+            } else {
+                rc = sb_store_errno(s);
+            }
+            sqlite3_reset(st);
+        }
+        if (rc) { /* back at the front; tried again at the next pump */
+            r->head = NULL;
+            a->wnext = r->wait_head;
+            r->wait_head = a;
+            if (!r->wait_tail)
+                r->wait_tail = a;
+            room_ready(ep, r);
+            break;
+        }
+        started++;
+    }
+    return started;
+}
+
+/* Reads the outbox past ep->read_seq and starts up to `slots` new events; events of a room
+ * whose previous one is still running wait in memory, those of a room with a chain in the
+ * table are parked behind it. Returns how many started. */
+static int stream_window(int limit)
+{
+    return 4 * limit < STREAM_WINDOW_MAX ? 4 * limit : STREAM_WINDOW_MAX;
+}
+
+static int read_stream(sb_webhooks *w, endpoint *ep, int slots, int limit, int64_t now)
+{
+    int window = stream_window(limit);
+    if (ep->s_items >= window)
+        return 0;
+    sqlite3_stmt *st = sb_store_stmt(
+        w->db, "SELECT e.seq, e.id, e.type, e.room_name, e.created_at, e.data, EXISTS (SELECT 1 "
+               "FROM webhook_deliveries d WHERE d.webhook_id = ?1 AND d.event_seq = e.seq), "
+               "e.room_name IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_deliveries p WHERE "
+               "p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name = e.room_name) FROM "
+               "events e WHERE e.project_id = ?2 AND e.seq > ?3 ORDER BY e.seq LIMIT ?4");
+    if (!st) {
+        sb_log(SB_LOG_ERROR, "webhooks: cannot read the outbox", "reason", sqlite3_errmsg(w->db),
+               NULL);
+        return 0;
+    }
+    int want = window - ep->s_items < STREAM_READ_MAX ? window - ep->s_items : STREAM_READ_MAX;
+    sqlite3_bind_text(st, 1, ep->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, ep->project, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, ep->read_seq);
+    sqlite3_bind_int(st, 4, want);
+    ep->s_read_at = now;
+    int started = 0, rows = 0, s = SQLITE_ROW;
+    bool parked = false;
+    while (started < slots && ep->s_items < window && w->nbusy < SB_WEBHOOKS_MAX_BUSY &&
+           (s = sqlite3_step(st)) == SQLITE_ROW) {
+        rows++;
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *type = (const char *)sqlite3_column_text(st, 2);
+        const char *room = (const char *)sqlite3_column_text(st, 3);
+        if (sqlite3_column_int(st, 6) || !type || !type_wanted(ep, type)) {
+            ep->read_seq = seq;
+            continue;
+        }
+        roomq *r = room ? room_find(ep, room) : NULL;
+        if (room && !r) {
+            r = room_add(ep, room);
+            if (!r)
+                break;
+            r->spilled = sqlite3_column_int(st, 7);
+        }
+        attempt *a = stream_item(w, ep, seq, (const char *)sqlite3_column_text(st, 1), type, room);
+        if (!a) {
+            if (r && r->items == 0)
+                room_remove(ep, r);
+            break;
+        }
+        ep->read_seq = seq;
+        if (r) {
+            a->rq = r;
+            r->items++;
+            if (r->spilled) {
+                a->park = true;
+                push_result(w, a);
+                parked = true;
+                continue;
+            }
+            if (r->head) {
+                if (r->wait_tail)
+                    r->wait_tail->wnext = a;
+                else
+                    r->wait_head = a;
+                r->wait_tail = a;
+                continue;
+            }
+            r->head = a;
+        }
+        if (launch(w, ep, a, type, sqlite3_column_int64(st, 4), sqlite3_column_text(st, 5),
+                   (size_t)sqlite3_column_bytes(st, 5)) != 0) {
+            stream_unmake(w, ep, a);
+            ep->read_seq = seq - 1;
+            break;
+        }
+        started++;
+    }
+    ep->s_caught_up = s == SQLITE_DONE && rows < want;
+    sqlite3_reset(st);
+    if (parked)
+        flush(w);
+    return started;
+}
+
 /* Starts what endpoint ep may start now; returns when its next delivery is due (ms, or
  * INT64_MAX when nothing is pending). */
 static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
@@ -1380,7 +1824,18 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
                 break;
             slots -= n;
         }
-        if (slots == 0)
+        if (slots > 0)
+            slots -= start_ready(w, ep, slots);
+        bool more = false;
+        if (slots > 0 && !ep->s_caught_up) {
+            int64_t from = ep->read_seq;
+            int n = read_stream(w, ep, slots, limit, now);
+            slots -= n;
+            /* not at the end, and not stopped by a full window or an error */
+            more = !ep->s_caught_up && (n > 0 || ep->read_seq != from) &&
+                   ep->s_items < stream_window(limit);
+        }
+        if (slots == 0 || more)
             return now; /* maybe more right away */
     }
     int64_t next = INT64_MAX;
@@ -1500,9 +1955,12 @@ static void pump(sb_webhooks *w)
     int64_t now = sb_time_ms();
     if (w->loaded_gen != atomic_load(&w->changed_gen) || now - w->loaded_at >= RELOAD_EVERY_MS)
         reload_endpoints(w, now);
-    if (!w->fanout_running &&
-        (w->fanout_again || sb_event_emitted_total() != w->fanned_total || fanout_pending(w)))
-        fanout(w);
+    uint64_t total = sb_event_emitted_total();
+    bool news = total != w->seen_total;
+    w->seen_total = total;
+    for (endpoint *ep = w->endpoints; ep; ep = ep->next)
+        if (news || now - ep->s_read_at >= SB_WEBHOOKS_BACKSTOP_MS) /* or another process's */
+            ep->s_caught_up = false;
     flush(w); /* results a full write queue (or no memory) left behind */
     retention(w, now);
     int64_t next = now + SB_WEBHOOKS_BACKSTOP_MS;
@@ -1549,7 +2007,7 @@ static void maybe_finish_stop(sb_webhooks *w)
 {
     if (w->closing || w->jobs > 0 || w->results_head)
         return;
-    if (w->flush_running || w->fanout_running)
+    if (w->flush_running)
         return;
     w->closing = true;
     while (w->neasy > 0)
@@ -1578,7 +2036,10 @@ static void begin_stop(sb_webhooks *w)
     uv_idle_stop(&w->idle);
     w->idle_on = false;
     uv_timer_stop(&w->due_timer);
-    /* Abandon running requests: their deliveries stay pending on disk. */
+    /* Abandon running requests: their deliveries stay pending on disk, and the stream's
+     * events past the written cursor are read again at the next start. */
+    for (endpoint *ep = w->endpoints; ep; ep = ep->next)
+        drop_waiting(w, ep);
     for (unsigned i = 0; i < BUSY_BUCKETS; i++) {
         for (attempt **p = &w->busy[i]; *p;) {
             attempt *a = *p;
@@ -1594,6 +2055,8 @@ static void begin_stop(sb_webhooks *w)
             a->ep->busy--;
             a->ep->refs--;
             sb_stat_sub(&w->in_flight, 1);
+            if (a->stream)
+                stream_forget(a->ep, a);
             attempt_free(a);
         }
     }
@@ -1782,7 +2245,7 @@ int sb_webhooks_start(sb_webhooks **out, sb_app *app, sb_store *store, sqlite3 *
         return SB_EINVAL;
     }
     w->rng |= 1;
-    w->fanned_total = UINT64_MAX; /* fan out once at start */
+    w->seen_total = UINT64_MAX; /* read every stream at start */
     pthread_mutex_init(&w->mq_lock, NULL);
     int rc = SB_EIO;
     if (uv_loop_init(&w->loop) != 0)
