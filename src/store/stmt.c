@@ -13,8 +13,10 @@
 
 typedef struct entry {
     uint64_t hash;
-    uint64_t used; /* cache tick of the last return: LRU order */
-    char *sql;     /* the caller's text, the key (sqlite3_sql may differ in trailing bytes) */
+    uint64_t used;   /* cache tick of the last return: LRU order */
+    char *sql;       /* the caller's text, the key (sqlite3_sql may differ in trailing bytes) */
+    const char *src; /* where the caller's text was: callers pass literals, so the next call
+                      * usually has the same address (checked with strcmp, not trusted) */
     sqlite3_stmt *st;
 } entry;
 
@@ -122,10 +124,20 @@ sqlite3_stmt *sb_store_stmt(sqlite3 *db, const char *sql)
     cache *c = find(db);
     if (!c)
         return NULL;
+    for (int i = 0; i < c->n; i++) {
+        entry *e = &c->e[i];
+        if (e->src == sql && strcmp(e->sql, sql) == 0) {
+            e->used = ++c->tick;
+            sqlite3_reset(e->st);
+            sqlite3_clear_bindings(e->st);
+            return e->st;
+        }
+    }
     uint64_t h = fnv1a(sql);
     for (int i = 0; i < c->n; i++) {
         entry *e = &c->e[i];
         if (e->hash == h && strcmp(e->sql, sql) == 0) {
+            e->src = sql;
             e->used = ++c->tick;
             sqlite3_reset(e->st);
             sqlite3_clear_bindings(e->st);
@@ -159,6 +171,7 @@ sqlite3_stmt *sb_store_stmt(sqlite3 *db, const char *sql)
     e->hash = h;
     e->used = ++c->tick;
     e->sql = key;
+    e->src = sql;
     e->st = st;
     return st;
 
