@@ -101,7 +101,7 @@ static void io_error(hconn *k, int status);
 static void defer(hconn *k, int err);
 static void on_timer(uv_timer_t *t);
 
-static void set_error(hconn *k, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void set_error(hconn *k, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -451,6 +451,10 @@ static void on_write(uv_write_t *w, int status)
     io_error(k, status);
 }
 
+/* Writes the request. uv_try_write first: when the socket takes it all (the normal case)
+ * there is no write request, no callback and no epoll_ctl (a completed uv_write re-arms the
+ * watcher in libuv 1.44); whatever is left goes through uv_write. A synchronous error is left
+ * to uv_write too, so that it arrives through on_write, never inside sb_hclient_post. */
 static void send_request(hconn *k)
 {
     sb_hclient_req *r = k->req;
@@ -465,8 +469,22 @@ static void send_request(hconn *k)
     }
     if (r->body_len)
         bufs[n++] = uv_buf_init((char *)r->body, (unsigned)r->body_len);
+    uv_buf_t *b = bufs;
+    int sent = uv_try_write((uv_stream_t *)&k->tcp, bufs, n);
+    if (sent > 0) {
+        size_t left = (size_t)sent;
+        while (n > 0 && left >= b->len) {
+            left -= b->len;
+            b++;
+            n--;
+        }
+        if (n == 0)
+            return;
+        b->base += left;
+        b->len -= left;
+    }
     k->write.data = k;
-    int rc = uv_write(&k->write, (uv_stream_t *)&k->tcp, bufs, n, on_write);
+    int rc = uv_write(&k->write, (uv_stream_t *)&k->tcp, b, n, on_write);
     if (rc < 0) {
         set_error(k, "write to %s port %u: %s", k->ip, (unsigned)k->o->port, uv_strerror(rc));
         defer(k, SB_EIO);
