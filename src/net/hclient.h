@@ -16,7 +16,15 @@
  *
  * A request sent on a reused connection that gets EOF, ECONNRESET or EPIPE before any
  * response byte (the server closed the idle connection as we wrote) is retried once on a new
- * connection; the request timeout covers both attempts. No other retries.
+ * connection to the same address; the request timeout covers both attempts. A failed connect
+ * moves on to the next resolved address; a connect timeout does not (it fails the request).
+ * No other retries.
+ *
+ * Not limited here: the number of connections per origin (one per request in flight beyond
+ * the idle ones; the caller bounds its concurrency). An idle connection was admitted by
+ * addr_check when it was opened; it is not checked again when reused.
+ *
+ * The process must ignore SIGPIPE (src/main.c does), as libuv writes with writev.
  */
 #ifndef SB_NET_HCLIENT_H
 #define SB_NET_HCLIENT_H
@@ -50,7 +58,9 @@ typedef struct sb_hclient_result {
      * response), SB_EACCES (every address refused by addr_check), SB_EIO (resolve, connect,
      * reset or write failure), SB_ECANCELED (sb_hclient_close), SB_ENOMEM. */
     int err;
-    int status; /* final HTTP status, 0 when none was received */
+    /* Final HTTP status, 0 when none was received. It can be set with err != 0 (the body was
+     * cut short or timed out after the header section): check err first. */
+    int status;
     /* Raw Retry-After value (OWS trimmed), NULL if absent; valid only during the callback. */
     const char *retry_after;
     size_t retry_after_len;
@@ -93,10 +103,12 @@ int sb_hclient_new(sb_hclient **out, uv_loop_t *loop, const sb_hclient_config *c
 
 /*
  * POSTs body[0..body_len) to url: http://host[:port][/path][?query] (a fragment is dropped;
- * IPv6 literals in brackets; no userinfo). extra_headers holds complete "Name: value\r\n"
- * lines built by the caller; Host and Content-Length are written by the client. url,
- * extra_headers and body must stay valid until `done` runs. timeout_ms (> 0) bounds the
- * whole request: resolve, connect, write and the complete response.
+ * IPv6 literals in brackets; no userinfo; host up to SB_HCLIENT_HOST_MAX bytes, path and
+ * query up to SB_HCLIENT_PATH_MAX, visible ASCII only). extra_headers holds complete "Name:
+ * value\r\n" lines built by the caller (not checked: they must not come from a peer unvalidated);
+ * Host and Content-Length are written by the client. url is not kept (what is needed is
+ * copied into r); extra_headers and body must stay valid until `done` runs. timeout_ms (> 0) bounds
+ * the whole request: resolve, connect, write and the complete response.
  *
  * Returns 0, after which done(r, res) is called exactly once, later, from the loop (never
  * from inside this call); or, without ever calling done: SB_EINVAL for a URL that is not
