@@ -30,9 +30,10 @@ need_tools cc pkg-config nginx taskset curl awk
 bench_pinning
 bench_tmpdir hclient
 
+read -ra uv_flags <<<"$(pkg-config --cflags --libs libuv)"
 cc -O2 -std=c17 -D_GNU_SOURCE -I"$root/include" -I"$root/src" "$here/hclient_bench.c" \
     "$root/src/net/hclient.c" "$root/src/net/http1_response.c" "$root/src/net/http1_chars.c" \
-    "$root/src/core/alloc.c" $(pkg-config --cflags --libs libuv) -o "$tmp/hclient_bench" ||
+    "$root/src/core/alloc.c" "${uv_flags[@]}" -o "$tmp/hclient_bench" ||
     die "could not build bench/hclient_bench.c (needs cc and the libuv headers)"
 
 port=$(pick_port)
@@ -86,6 +87,7 @@ awk -v c="$cpu" -v g="$GOAL_US" 'BEGIN { exit !(c < g) }' || goal="goal missed (
 say "  cpu per request: user $user us + sys $sys us = $cpu us; $rps requests/s — goal < $GOAL_US us: $goal"
 
 if [ -n "$SUMMARY" ]; then
+    # shellcheck disable=SC2129 # three kinds of line, as the other benches write them
     printf 'row\thclient\tPOST → nginx 204, %s in flight\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\n' "$IN_FLIGHT" "$rps" "$goal" >>"$SUMMARY"
     printf 'note\thclient: client CPU per request user %s us + sys %s us = %s us (getrusage), %s requests (%s)\n' \
         "$user" "$sys" "$cpu" "$REQUESTS" "$policy" >>"$SUMMARY"
