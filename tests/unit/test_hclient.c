@@ -14,6 +14,7 @@
 
 #include <uv.h>
 
+#include "core/alloc.h"
 #include "net/hclient.h"
 #include "switchboard/error.h"
 
@@ -707,6 +708,103 @@ static void test_concurrent_pool(void **state)
     teardown();
 }
 
+/* The n-th allocation from now fails (1 = the next one); 0 = none fails. */
+static int alloc_fail_at;
+
+static void *failing_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    if (alloc_fail_at > 0 && --alloc_fail_at == 0)
+        return NULL;
+    return malloc(size);
+}
+
+static void *failing_realloc(void *ptr, size_t size, void *ud)
+{
+    (void)ud;
+    return realloc(ptr, size);
+}
+
+static void failing_free(void *ptr, void *ud)
+{
+    (void)ud;
+    free(ptr);
+}
+
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    static const sb_allocator failing = {failing_malloc, failing_realloc, failing_free, NULL};
+    setup_with(REPLY, R204, NULL);
+    sb_alloc_set(&failing);
+    sb_hclient_req r;
+    outcome o = {0};
+    alloc_fail_at = 1; /* the origin */
+    assert_int_equal(post(fx.url, &r, &o, 1000), SB_ENOMEM);
+    alloc_fail_at = 2; /* the connection: the new origin is released again */
+    assert_int_equal(post(fx.url, &r, &o, 1000), SB_ENOMEM);
+    alloc_fail_at = 0;
+    sb_alloc_set(NULL);
+    run_for(10);
+    assert_int_equal(o.calls, 0);
+    assert_int_equal(fx.srv.connections, 0);
+    /* Nothing was left behind: a normal request works, and ASan sees no leak at exit. */
+    assert_int_equal(post(fx.url, &r, &o, 1000), 0);
+    run_until(&o.calls, 1);
+    assert_int_equal(o.err, 0);
+    teardown();
+}
+
+static void test_no_keep_alive_pool(void **state)
+{
+    (void)state;
+    sb_hclient_config cfg = {0, 30000, 0, NULL, NULL};
+    setup_with(REPLY, R204, &cfg);
+    sb_hclient_req r;
+    outcome o = {0};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(post(fx.url, &r, &o, 2000), 0);
+        run_until(&o.calls, i + 1);
+        assert_int_equal(o.err, 0);
+    }
+    assert_int_equal(fx.srv.connections, 3);
+    teardown();
+}
+
+/* done posts the next request with the same sb_hclient_req, as the webhook dispatcher does;
+ * it reuses the connection just released, and the Retry-After it was given stays intact. */
+static int chain_left;
+static char chain_seen[64];
+
+static void on_chain_done(sb_hclient_req *r, const sb_hclient_result *res)
+{
+    outcome *o = r->ud;
+    assert_int_equal(res->err, 0);
+    assert_non_null(res->retry_after);
+    if (chain_left-- > 0)
+        assert_int_equal(
+            sb_hclient_post(fx.c, r, fx.url, NULL, 0, BODY, strlen(BODY), 2000, on_chain_done, o),
+            0);
+    snprintf(chain_seen, sizeof(chain_seen), "%.*s", (int)res->retry_after_len, res->retry_after);
+    o->calls++;
+}
+
+static void test_post_from_done(void **state)
+{
+    (void)state;
+    setup_with(REPLY, "HTTP/1.1 503 Busy\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n", NULL);
+    sb_hclient_req r;
+    outcome o = {0};
+    chain_left = 4;
+    assert_int_equal(
+        sb_hclient_post(fx.c, &r, fx.url, NULL, 0, BODY, strlen(BODY), 2000, on_chain_done, &o), 0);
+    run_until(&o.calls, 5);
+    assert_string_equal(chain_seen, "120");
+    assert_int_equal(fx.srv.connections, 1);
+    assert_int_equal(fx.srv.requests, 5);
+    teardown();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -729,6 +827,9 @@ int main(void)
         cmocka_unit_test(test_close_in_flight),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_concurrent_pool),
+        cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_no_keep_alive_pool),
+        cmocka_unit_test(test_post_from_done),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
