@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -805,6 +807,50 @@ static void test_post_from_done(void **state)
     teardown();
 }
 
+/* A listener that never accepts, with a backlog of 0: once one connection waits in its accept
+ * queue, the kernel drops further SYNs and those connects hang. */
+static void test_connect_timeout(void **state)
+{
+    (void)state;
+    sb_hclient_config cfg = {100, 30000, 8, NULL, NULL};
+    setup_with(REPLY, R204, &cfg);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 0), 0);
+    socklen_t len = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
+
+    sb_hclient_req r[3];
+    outcome o[3];
+    memset(o, 0, sizeof(o));
+    uv_update_time(&fx.loop);
+    uint64_t start = uv_now(&fx.loop);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(post(url, &r[i], &o[i], 600), 0);
+    int connect_timeouts = 0;
+    for (int i = 0; i < 3; i++) {
+        run_until(&o[i].calls, 1);
+        assert_int_equal(o[i].err, SB_ETIMEDOUT);
+        char want[96];
+        snprintf(want, sizeof(want), "connect to 127.0.0.1 port %d timed out after 100 ms",
+                 ntohs(a.sin_port));
+        if (strcmp(o[i].error, want) == 0) {
+            connect_timeouts++;
+            assert_true(o[i].at - start >= 100 && o[i].at - start < 500);
+        } else {
+            assert_string_equal(o[i].error, "timed out after 600 ms");
+        }
+    }
+    assert_true(connect_timeouts >= 1);
+    close(fd);
+    teardown();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -830,6 +876,7 @@ int main(void)
         cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_no_keep_alive_pool),
         cmocka_unit_test(test_post_from_done),
+        cmocka_unit_test(test_connect_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
