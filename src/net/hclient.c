@@ -73,6 +73,7 @@ typedef struct sb__hconn {
     bool connect_timer; /* the timer runs the connect timeout, not the request one */
     bool connected;     /* a connect was attempted (an error then reports it, not refusal) */
     int err;            /* the error a C_DEFERRED connection reports */
+    int connect_err;    /* SB_EIO or SB_ETIMEDOUT: how the last connect failed */
     struct sockaddr_storage peer;
     char ip[46];
     const char *refused_why;
@@ -568,6 +569,7 @@ static void on_connect(uv_connect_t *cr, int status)
         return;
     if (status < 0) {
         set_error(k, "connect to %s port %u: %s", k->ip, (unsigned)k->o->port, uv_strerror(status));
+        k->connect_err = SB_EIO;
         if (k->ai_next) {
             k->state = C_RECONNECTING;
             close_tcp(k);
@@ -657,7 +659,7 @@ static void try_next_address(hconn *k)
         }
     }
     if (k->connected) {
-        finish(k, SB_EIO, false); /* k->error holds the last connect error */
+        finish(k, k->connect_err, false); /* k->error holds the last connect error */
     } else if (k->refused_why) {
         refused(k);
         finish(k, SB_EACCES, false);
@@ -701,11 +703,19 @@ static void on_timer(uv_timer_t *t)
     default:
         break;
     }
-    if (k->connect_timer && k->state == C_CONNECTING)
+    if (k->connect_timer && k->state == C_CONNECTING) {
         set_error(k, "connect to %s port %u timed out after %" PRIu64 " ms", k->ip,
                   (unsigned)k->o->port, k->c->cfg.connect_timeout_ms);
-    else
+        if (k->ai_next) {
+            /* An address that does not answer (often IPv6 without a route): try the next. */
+            k->connect_err = SB_ETIMEDOUT;
+            k->state = C_RECONNECTING;
+            close_tcp(k);
+            return;
+        }
+    } else {
         set_error(k, "timed out after %" PRIu64 " ms", k->req->timeout_ms);
+    }
     finish(k, SB_ETIMEDOUT, false);
 }
 

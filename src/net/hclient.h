@@ -16,9 +16,9 @@
  *
  * A request sent on a reused connection that gets EOF, ECONNRESET or EPIPE before any
  * response byte (the server closed the idle connection as we wrote) is retried once on a new
- * connection to the same address; the request timeout covers both attempts. A failed connect
- * moves on to the next resolved address; a connect timeout does not (it fails the request).
- * No other retries.
+ * connection to the same address; the request timeout covers both attempts. A connect that
+ * fails or exceeds connect_timeout_ms moves on to the next resolved address, within the
+ * request timeout. No other retries.
  *
  * Not limited here: the number of connections per origin (one per request in flight beyond
  * the idle ones; the caller bounds its concurrency). An idle connection was admitted by
