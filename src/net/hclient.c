@@ -507,8 +507,9 @@ static void io_error(hconn *k, int status)
     sb_hclient_req *r = k->req;
     bool stale = status == UV_EOF || status == UV_ECONNRESET || status == UV_EPIPE;
     if (stale && k->reused && !k->got_bytes && !r->retried) {
-        /* The server dropped the idle connection as we wrote: the request never reached
-         * it, so it is safe to send it again, once, on a new connection. */
+        /* The server dropped the idle connection as we wrote: the request almost surely
+         * went unread. Sending it again, once, on a new connection is what browsers and curl
+         * do; a webhook carries its id, so a rare duplicate is the receiver's to drop. */
         r->retried = true;
         k->reused = false;
         k->stale_retry = true;
@@ -765,7 +766,7 @@ int sb_hclient_post(sb_hclient *c, sb_hclient_req *r, const char *url, const cha
         return SB_ECANCELED;
     struct url u;
     if (!done || timeout_ms == 0 || (extra_len && !extra_headers) || (body_len && !body) ||
-        parse_url(url, &u) < 0)
+        extra_len > UINT32_MAX || body_len > UINT32_MAX || parse_url(url, &u) < 0)
         return SB_EINVAL;
 
     char host[SB_HCLIENT_HOST_MAX];
