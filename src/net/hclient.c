@@ -159,16 +159,6 @@ static void origin_release(sb_hclient *c, origin *o)
 
 /* ---- URL --------------------------------------------------------------------------------- */
 
-struct url {
-    const char *host; /* without brackets */
-    size_t host_len;
-    const char *authority; /* as written, for the Host field */
-    size_t authority_len;
-    const char *path; /* path and query as written; may be empty or start with '?' */
-    size_t path_len;
-    uint16_t port;
-};
-
 static bool ieq_prefix(const char *s, const char *lit)
 {
     for (; *lit; s++, lit++) {
@@ -187,7 +177,7 @@ static bool reg_name_char(char ch)
            ch == '-' || ch == '.' || ch == '_';
 }
 
-static int parse_url(const char *url, struct url *u)
+int sb__hclient_parse_url(const char *url, sb__hclient_url *u)
 {
     if (!url || !ieq_prefix(url, "http://"))
         return SB_EINVAL;
@@ -256,7 +246,7 @@ static size_t append(char *dst, size_t at, const char *s, size_t n)
 
 /* "POST " path " HTTP/1.1\r\nHost: " authority "\r\nContent-Length: " N "\r\n" [CRLF when
  * there are no extra fields]; the bounds on path and authority make it fit. */
-static void build_head(sb_hclient_req *r, const struct url *u, size_t body_len)
+void sb__hclient_build_head(sb_hclient_req *r, const sb__hclient_url *u, size_t body_len)
 {
     char *h = r->head;
     size_t n = APPEND_LIT(h, 0, "POST ");
@@ -764,9 +754,9 @@ int sb_hclient_post(sb_hclient *c, sb_hclient_req *r, const char *url, const cha
 {
     if (c->closing)
         return SB_ECANCELED;
-    struct url u;
+    sb__hclient_url u;
     if (!done || timeout_ms == 0 || (extra_len && !extra_headers) || (body_len && !body) ||
-        extra_len > UINT32_MAX || body_len > UINT32_MAX || parse_url(url, &u) < 0)
+        extra_len > UINT32_MAX || body_len > UINT32_MAX || sb__hclient_parse_url(url, &u) < 0)
         return SB_EINVAL;
 
     char host[SB_HCLIENT_HOST_MAX];
@@ -787,7 +777,7 @@ int sb_hclient_post(sb_hclient *c, sb_hclient_req *r, const char *url, const cha
     r->timeout_ms = timeout_ms;
     r->deadline = uv_now(c->loop) + timeout_ms;
     r->retried = false;
-    build_head(r, &u, body_len);
+    sb__hclient_build_head(r, &u, body_len);
 
     hconn *k = o->idle;
     if (k) {

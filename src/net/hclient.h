@@ -127,4 +127,23 @@ int sb_hclient_post(sb_hclient *c, sb_hclient_req *r, const char *url, const cha
  */
 void sb_hclient_close(sb_hclient *c, void (*closed)(void *ud), void *ud);
 
+/* ---- internal, for the fuzz target and tests ---- */
+
+typedef struct sb__hclient_url {
+    const char *host; /* without IPv6 brackets */
+    size_t host_len;
+    const char *authority; /* as written, for the Host field */
+    size_t authority_len;
+    const char *path; /* path and query as written; may be empty or start with '?' */
+    size_t path_len;
+    uint16_t port;
+} sb__hclient_url;
+
+/* Parses an http:// URL as sb_hclient_post accepts it; slices point into url. 0 or SB_EINVAL. */
+int sb__hclient_parse_url(const char *url, sb__hclient_url *u);
+
+/* Writes the request head ("POST ... Content-Length: N\r\n", and the blank line when
+ * r->extra_len is 0) into r->head; the URL bounds make it fit in SB_HCLIENT_HEAD_MAX. */
+void sb__hclient_build_head(sb_hclient_req *r, const sb__hclient_url *u, size_t body_len);
+
 #endif
