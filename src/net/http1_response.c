@@ -72,6 +72,11 @@ bool sb_http1_response_complete(const sb_http1_response *p)
     return p->state == S_DONE;
 }
 
+static char lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
+}
+
 static bool is_digit(char c)
 {
     return c >= '0' && c <= '9';
@@ -312,6 +317,37 @@ int sb_http1_response_feed(sb_http1_response *p, const char *buf, size_t len, si
             continue;
         }
 
+        /* Runs of bytes that only need checking (a reason phrase, an uncaptured field value,
+         * a chunk extension, a field name) are scanned in a tight loop. */
+        if (st == S_REASON || st == S_CHUNK_EXT || st == S_NAME ||
+            (st == S_VALUE && p->field == F_OTHER)) {
+            size_t j = i;
+            if (st == S_NAME) {
+                for (; j < len && (CLS(buf[j]) & SB__HTTP1_TCHAR); j++) {
+                    if (p->name_len < SB__HTTP1_RESPONSE_NAME_MAX)
+                        p->name[p->name_len] = lower(buf[j]);
+                    if (p->name_len <= SB__HTTP1_RESPONSE_NAME_MAX)
+                        p->name_len++;
+                }
+            } else {
+                while (j < len && is_value_char(buf[j]))
+                    j++;
+            }
+            if (j > i) {
+                uint32_t n = (uint32_t)(j - i), max = SB_HTTP1_RESPONSE_MAX_HEADER_BYTES;
+                uint32_t *count = st == S_CHUNK_EXT ? &p->line_bytes
+                                  : p->trailer      ? &p->trailer_bytes
+                                                    : &p->header_bytes;
+                if (st == S_CHUNK_EXT)
+                    max = SB_HTTP1_RESPONSE_MAX_CHUNK_LINE;
+                if (n > max - *count)
+                    return fail(p, SB_EMSGSIZE);
+                *count += n;
+                i = j;
+                continue;
+            }
+        }
+
         char c = buf[i++];
         if (st < S_BODY_LENGTH) {
             uint32_t *count = p->trailer ? &p->trailer_bytes : &p->header_bytes;
@@ -395,7 +431,7 @@ int sb_http1_response_feed(sb_http1_response *p, const char *buf, size_t len, si
                 return fail(p, SB_EPROTO);
             } else if (p->name_len <= SB__HTTP1_RESPONSE_NAME_MAX) {
                 if (p->name_len < SB__HTTP1_RESPONSE_NAME_MAX)
-                    p->name[p->name_len] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
+                    p->name[p->name_len] = lower(c);
                 p->name_len++;
             }
             break;
