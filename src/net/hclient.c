@@ -256,9 +256,14 @@ void sb__hclient_build_head(sb_hclient_req *r, const sb__hclient_url *u, size_t 
     n = APPEND_LIT(h, n, " HTTP/1.1\r\nHost: ");
     n = append(h, n, u->authority, u->authority_len);
     n = APPEND_LIT(h, n, "\r\nContent-Length: ");
-    char digits[24];
-    int d = snprintf(digits, sizeof(digits), "%zu\r\n", body_len);
-    n = append(h, n, digits, (size_t)d);
+    char digits[20];
+    size_t d = sizeof(digits);
+    do {
+        digits[--d] = (char)('0' + body_len % 10);
+        body_len /= 10;
+    } while (body_len);
+    n = append(h, n, digits + d, sizeof(digits) - d);
+    n = APPEND_LIT(h, n, "\r\n");
     if (r->extra_len == 0)
         n = APPEND_LIT(h, n, "\r\n");
     r->head_len = n;
