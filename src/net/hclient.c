@@ -189,7 +189,8 @@ int sb__hclient_parse_url(const char *url, sb__hclient_url *u)
     const char *p = a;
     if (*p == '[') {
         const char *close = memchr(p, ']', (size_t)(e - p));
-        if (!close || close == p + 1 || close - p - 1 > 45)
+        /* No zone id ("%eth0"): it is meaningless to the server and link-local anyway. */
+        if (!close || close == p + 1 || close - p - 1 > 45 || memchr(p, '%', (size_t)(close - p)))
             return SB_EINVAL;
         u->host = p + 1;
         u->host_len = (size_t)(close - p - 1);

@@ -602,21 +602,12 @@ static void test_bad_urls(void **state)
     sb_hclient_req r;
     outcome o = {0};
     const char *bad[] = {
-        "https://127.0.0.1/",
-        "ftp://x/",
-        "http://",
-        "http:///path",
-        "http://user@host/",
-        "http://host:0/",
-        "http://host:65536/",
-        "http://host:/",
-        "http://host:12a/",
-        "http://[::1/",
-        "http://[nothex]/",
-        "http://ho st/",
-        "http://host/a b",
-        "http://host/a\r\nX: y",
-        "127.0.0.1:80/",
+        "https://127.0.0.1/",     "ftp://x/",          "http://",
+        "http:///path",           "http://user@host/", "http://host:0/",
+        "http://host:65536/",     "http://host:/",     "http://host:12a/",
+        "http://[::1/",           "http://[nothex]/",  "http://[fe80::1%25eth0]/",
+        "http://[fe80::1%eth0]/", "http://ho st/",     "http://host/a b",
+        "http://host/a\r\nX: y",  "127.0.0.1:80/",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(post(bad[i], &r, &o, 1000), SB_EINVAL);
