@@ -15,37 +15,10 @@
 #include <string.h>
 
 #include "core/str.h"
+#include "net/http1_chars.h"
 #include "switchboard/error.h"
 
-enum {
-    C_TCHAR = 0x01,  /* RFC 9110 tchar */
-    C_VCHAR = 0x02,  /* field-vchar or obs-text: 0x21-0x7E, 0x80-0xFF */
-    C_WS = 0x04,     /* SP, HTAB */
-    C_TARGET = 0x08, /* allowed in a request-target: 0x21-0x7E */
-    C_HOST = 0x10,   /* unreserved, sub-delims, '%', ':', '[', ']' */
-    C_HEX = 0x20,
-};
-
-static const unsigned char cls[256] = {
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0x04, 0x1b, 0x0a, 0x0b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1a, 0x1a, 0x1b, 0x1b, 0x1a, 0x1b, 0x1b, 0x0a,
-    0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x1a, 0x1a, 0x0a, 0x1a, 0x0a, 0x0a,
-    0x0a, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b,
-    0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1a, 0x0a, 0x1a, 0x0b, 0x1b,
-    0x0b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b,
-    0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x1b, 0x0a, 0x0b, 0x0a, 0x1b, 0x00,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-    0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02,
-};
-
-#define CLS(c) cls[(unsigned char)(c)]
+#define CLS(c) SB__HTTP1_CLS(c)
 
 #define MAX_LEADING_BLANKS 4
 /* Keeps offsets representable in the int return value whatever limits the caller passes. */
@@ -80,7 +53,7 @@ static bool all_tchar(const char *s, size_t n)
     if (n == 0)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (!(CLS(s[i]) & C_TCHAR))
+        if (!(CLS(s[i]) & SB__HTTP1_TCHAR))
             return false;
     return true;
 }
@@ -98,7 +71,7 @@ static bool valid_authority(const char *s, size_t n, int flags)
     size_t i = 0;
     if (n > 0 && s[0] == '[') {
         for (i = 1; i < n && s[i] != ']'; i++)
-            if (!(CLS(s[i]) & C_HOST) || s[i] == '[')
+            if (!(CLS(s[i]) & SB__HTTP1_HOST) || s[i] == '[')
                 return false;
         if (i == n || i == 1)
             return false;
@@ -106,10 +79,11 @@ static bool valid_authority(const char *s, size_t n, int flags)
     } else {
         for (; i < n && s[i] != ':'; i++) {
             char c = s[i];
-            if (!(CLS(c) & C_HOST) || c == '[' || c == ']')
+            if (!(CLS(c) & SB__HTTP1_HOST) || c == '[' || c == ']')
                 return false;
             if (c == '%') {
-                if (n - i < 3 || !(CLS(s[i + 1]) & C_HEX) || !(CLS(s[i + 2]) & C_HEX))
+                if (n - i < 3 || !(CLS(s[i + 1]) & SB__HTTP1_HEX) ||
+                    !(CLS(s[i + 2]) & SB__HTTP1_HEX))
                     return false;
                 i += 2;
             }
@@ -193,14 +167,14 @@ static int classify_target(sb_http1_request *req)
 static int parse_request_line(const char *buf, size_t start, size_t cr, sb_http1_request *req)
 {
     size_t p = start;
-    while (p < cr && (CLS(buf[p]) & C_TCHAR))
+    while (p < cr && (CLS(buf[p]) & SB__HTTP1_TCHAR))
         p++;
     if (p == start || p == cr || buf[p] != ' ')
         return 400;
     req->method = (sb_str){buf + start, p - start};
 
     size_t ts = ++p;
-    while (p < cr && (CLS(buf[p]) & C_TARGET))
+    while (p < cr && (CLS(buf[p]) & SB__HTTP1_TARGET))
         p++;
     if (p == ts || p == cr || buf[p] != ' ')
         return 400;
@@ -230,9 +204,9 @@ static int for_each_element(sb_str v, list_fn fn, void *ctx)
         while (i < v.len && v.base[i] != ',')
             i++;
         size_t e = i;
-        while (b < e && (CLS(v.base[b]) & C_WS))
+        while (b < e && (CLS(v.base[b]) & SB__HTTP1_WS))
             b++;
-        while (e > b && (CLS(v.base[e - 1]) & C_WS))
+        while (e > b && (CLS(v.base[e - 1]) & SB__HTTP1_WS))
             e--;
         int rc = fn(v.base + b, e - b, ctx);
         if (rc)
@@ -275,27 +249,27 @@ static int te_element(const char *s, size_t n, void *ctx)
     if (n == 0)
         return 400;
     size_t i = 0;
-    while (i < n && (CLS(s[i]) & C_TCHAR))
+    while (i < n && (CLS(s[i]) & SB__HTTP1_TCHAR))
         i++;
     if (i == 0)
         return 400;
     bool chunked = IEQ(s, i, "chunked");
     bool params = i < n;
     while (i < n) {
-        while (i < n && (CLS(s[i]) & C_WS))
+        while (i < n && (CLS(s[i]) & SB__HTTP1_WS))
             i++;
         if (i == n || s[i] != ';')
             return 400;
         i++;
-        while (i < n && (CLS(s[i]) & C_WS))
+        while (i < n && (CLS(s[i]) & SB__HTTP1_WS))
             i++;
         size_t b = i;
-        while (i < n && (CLS(s[i]) & C_TCHAR))
+        while (i < n && (CLS(s[i]) & SB__HTTP1_TCHAR))
             i++;
         if (i == b || i == n || s[i] != '=')
             return 400;
         b = ++i;
-        while (i < n && (CLS(s[i]) & C_TCHAR))
+        while (i < n && (CLS(s[i]) & SB__HTTP1_TCHAR))
             i++;
         if (i == b)
             return 400;
@@ -412,18 +386,18 @@ static int parse_fields(const char *buf, size_t first, size_t end, size_t max_fi
     while (p < last) {
         size_t ns = p;
         /* A line starting with whitespace is obs-fold (or junk before the first field). */
-        while (CLS(buf[p]) & C_TCHAR)
+        while (CLS(buf[p]) & SB__HTTP1_TCHAR)
             p++;
         if (p == ns || buf[p] != ':')
             return 400;
         size_t ne = p++;
-        while (CLS(buf[p]) & C_WS)
+        while (CLS(buf[p]) & SB__HTTP1_WS)
             p++;
         size_t vs = p;
-        while (CLS(buf[p]) & (C_VCHAR | C_WS))
+        while (CLS(buf[p]) & (SB__HTTP1_VCHAR | SB__HTTP1_WS))
             p++;
         size_t ve = p;
-        while (ve > vs && (CLS(buf[ve - 1]) & C_WS))
+        while (ve > vs && (CLS(buf[ve - 1]) & SB__HTTP1_WS))
             ve--;
         if (buf[p] != '\r' || buf[p + 1] != '\n')
             return 400;
@@ -599,7 +573,7 @@ void sb_http1_chunked_init(sb_http1_chunked *d, uint64_t max_body)
  * Validated in full so that no two parsers can disagree on where the size line ends. */
 static int ext_step(int state, unsigned char c)
 {
-    bool ws = CLS(c) & C_WS, tchar = CLS(c) & C_TCHAR;
+    bool ws = CLS(c) & SB__HTTP1_WS, tchar = CLS(c) & SB__HTTP1_TCHAR;
     switch (state) {
     case CH_BWS_SEMI:
         if (ws)
@@ -642,9 +616,9 @@ static int ext_step(int state, unsigned char c)
             return CH_EXT_AFTER_VALUE;
         if (c == '\\')
             return CH_EXT_QUOTED_ESC;
-        return (CLS(c) & (C_VCHAR | C_WS)) ? CH_EXT_QUOTED : CH_ERR_PROTO;
+        return (CLS(c) & (SB__HTTP1_VCHAR | SB__HTTP1_WS)) ? CH_EXT_QUOTED : CH_ERR_PROTO;
     case CH_EXT_QUOTED_ESC:
-        return (CLS(c) & (C_VCHAR | C_WS)) ? CH_EXT_QUOTED : CH_ERR_PROTO;
+        return (CLS(c) & (SB__HTTP1_VCHAR | SB__HTTP1_WS)) ? CH_EXT_QUOTED : CH_ERR_PROTO;
     default:
         return CH_ERR_PROTO;
     }
@@ -709,7 +683,7 @@ static int chunk_step(sb_http1_chunked *d, unsigned char c)
             return CH_FINAL_LF;
         if (++d->trailer_bytes > CHUNK_TRAILER_MAX)
             return CH_ERR_PROTO;
-        return (CLS(c) & C_TCHAR) ? CH_TRAILER_NAME : CH_ERR_PROTO;
+        return (CLS(c) & SB__HTTP1_TCHAR) ? CH_TRAILER_NAME : CH_ERR_PROTO;
     case CH_TRAILER_NAME:
     case CH_TRAILER_VALUE:
     case CH_TRAILER_LF:
@@ -720,11 +694,11 @@ static int chunk_step(sb_http1_chunked *d, unsigned char c)
         if (d->state == CH_TRAILER_NAME) {
             if (c == ':')
                 return CH_TRAILER_VALUE;
-            return (CLS(c) & C_TCHAR) ? CH_TRAILER_NAME : CH_ERR_PROTO;
+            return (CLS(c) & SB__HTTP1_TCHAR) ? CH_TRAILER_NAME : CH_ERR_PROTO;
         }
         if (c == '\r')
             return CH_TRAILER_LF;
-        return (CLS(c) & (C_VCHAR | C_WS)) ? CH_TRAILER_VALUE : CH_ERR_PROTO;
+        return (CLS(c) & (SB__HTTP1_VCHAR | SB__HTTP1_WS)) ? CH_TRAILER_VALUE : CH_ERR_PROTO;
     case CH_FINAL_LF:
         return c == '\n' ? CH_DONE : CH_ERR_PROTO;
     default:
