@@ -21,6 +21,7 @@
 #include "core/metrics.h"
 #include "events/outbox.h"
 #include "events/webhook_policy.h"
+#include "net/hclient.h"
 #include "store/store.h"
 #include "switchboard/error.h"
 
@@ -133,6 +134,10 @@ struct attempt {
     char h_id[SB_ID_MAX + 16];
     char h_ts[48];
     char h_sig[2 * SB_WEBHOOK_SIG_MAX + 32];
+    /* plain http:// targets go through sb_hclient, not curl: the same header lines, CRLF */
+    sb_hclient_req hreq;
+    bool via_hc; /* its request is running in w->hc */
+    char hlines[sizeof(char[SB_ID_MAX + 16]) + 48 + 2 * SB_WEBHOOK_SIG_MAX + 32 + 128];
     char *body;
     size_t body_len;
     size_t resp_bytes;
@@ -206,6 +211,7 @@ struct sb_webhooks {
     uv_idle_t idle;
     bool idle_on;
     CURLM *multi;
+    sb_hclient *hc;  /* http:// targets (libcurl costs ~20 us of CPU per request, this ~6) */
     sockctx **socks; /* by fd, < nsocks */
     size_t nsocks;
 
@@ -1339,46 +1345,40 @@ static void drop_waiting(sb_webhooks *w, endpoint *ep)
         }
 }
 
-static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
+/* A finished request: `status` when the exchange completed (transport NULL), else transport
+ * says why it failed (a->refused, when set, says it better). */
+static void conclude(sb_webhooks *w, attempt *a, int status, const char *transport)
 {
-    long status = 0;
-    curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &status);
     int64_t now = sb_time_ms();
     a->duration_ms = (int64_t)((sb_now_ns() - a->t0_ns) / 1000000u);
     sb_stat_add(&w->lat_sum_us, (uint64_t)((sb_now_ns() - a->t0_ns) / 1000u));
     record_latency(w, a->duration_ms);
-    curl_multi_remove_handle(w->multi, a->easy);
-    easy_put(w, a->easy);
-    a->easy = NULL;
     sb_free(a->body);
     a->body = NULL;
     a->ep->inflight--;
     sb_stat_sub(&w->in_flight, 1);
 
-    a->status = cc == CURLE_OK ? (int)status : 0;
-    bool ok = cc == CURLE_OK && status >= 200 && status < 300;
+    bool answered = transport == NULL;
+    a->status = answered ? status : 0;
+    bool ok = answered && status >= 200 && status < 300;
     if (ok) {
         a->outcome = OUT_DELIVERED;
-    } else if (cc == CURLE_OK && status == 410) {
+    } else if (answered && status == 410) {
         a->outcome = OUT_GONE;
         snprintf(a->error, sizeof a->error, "HTTP 410 Gone: the endpoint is disabled");
-    } else if (cc == CURLE_OK && !retryable_status(status)) {
+    } else if (answered && !retryable_status(status)) {
         /* The receiver refuses this request for good (400, 401, 404, a redirect...). */
         a->outcome = OUT_DEAD;
-        snprintf(a->error, sizeof a->error, "HTTP %ld (not retried)", status);
+        snprintf(a->error, sizeof a->error, "HTTP %d (not retried)", status);
         a->next_at = now;
     } else {
         if (a->refused[0]) {
             snprintf(a->error, sizeof a->error, "%s", a->refused);
             sb_stat_add(&w->refused_total, 1);
-        } else if (cc == CURLE_OPERATION_TIMEDOUT) {
-            snprintf(a->error, sizeof a->error, "timed out after %lld ms (webhooks.timeout)",
-                     (long long)w->cfg->webhooks_timeout_ms);
-        } else if (cc != CURLE_OK) {
-            snprintf(a->error, sizeof a->error, "%.200s",
-                     a->errbuf[0] ? a->errbuf : curl_easy_strerror(cc));
+        } else if (!answered) {
+            snprintf(a->error, sizeof a->error, "%.200s", transport);
         } else {
-            snprintf(a->error, sizeof a->error, "HTTP %ld", status);
+            snprintf(a->error, sizeof a->error, "HTTP %d", status);
         }
         int64_t d = sb_webhook_next_delay(w->schedule, w->nschedule, a->round_no, a->retry_after_ms,
                                           rnd32(w));
@@ -1421,6 +1421,71 @@ static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
     }
     flush_soon(w);
     pump_soon(w);
+}
+
+static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
+{
+    long status = 0;
+    curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(w->multi, a->easy);
+    easy_put(w, a->easy);
+    a->easy = NULL;
+    char why[ERROR_MAX];
+    if (cc == CURLE_OPERATION_TIMEDOUT)
+        snprintf(why, sizeof why, "timed out after %lld ms (webhooks.timeout)",
+                 (long long)w->cfg->webhooks_timeout_ms);
+    else if (cc != CURLE_OK)
+        snprintf(why, sizeof why, "%.200s", a->errbuf[0] ? a->errbuf : curl_easy_strerror(cc));
+    conclude(w, a, (int)status, cc == CURLE_OK ? NULL : why);
+}
+
+/* An attempt dropped at shutdown without a result: its delivery stays as it was on disk
+ * (pending, or past the written cursor), so it is sent again at the next start. */
+static void abandon(sb_webhooks *w, attempt *a)
+{
+    busy_remove(w, a);
+    a->ep->inflight--;
+    a->ep->busy--;
+    a->ep->refs--;
+    sb_stat_sub(&w->in_flight, 1);
+    if (a->stream)
+        stream_forget(a->ep, a);
+    attempt_free(a);
+}
+
+static void on_hc_done(sb_hclient_req *r, const sb_hclient_result *res)
+{
+    attempt *a = r->ud;
+    sb_webhooks *w = a->w;
+    a->via_hc = false;
+    if (res->err == SB_ECANCELED && w->stopping) {
+        abandon(w, a);
+        return;
+    }
+    if (res->retry_after) {
+        int64_t d;
+        if (sb_webhook_retry_after_parse(res->retry_after, res->retry_after_len, sb_time_ms(),
+                                         &d) == 0)
+            a->retry_after_ms = d;
+    }
+    if (res->err == SB_EACCES)
+        snprintf(a->refused, sizeof a->refused,
+                 "refused target: %s is a %s address (webhooks.allow_private_targets is off)",
+                 res->refused_ip, res->refused_why ? res->refused_why : "refused");
+    char why[ERROR_MAX];
+    if (res->err == SB_ETIMEDOUT)
+        snprintf(why, sizeof why, "timed out after %lld ms (webhooks.timeout)",
+                 (long long)w->cfg->webhooks_timeout_ms);
+    else if (res->err)
+        snprintf(why, sizeof why, "%.200s", res->error[0] ? res->error : sb_strerror(res->err));
+    conclude(w, a, res->status, res->err ? why : NULL);
+}
+
+/* The SSRF guard of sb_hclient: every address before it is connected to. */
+static const char *hc_addr_check(const struct sockaddr *sa, void *ud)
+{
+    (void)ud;
+    return sb_webhook_addr_refused(sa);
 }
 
 static void check_done(sb_webhooks *w)
@@ -1504,6 +1569,30 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
     snprintf(a->h_ts, sizeof a->h_ts, "webhook-timestamp: %lld", (long long)ts);
     snprintf(a->h_sig, sizeof a->h_sig, "webhook-signature: %s", sig);
     OPENSSL_cleanse(sig, sizeof sig);
+    if (strncasecmp(ep->url, "http://", 7) == 0 && w->hc) {
+        int n = snprintf(a->hlines, sizeof a->hlines, "%s\r\n%s\r\n%s\r\n%s\r\n%s\r\n",
+                         hdr_content_type, hdr_user_agent, a->h_id, a->h_ts, a->h_sig);
+        if (n < 0 || (size_t)n >= sizeof a->hlines) {
+            rc = SB_EINVAL;
+            goto fail;
+        }
+        a->started = true;
+        ep->inflight++;
+        sb_stat_add(&w->in_flight, 1);
+        if (ep->open_until)
+            ep->probing = true;
+        a->via_hc = true;
+        rc = sb_hclient_post(w->hc, &a->hreq, ep->url, a->hlines, (size_t)n, a->body, a->body_len,
+                             (uint64_t)w->cfg->webhooks_timeout_ms, on_hc_done, a);
+        if (rc) {
+            /* Treated as a failed attempt so that the delivery moves on. */
+            a->via_hc = false;
+            char why[ERROR_MAX];
+            snprintf(why, sizeof why, "cannot start the request: %s", sb_strerror(rc));
+            conclude(w, a, 0, why);
+        }
+        return 0;
+    }
     char *lines[HEADERS] = {hdr_content_type, hdr_user_agent, a->h_id,
                             a->h_ts,          a->h_sig,       hdr_no_expect};
     for (int i = 0; i < HEADERS; i++)
@@ -2096,24 +2185,20 @@ static void begin_stop(sb_webhooks *w)
     for (endpoint *ep = w->endpoints; ep; ep = ep->next)
         drop_waiting(w, ep);
     for (unsigned i = 0; i < BUSY_BUCKETS; i++) {
-        for (attempt **p = &w->busy[i]; *p;) {
-            attempt *a = *p;
-            if (!a->easy) {
-                p = &a->hnext;
+        for (attempt *a = w->busy[i], *next; a; a = next) {
+            next = a->hnext;
+            if (!a->easy)
                 continue;
-            }
-            *p = a->hnext;
-            w->nbusy--;
             curl_multi_remove_handle(w->multi, a->easy);
             curl_easy_cleanup(a->easy);
-            a->ep->inflight--;
-            a->ep->busy--;
-            a->ep->refs--;
-            sb_stat_sub(&w->in_flight, 1);
-            if (a->stream)
-                stream_forget(a->ep, a);
-            attempt_free(a);
+            a->easy = NULL;
+            abandon(w, a);
         }
+    }
+    /* http:// requests: cancelled, each abandoned from its done callback */
+    if (w->hc) {
+        sb_hclient_close(w->hc, NULL, NULL);
+        w->hc = NULL;
     }
     flush(w);
     maybe_finish_stop(w);
@@ -2314,6 +2399,13 @@ int sb_webhooks_start(sb_webhooks **out, sb_app *app, sb_store *store, sqlite3 *
     curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
     curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    sb_hclient_config hcc = {
+        .idle_timeout_ms = 60000,
+        .max_idle_per_origin = (int)cfg->webhooks_max_in_flight_per_endpoint,
+        .addr_check = w->allow_private ? NULL : hc_addr_check,
+    };
+    if (sb_hclient_new(&w->hc, &w->loop, &hcc) != 0)
+        goto fail_multi;
     uv_async_init(&w->loop, &w->async, on_async);
     uv_timer_init(&w->loop, &w->curl_timer);
     uv_timer_init(&w->loop, &w->due_timer);
@@ -2333,6 +2425,7 @@ int sb_webhooks_start(sb_webhooks **out, sb_app *app, sb_store *store, sqlite3 *
     return 0;
 
 fail_handles:
+    sb_hclient_close(w->hc, NULL, NULL);
     curl_multi_cleanup(w->multi);
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_close((uv_handle_t *)&w->curl_timer, NULL);
@@ -2340,6 +2433,9 @@ fail_handles:
     uv_close((uv_handle_t *)&w->flush_timer, NULL);
     uv_close((uv_handle_t *)&w->idle, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    goto fail_loop;
+fail_multi:
+    curl_multi_cleanup(w->multi);
 fail_loop:
     uv_loop_close(&w->loop);
 fail_mutex:
