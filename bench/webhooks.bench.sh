@@ -29,7 +29,8 @@
 # Knobs: BENCH_RUNS, BENCH_SERVER_CPU, BENCH_CLIENT_CPU, BENCH_RESULTS_DIR, BENCH_SUMMARY as for
 # the others, and BENCH_WEBHOOK_EVENTS (20000), BENCH_WEBHOOK_ROOMS (1000),
 # BENCH_WEBHOOK_CONCURRENCY (32: in-flight requests of both senders),
-# BENCH_WEBHOOK_CHECK_EVENTS (2000: events of the correctness pass).
+# BENCH_WEBHOOK_CHECK_EVENTS (2000: events of the correctness pass), BENCH_WEBHOOK_WARMUP
+# (50000: events each sender delivers, unmeasured, before its timed runs).
 # shellcheck disable=SC2317 # trap handlers are reached through trap
 set -euo pipefail
 
@@ -44,8 +45,10 @@ EVENTS=${BENCH_WEBHOOK_EVENTS:-20000}
 ROOMS=${BENCH_WEBHOOK_ROOMS:-1000}
 CONC=${BENCH_WEBHOOK_CONCURRENCY:-32}
 CHECK_EVENTS=${BENCH_WEBHOOK_CHECK_EVENTS:-2000}
+WARMUP=${BENCH_WEBHOOK_WARMUP:-50000}
+warm=0
 GOAL_RATIO=4
-for v in EVENTS ROOMS CONC CHECK_EVENTS; do [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "BENCH_WEBHOOK_$v must be a positive integer"; done
+for v in EVENTS ROOMS CONC CHECK_EVENTS WARMUP; do [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "BENCH_WEBHOOK_$v must be a positive integer"; done
 
 need_tools node npm taskset curl awk cmp sqlite3 cc
 bin=${1:-}
@@ -90,6 +93,7 @@ say "  batch:       $EVENTS room.updated events over $ROOMS rooms (ordered per r
 say "  correctness: $CHECK_EVENTS events per sender to node http (bench/webhook-receiver.mjs): every signature checked with node:crypto and npm standardwebhooks, every body parsed"
 say "  receiver:    bench/webhook_receiver.c (C, epoll, keep-alive), verifies every signature (HMAC-SHA256), answers 204"
 say "  runs:        $RUNS per sender, alternating; $policy by deliveries/s"
+say "  warm-up:     $WARMUP events per sender before the timed runs (the peer: in each run's process, then the receiver is reset)"
 say "  pinning:     $pinning"
 say ""
 
@@ -173,7 +177,8 @@ run_peer() {
     configure "$peer_secret"
     local out s
     out=$("${pin_server[@]}" node "$peer_dir/peer.mjs" --url "$to/hook" --secret "$peer_secret" --events "$nev" \
-        --rooms "$ROOMS" --concurrency "$CONC") || { say "webhooks.bench: the peer failed"; return 1; }
+        --rooms "$ROOMS" --concurrency "$CONC" --warmup "$warm" --config-url "$to/config" \
+        --config-body "{\"secret\":\"$peer_secret\",\"lib_limit\":$nev}") || { say "webhooks.bench: the peer failed"; return 1; }
     wait_count "$nev" || { say "webhooks.bench: the peer did not deliver $nev events: $(stats)"; return 1; }
     s=$(stats)
     node -e 'const s = JSON.parse(process.argv[1]); const p = JSON.parse(process.argv[2]); const n = +process.argv[3];
@@ -198,6 +203,13 @@ code=$(curl -sS --max-time 5 -X PATCH -H "Authorization: Bearer $api_key" -H 'Co
 stop_pid "$chk_pid" 5
 forget_pid "$chk_pid"
 to=$rcv
+# warm-up, not measured: Switchboard delivers a batch of WARMUP once; the peer (a new node
+# process per run) delivers WARMUP events in-process before its timed batch, so that both
+# are measured as the long-running senders they are (JIT-compiled, connections open)
+nev=$WARMUP
+warm=0
+run_sb >/dev/null || exit 1
+warm=$WARMUP
 nev=$EVENTS
 
 declare -A R

@@ -238,12 +238,58 @@ static const char migration_3[] =
     ") STRICT;";
 /* ---- end migration 3 ---- */
 
+/* ---- migration 6: webhook_deliveries without an IN-list CHECK ---- */
+/*
+ * A CHECK (x IN (three or more values)) makes SQLite build an ephemeral index of the list on
+ * every INSERT and UPDATE of the row (OpenEphemeral, then closing a temporary btree): ~2.4 us
+ * of the ~5 us a delivered row cost. The table is rebuilt with the same columns, rowids,
+ * indexes and allowed states, the check written as comparisons.
+ */
+static const char migration_6[] =
+    "CREATE TABLE webhook_deliveries_new ("
+    "  id TEXT PRIMARY KEY,"
+    "  webhook_id TEXT NOT NULL,"
+    "  project_id TEXT NOT NULL,"
+    "  event_seq INTEGER NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  event_type TEXT NOT NULL,"
+    "  room_name TEXT NULL,"
+    "  state TEXT NOT NULL CHECK (state = 'pending' OR state = 'delivered' OR state = 'dead'),"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  round_attempts INTEGER NOT NULL DEFAULT 0,"
+    "  blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked = 0 OR blocked = 1),"
+    "  next_at INTEGER NOT NULL,"
+    "  last_attempt_at INTEGER NULL,"
+    "  last_duration_ms INTEGER NULL,"
+    "  last_status INTEGER NULL,"
+    "  last_error TEXT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  UNIQUE (webhook_id, event_seq)"
+    ") STRICT;"
+    "INSERT INTO webhook_deliveries_new (rowid, id, webhook_id, project_id, event_seq, event_id, "
+    "  event_type, room_name, state, attempts, round_attempts, blocked, next_at, "
+    "  last_attempt_at, last_duration_ms, last_status, last_error, created_at, updated_at) "
+    "SELECT rowid, id, webhook_id, project_id, event_seq, event_id, event_type, room_name, "
+    "  state, attempts, round_attempts, blocked, next_at, last_attempt_at, last_duration_ms, "
+    "  last_status, last_error, created_at, updated_at FROM webhook_deliveries;"
+    "DROP TABLE webhook_deliveries;"
+    "ALTER TABLE webhook_deliveries_new RENAME TO webhook_deliveries;"
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(webhook_id, next_at) "
+    "  WHERE state = 'pending' AND blocked = 0;"
+    "CREATE INDEX webhook_deliveries_room ON webhook_deliveries(webhook_id, room_name, event_seq) "
+    "  WHERE state = 'pending';"
+    "CREATE INDEX webhook_deliveries_dead ON webhook_deliveries(webhook_id, event_seq) "
+    "  WHERE state = 'dead';";
+/* ---- end migration 6 ---- */
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
     {3, "webhooks: endpoints, deliveries, attempts", migration_3},
     {4, "OAuth 2.0 clients and revoked access tokens", migration_4},
     {5, "revoked participant tokens", migration_5},
+    {6, "webhook_deliveries rebuilt without an IN-list CHECK (cheaper writes)", migration_6},
 };
 
 const char *const sb__store_sql_event_seq_next =

@@ -9,6 +9,7 @@
 // Unlike Switchboard it keeps everything in memory (no durable state, no attempt log).
 //
 // Usage: node peer.mjs --url URL --secret whsec_... --events N --rooms R --concurrency C
+//        [--warmup W --config-url URL --config-body JSON]
 // Prints one JSON line: {sent, delivered, attempts, elapsed_ms, cpu_user_ms, cpu_system_ms}.
 import crypto from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -23,6 +24,12 @@ const { values: a } = parseArgs({
     concurrency: { type: 'string', default: '32' },
     project: { type: 'string', default: 'prj_default' },
     schedule: { type: 'string', default: '0,5000,300000' },
+    // warm-up: this many events are delivered first (same receiver, same code path), then
+    // PUT config-body to config-url (the receiver resets its counters), then the timed batch:
+    // a long-running sender is JIT-compiled and has its pool open; a fresh process is not.
+    warmup: { type: 'string', default: '0' },
+    'config-url': { type: 'string' },
+    'config-body': { type: 'string' },
   },
 });
 const N = Number(a.events);
@@ -33,87 +40,101 @@ const url = new URL(a.url);
 const key = Buffer.from(a.secret.replace(/^whsec_/, ''), 'base64');
 
 const rid = () => 'evt_p' + crypto.randomBytes(10).toString('hex').slice(0, 19);
-const created = new Date().toISOString();
-const t0 = Date.now();
-const cpu0 = process.cpuUsage();
-
-// the batch: room i % R; per-room FIFO queues
-const queues = new Map();
-for (let i = 0; i < N; i++) {
-  const room = `bench-room-${i % R}`;
-  const ev = { id: rid(), type: 'room.updated', created_at: created, project_id: a.project, data: { room: { name: room, metadata: `m${i}` } } };
-  if (!queues.has(room)) queues.set(room, []);
-  queues.get(room).push({ ev, body: JSON.stringify(ev), attempts: 0 });
-}
-const ready = [...queues.keys()]; // rooms whose head may be sent now
 const pool = new Pool(url.origin, { connections: C, pipelining: 1, keepAliveTimeout: 30000 });
-let inflight = 0;
-let delivered = 0;
-let attempts = 0;
-let timers = 0;
 
 function sign(id, ts, body) {
   const mac = crypto.createHmac('sha256', key).update(`${id}.${ts}.`).update(body).digest('base64');
   return `v1,${mac}`;
 }
 
-async function send(room, item) {
-  const ts = Math.floor(Date.now() / 1000);
-  attempts++;
-  let ok = false;
-  try {
-    const res = await pool.request({
-      method: 'POST',
-      path: url.pathname,
-      headers: {
-        'content-type': 'application/json',
-        'webhook-id': item.ev.id,
-        'webhook-timestamp': String(ts),
-        'webhook-signature': sign(item.ev.id, ts, item.body),
-      },
-      body: item.body,
-      headersTimeout: 10000,
-      bodyTimeout: 10000,
-    });
-    await res.body.dump();
-    ok = res.statusCode >= 200 && res.statusCode < 300;
-  } catch {
-    ok = false;
+/** Delivers a batch of n events (created now) and resolves once every one is delivered or dead. */
+function run(n) {
+  const created = new Date().toISOString();
+  // the batch: room i % R; per-room FIFO queues
+  const queues = new Map();
+  for (let i = 0; i < n; i++) {
+    const room = `bench-room-${i % R}`;
+    const ev = { id: rid(), type: 'room.updated', created_at: created, project_id: a.project, data: { room: { name: room, metadata: `m${i}` } } };
+    if (!queues.has(room)) queues.set(room, []);
+    queues.get(room).push({ ev, body: JSON.stringify(ev), attempts: 0 });
   }
-  inflight--;
-  const q = queues.get(room);
-  if (ok) {
-    delivered++;
-    q.shift();
-    if (q.length) ready.push(room);
-  } else if (++item.attempts < schedule.length) {
-    timers++;
-    setTimeout(() => {
-      timers--;
-      ready.push(room);
-      pump();
-    }, schedule[item.attempts]);
-  } else {
-    q.shift(); // dead
-    if (q.length) ready.push(room);
+  const ready = [...queues.keys()]; // rooms whose head may be sent now
+  const st = { delivered: 0, attempts: 0 };
+  let inflight = 0;
+  let timers = 0;
+  let done;
+  const finished = new Promise((r) => {
+    done = r;
+  });
+
+  async function send(room, item) {
+    const ts = Math.floor(Date.now() / 1000);
+    st.attempts++;
+    let ok = false;
+    try {
+      const res = await pool.request({
+        method: 'POST',
+        path: url.pathname,
+        headers: {
+          'content-type': 'application/json',
+          'webhook-id': item.ev.id,
+          'webhook-timestamp': String(ts),
+          'webhook-signature': sign(item.ev.id, ts, item.body),
+        },
+        body: item.body,
+        headersTimeout: 10000,
+        bodyTimeout: 10000,
+      });
+      await res.body.dump();
+      ok = res.statusCode >= 200 && res.statusCode < 300;
+    } catch {
+      ok = false;
+    }
+    inflight--;
+    const q = queues.get(room);
+    if (ok) {
+      st.delivered++;
+      q.shift();
+      if (q.length) ready.push(room);
+    } else if (++item.attempts < schedule.length) {
+      timers++;
+      setTimeout(() => {
+        timers--;
+        ready.push(room);
+        pump();
+      }, schedule[item.attempts]);
+    } else {
+      q.shift(); // dead
+      if (q.length) ready.push(room);
+    }
+    pump();
+  }
+
+  function pump() {
+    while (inflight < C && ready.length) {
+      const room = ready.shift();
+      inflight++;
+      send(room, queues.get(room)[0]);
+    }
+    if (inflight === 0 && ready.length === 0 && timers === 0) done();
   }
   pump();
+  return finished.then(() => st);
 }
 
-let done;
-const finished = new Promise((r) => {
-  done = r;
-});
-function pump() {
-  while (inflight < C && ready.length) {
-    const room = ready.shift();
-    inflight++;
-    send(room, queues.get(room)[0]);
+const W = Number(a.warmup);
+if (W > 0) {
+  await run(W);
+  if (a['config-url']) {
+    const r = await fetch(a['config-url'], { method: 'PUT', body: a['config-body'] ?? '{}' });
+    if (!r.ok) throw new Error(`resetting the receiver answered ${r.status}`);
+    await r.arrayBuffer();
   }
-  if (inflight === 0 && ready.length === 0 && timers === 0) done();
 }
-pump();
-await finished;
+const t0 = Date.now();
+const cpu0 = process.cpuUsage();
+const st = await run(N);
 const cpu = process.cpuUsage(cpu0);
+const elapsed = Date.now() - t0;
 await pool.close();
-console.log(JSON.stringify({ sent: N, delivered, attempts, elapsed_ms: Date.now() - t0, cpu_user_ms: cpu.user / 1000, cpu_system_ms: cpu.system / 1000 }));
+console.log(JSON.stringify({ sent: N, delivered: st.delivered, attempts: st.attempts, elapsed_ms: elapsed, cpu_user_ms: cpu.user / 1000, cpu_system_ms: cpu.system / 1000 }));
