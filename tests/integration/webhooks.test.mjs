@@ -240,6 +240,48 @@ describe('webhooks', () => {
     await api('DELETE', `/v1/webhooks/${w.id}`);
   });
 
+  it('keeps a burst of a room in order while its first event is slow, then failed or delivered', async () => {
+    // A room's later events arrive while its first is still in flight: they wait behind it.
+    // Room "fail": the first answer is a slow 503, so the waiting events move behind its retry
+    // (the chain in the table). Room "ok": a slow 200, so they follow it straight away.
+    const tries = new Map();
+    let failRoom = '';
+    const r = await receiver({
+      respond: (d) => {
+        const i = (tries.get(d.id) ?? 0) + 1;
+        tries.set(d.id, i);
+        if (d.event.type !== 'room.created' || i > 1) return { status: 200 };
+        return { status: d.event.data.room.name === failRoom ? 503 : 200, delayMs: 250 };
+      },
+    });
+    const w = await createWebhook(api, { url: r.url, events: ['room.created', 'room.updated'] });
+    r.secrets = [w.secret];
+    const [fail, ok] = [uniq('burst-fail'), uniq('burst-ok')];
+    failRoom = fail;
+    for (const room of [fail, ok]) {
+      assert.equal((await api('POST', '/v1/rooms', { json: { name: room } })).status, 201);
+      for (let k = 0; k < 6; k++) assert.equal((await api('PATCH', `/v1/rooms/${room}`, { json: { metadata: `b${k}` } })).status, 200);
+    }
+    await waitFor(() => r.ok().length >= 14, { what: '14 deliveries' });
+    const log = await deliveries(api, w.id); // in event order
+    assert.equal(log.length, 14);
+    assert.ok(log.every((x) => x.status === 'delivered'), JSON.stringify(log.map((x) => x.status)));
+    for (const room of [fail, ok]) {
+      const want = log.filter((x) => x.room === room).map((x) => x.event_id);
+      assert.equal(want.length, 7);
+      const mine = r.deliveries.filter((d) => d.event.data.room.name === room);
+      assert.deepEqual(r.ok().filter((d) => d.event.data.room.name === room).map((d) => d.id), want, `${room} in order`);
+      const firstTry = new Map();
+      mine.forEach((d, i) => firstTry.has(d.id) || firstTry.set(d.id, i));
+      const okAt = new Map();
+      mine.forEach((d, i) => d.status === 200 && okAt.set(d.id, i));
+      for (let i = 1; i < want.length; i++) assert.ok(firstTry.get(want[i]) > okAt.get(want[i - 1]), `${room}: event ${i} tried after ${i - 1} delivered`);
+    }
+    assert.equal(r.deliveries.filter((d) => d.status === 503).length, 1);
+    assert.deepEqual(r.badSignatures, []);
+    await api('DELETE', `/v1/webhooks/${w.id}`);
+  });
+
   it('410 disables the endpoint and emits webhook.endpoint.disabled', async () => {
     const gone = await receiver({ respond: () => ({ status: 410 }) });
     const watch = await receiver();
