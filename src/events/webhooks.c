@@ -99,7 +99,7 @@ struct endpoint {
     bool probing;
     /* The due scan's resume point: the (next_at, rowid) of the last delivery it started.
      * Every delivery before it is busy or was not due/unblocked at that scan; only a commit
-     * (an attempt batch, a fan-out, an API change) can make one due, and each of those
+     * (an attempt batch, parks included, or an API change) can make one due, and each
      * clears it (wm_clear). Without it, every refill stepped over all busy deliveries
      * again (in flight + awaiting their write, ~50 rows per 2 new ones in the bench). */
     bool wm;

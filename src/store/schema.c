@@ -174,9 +174,10 @@ static const char migration_5[] = "CREATE TABLE revoked_tokens ("
 /* ---- migration 3: webhooks (events/webhooks.c, api/rest_webhooks.c) ---- */
 /*
  * webhooks: endpoints; secrets sealed (AES-GCM under the app's data key) because they must be
- * usable to sign. cursor_seq: the project's last event seq already fanned out into
- * webhook_deliveries for this endpoint. webhook_deliveries: one row per (endpoint, event),
- * the delivery state machine pending -> delivered | dead (dead -> pending on replay).
+ * usable to sign. cursor_seq: every event of the project up to it has its delivery row for
+ * this endpoint or needed none (events/webhooks.h: rows are written once an attempt has
+ * finished). webhook_deliveries: one row per (endpoint, event), the delivery state machine
+ * pending -> delivered | dead (dead -> pending on replay).
  * webhook_attempts: every failed attempt, kept for GET /v1/webhooks/{id}/deliveries; the
  * successful one is the delivery row's last_* columns (one write less on the common path).
  */
