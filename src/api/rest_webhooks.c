@@ -50,6 +50,7 @@ typedef struct wh_job {
     char *description; /* with has_description */
     bool has_description;
     int enabled; /* -1 unchanged */
+    int h2c;     /* -1 unchanged */
     char secret[SB_WEBHOOK_SECRET_MAX];
     sb_buf sealed;
     int64_t now;
@@ -125,6 +126,7 @@ static wh_job *job_new(sb_app *app, sb_req *req, const sb_auth *who)
     j->req = req;
     j->who = *who;
     j->enabled = -1;
+    j->h2c = -1;
     j->now = sb_time_ms();
     sb_buf_init(&j->sealed, 4096);
     return j;
@@ -166,12 +168,13 @@ static int make_secret(wh_job *j)
 static bool parse_fields(sb_app *app, sb_req *req, json_t *body, wh_job *j, bool create, char *why,
                          size_t whylen)
 {
-    static const char *const fields[] = {"url", "events", "description", "enabled", NULL};
+    static const char *const fields[] = {"url", "events", "description", "enabled", "h2c", NULL};
     const sb_config *cfg = sb_app_config(app);
     const char *url = NULL, *desc = NULL;
     size_t ulen = 0, dlen = 0;
-    bool enabled = true;
+    bool enabled = true, h2c = false;
     if (sb_json_only(body, fields, why, whylen) ||
+        sb_json_get_bool(body, "h2c", &h2c, why, whylen) ||
         sb_json_get_string(body, "url", &url, &ulen, 2048, why, whylen) ||
         sb_json_get_string(body, "description", &desc, &dlen, DESCRIPTION_MAX, why, whylen) ||
         sb_json_get_bool(body, "enabled", &enabled, why, whylen))
@@ -215,6 +218,10 @@ static bool parse_fields(sb_app *app, sb_req *req, json_t *body, wh_job *j, bool
         j->enabled = enabled;
     else if (create)
         j->enabled = 1;
+    if (json_object_get(body, "h2c") && !json_is_null(json_object_get(body, "h2c")))
+        j->h2c = h2c;
+    else if (create)
+        j->h2c = 0;
     return true;
 }
 
@@ -288,9 +295,9 @@ static int create_run(sqlite3 *db, void *arg)
     st = webhook_stmt(
         db, j,
         "INSERT INTO webhooks (id, project_id, url, events, description, enabled, secret, "
-        "cursor_seq, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+        "cursor_seq, created_at, updated_at, h2c) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
         "COALESCE((SELECT next_seq - 1 FROM event_counters WHERE project_id = ?2), 0), ?8, "
-        "?8)");
+        "?8, ?9)");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 3, j->url, -1, SQLITE_STATIC);
@@ -298,6 +305,7 @@ static int create_run(sqlite3 *db, void *arg)
     if (j->description)
         sqlite3_bind_text(st, 5, j->description, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 6, j->enabled ? 1 : 0);
+    sqlite3_bind_int(st, 9, j->h2c > 0 ? 1 : 0);
     sqlite3_bind_blob(st, 7, j->sealed.base, (int)j->sealed.len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, j->now);
     int rc = step_done(st);
@@ -431,8 +439,8 @@ static int update_run(sqlite3 *db, void *arg)
         "FROM event_counters WHERE project_id = ?2), 0) ELSE cursor_seq END, "
         "disabled_reason = CASE WHEN ?7 = 1 THEN NULL WHEN ?7 = 0 AND enabled = 1 THEN "
         "'manual' ELSE disabled_reason END, "
-        "enabled = CASE WHEN ?7 >= 0 THEN ?7 ELSE enabled END, updated_at = MAX(?8, "
-        "updated_at + 1) WHERE id = ?1 AND project_id = ?2");
+        "enabled = CASE WHEN ?7 >= 0 THEN ?7 ELSE enabled END, h2c = CASE WHEN ?9 >= 0 THEN ?9 "
+        "ELSE h2c END, updated_at = MAX(?8, updated_at + 1) WHERE id = ?1 AND project_id = ?2");
     if (!st)
         return SB_EIO;
     if (j->url)
@@ -444,6 +452,7 @@ static int update_run(sqlite3 *db, void *arg)
         sqlite3_bind_text(st, 6, j->description, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 7, j->enabled);
     sqlite3_bind_int64(st, 8, j->now);
+    sqlite3_bind_int(st, 9, j->h2c);
     int rc = step_audit(db, j, st, "webhook.update");
     return rc ? rc : read_back(db, j);
 }

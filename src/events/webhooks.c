@@ -106,6 +106,7 @@ struct endpoint {
     int64_t wm_next_at, wm_rowid;
 
     int64_t rowid;
+    bool h2c;     /* http:// receiver spoken to in HTTP/2 with prior knowledge */
     char **types; /* event filter (NULL = every type) */
     int ntypes;
     /* The stream: events past the cursor are read from the outbox and sent without a row;
@@ -581,7 +582,8 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
 {
     sqlite3_stmt *st = sb_store_stmt(
         w->db, "SELECT id, project_id, url, secret, old_secret, old_secret_until, updated_at, "
-               "rowid, events, cursor_seq FROM webhooks WHERE enabled = 1 ORDER BY id LIMIT ?1");
+               "rowid, events, cursor_seq, h2c FROM webhooks WHERE enabled = 1 ORDER BY id LIMIT "
+               "?1");
     if (!st) {
         sb_log(SB_LOG_ERROR, "webhooks: cannot read endpoints", "reason", sqlite3_errmsg(w->db),
                NULL);
@@ -637,6 +639,7 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
         e->types = types;
         e->ntypes = ntypes;
         e->rowid = sqlite3_column_int64(st, 7);
+        e->h2c = sqlite3_column_int(st, 10) != 0;
         int64_t cursor = sqlite3_column_int64(st, 9);
         if (fresh || cursor > e->read_seq) /* new, or re-enabled: the API moved its cursor */
             e->read_seq = cursor;
@@ -2328,12 +2331,12 @@ json_t *sb_webhooks_endpoint_json(sqlite3_stmt *st)
 {
     json_t *events = json_loads((const char *)sqlite3_column_text(st, 2), 0, NULL);
     int enabled = sqlite3_column_int(st, 4);
-    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:s,s:o,s:o,s:o}", "id", sqlite3_column_text(st, 0),
+    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:s,s:o,s:b,s:o,s:o}", "id", sqlite3_column_text(st, 0),
                      "url", sqlite3_column_text(st, 1), "events", events ? events : json_array(),
                      "description", text_or_null(st, 3), "enabled", enabled, "status",
                      enabled ? "enabled" : "disabled", "disabled_reason", text_or_null(st, 5),
-                     "created_at", sb_app_time_or_null(st, 6), "updated_at",
-                     sb_app_time_or_null(st, 7));
+                     "h2c", sqlite3_column_int(st, 8), "created_at", sb_app_time_or_null(st, 6),
+                     "updated_at", sb_app_time_or_null(st, 7));
 }
 
 int sb_webhooks_endpoint_read(sqlite3 *db, const char *id, const char *project_id, json_t **out)

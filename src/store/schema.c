@@ -284,6 +284,12 @@ static const char migration_6[] =
     "  WHERE state = 'dead';";
 /* ---- end migration 6 ---- */
 
+/* ---- migration 7: webhooks.h2c ---- */
+/* 1: the endpoint's http:// receiver is sent HTTP/2 with prior knowledge (RFC 9113 3.3). */
+static const char migration_7[] =
+    "ALTER TABLE webhooks ADD COLUMN h2c INTEGER NOT NULL DEFAULT 0 CHECK (h2c = 0 OR h2c = 1);";
+/* ---- end migration 7 ---- */
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
@@ -291,6 +297,7 @@ static const sb_store_migration migrations[] = {
     {4, "OAuth 2.0 clients and revoked access tokens", migration_4},
     {5, "revoked participant tokens", migration_5},
     {6, "webhook_deliveries rebuilt without an IN-list CHECK (cheaper writes)", migration_6},
+    {7, "webhooks.h2c: HTTP/2 with prior knowledge to http:// receivers", migration_7},
 };
 
 const char *const sb__store_sql_event_seq_next =

@@ -49,6 +49,7 @@ describe('webhooks', () => {
     assert.match(w.id, /^wh_/);
     assert.deepEqual(w.events, ['room.created']);
     assert.equal(w.enabled, true);
+    assert.equal(w.h2c, false);
     const got = await api('GET', `/v1/webhooks/${w.id}`);
     assert.equal(got.status, 200);
     assert.equal(got.json().secret, undefined, 'the secret is shown only once');
@@ -63,6 +64,12 @@ describe('webhooks', () => {
     assert.equal(p.json().enabled, false);
     assert.equal(p.json().status, 'disabled');
     assert.equal(p.json().disabled_reason, 'manual');
+    assert.equal(p.json().h2c, false, 'unchanged when absent');
+    const h = await api('PATCH', `/v1/webhooks/${w.id}`, { json: { h2c: true } });
+    assert.equal(h.status, 200, h.text);
+    assert.equal(h.json().h2c, true);
+    assert.equal((await api('GET', `/v1/webhooks/${w.id}`)).json().h2c, true);
+    assert.equal((await api('PATCH', `/v1/webhooks/${w.id}`, { json: { h2c: 'yes' } })).status, 400);
     const rot = await api('POST', `/v1/webhooks/${w.id}/rotate-secret`);
     assert.equal(rot.status, 200, rot.text);
     assert.match(rot.json().secret, /^whsec_/);
@@ -72,7 +79,7 @@ describe('webhooks', () => {
     assert.equal((await api('GET', `/v1/webhooks/${w.id}`)).status, 404);
     assert.equal((await api('DELETE', `/v1/webhooks/${w.id}`)).status, 404);
     const audit = (await api('GET', '/v1/audit?limit=200')).json().data.filter((a) => a.target_id === w.id);
-    assert.deepEqual(audit.map((a) => a.action), ['webhook.create', 'webhook.update', 'webhook.rotate_secret', 'webhook.delete']);
+    assert.deepEqual(audit.map((a) => a.action), ['webhook.create', 'webhook.update', 'webhook.update', 'webhook.rotate_secret', 'webhook.delete']);
   });
 
   it('validates bodies and URLs', async () => {
