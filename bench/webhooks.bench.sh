@@ -46,6 +46,8 @@ ROOMS=${BENCH_WEBHOOK_ROOMS:-1000}
 CONC=${BENCH_WEBHOOK_CONCURRENCY:-32}
 CHECK_EVENTS=${BENCH_WEBHOOK_CHECK_EVENTS:-2000}
 WARMUP=${BENCH_WEBHOOK_WARMUP:-50000}
+MODES=${BENCH_WEBHOOK_MODES:-h1 h2c}
+peer_h2c=
 warm=0
 GOAL_RATIO=4
 for v in EVENTS ROOMS CONC CHECK_EVENTS WARMUP; do [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "BENCH_WEBHOOK_$v must be a positive integer"; done
@@ -177,7 +179,7 @@ run_peer() {
     configure "$peer_secret"
     local out s
     out=$("${pin_server[@]}" node "$peer_dir/peer.mjs" --url "$to/hook" --secret "$peer_secret" --events "$nev" \
-        --rooms "$ROOMS" --concurrency "$CONC" --warmup "$warm" --config-url "$to/config" \
+        --rooms "$ROOMS" --concurrency "$CONC" --warmup "$warm" --config-url "$to/config" ${peer_h2c:+"$peer_h2c"} \
         --config-body "{\"secret\":\"$peer_secret\",\"lib_limit\":$nev}") || { say "webhooks.bench: the peer failed"; return 1; }
     wait_count "$nev" || { say "webhooks.bench: the peer did not deliver $nev events: $(stats)"; return 1; }
     s=$(stats)
@@ -203,74 +205,104 @@ code=$(curl -sS --max-time 5 -X PATCH -H "Authorization: Bearer $api_key" -H 'Co
 stop_pid "$chk_pid" 5
 forget_pid "$chk_pid"
 to=$rcv
-# warm-up, not measured: Switchboard delivers a batch of WARMUP once; the peer (a new node
-# process per run) delivers WARMUP events in-process before its timed batch, so that both
+# warm-up, not measured: Switchboard delivers a batch of WARMUP per mode; the peer (a new
+# node process per run) delivers WARMUP events in-process before its timed batch, so that both
 # are measured as the long-running senders they are (JIT-compiled, connections open)
-nev=$WARMUP
-warm=0
-run_sb >/dev/null || exit 1
-warm=$WARMUP
-nev=$EVENTS
 
+# The receiver speaks HTTP/1.1 and h2c (prior knowledge). Each mode is measured for both
+# senders: h1 (Switchboard: sb_hclient; the peer: undici Pool) and h2c (Switchboard: the
+# endpoint's h2c flag; the peer: one node:http2 session, undici having no h2c). The headline
+# compares each sender in its best mode.
 declare -A R
 servers=(sb peer)
-for n in $(seq 1 "$RUNS"); do
-    k=$(((n - 1) % 2))
-    for s in "${servers[@]:k}" "${servers[@]:0:k}"; do
-        j=$("run_$s") || exit 1
-        R[$s.runs]+="$j"$'\n'
-        node -e 'const o = JSON.parse(process.argv[1]);
-            console.log(`  run ${process.argv[2]} ${process.argv[3].padEnd(14)} ${o.deliveries_per_sec.toFixed(0).padStart(7)} deliveries/s  p50 ${o.p50_ms} ms  p99 ${o.p99_ms} ms  ` +
-              `sender CPU ${o.cpu_us_per_delivery.toFixed(1)} us/delivery  (${o.count} verified, ${o.distinct} distinct, ${o.bad} bad signatures)`)' \
-            "$j" "$n" "$([ "$s" = sb ] && echo switchboard || echo webhook-undici)"
+set_mode() { # h1 | h2c
+    local code
+    code=$(curl -sS --max-time 5 -X PATCH -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
+        -d "{\"h2c\":$([ "$1" = h2c ] && echo true || echo false)}" -o /dev/null -w '%{http_code}' "$api/v1/webhooks/$sb_webhook" || echo 000)
+    [ "$code" = 200 ] || die "webhooks.bench: setting h2c on the webhook answered $code"
+    peer_h2c=$([ "$1" = h2c ] && echo --h2c || true)
+}
+for mode in $MODES; do
+    set_mode "$mode"
+    nev=$WARMUP
+    warm=0
+    run_sb >/dev/null || exit 1 # the mode's connections open, unmeasured
+    warm=$WARMUP
+    nev=$EVENTS
+    for n in $(seq 1 "$RUNS"); do
+        k=$(((n - 1) % 2))
+        for s in "${servers[@]:k}" "${servers[@]:0:k}"; do
+            j=$("run_$s") || exit 1
+            R[$s.$mode]+="$j"$'\n'
+            node -e 'const o = JSON.parse(process.argv[1]);
+                console.log(`  ${process.argv[4].padEnd(3)} run ${process.argv[2]} ${process.argv[3].padEnd(14)} ${o.deliveries_per_sec.toFixed(0).padStart(7)} deliveries/s  p50 ${o.p50_ms} ms  p99 ${o.p99_ms} ms  ` +
+                  `sender CPU ${o.cpu_us_per_delivery.toFixed(1)} us/delivery  (${o.count} verified, ${o.distinct} distinct, ${o.bad} bad signatures)`)' \
+                "$j" "$n" "$([ "$s" = sb ] && echo switchboard || echo webhook-undici)" "$mode"
+        done
     done
 done
 stop_sb
 stop_pid "$rcv_pid" 5
 forget_pid "$rcv_pid"
 
-sel=$(SB_RUNS=${R[sb.runs]} PEER_RUNS=${R[peer.runs]} RUNS=$RUNS GOAL=$GOAL_RATIO node -e '
+runs_json=$(for mode in $MODES; do for s in sb peer; do printf '%s\t%s\t%s\n' "$s" "$mode" "$(printf '%s' "${R[$s.$mode]}" | tr '\n' ' ')"; done; done)
+sel=$(RUNS_TSV=$runs_json RUNS=$RUNS GOAL=$GOAL_RATIO node -e '
     const e = process.env;
-    const pick = (t) => { const r = t.trim().split("\n").map((l) => JSON.parse(l)).sort((a, b) => a.deliveries_per_sec - b.deliveries_per_sec);
+    const pick = (r) => { r = [...r].sort((a, b) => a.deliveries_per_sec - b.deliveries_per_sec);
         return +e.RUNS < 3 ? r[r.length - 1] : r[Math.floor((r.length - 1) / 2)]; };
-    const sb = pick(e.SB_RUNS), peer = pick(e.PEER_RUNS);
+    const sets = {};
+    for (const line of e.RUNS_TSV.trim().split("\n")) {
+      const [s, mode, js] = line.split("\t");
+      const runs = js.trim().split(/ (?=\{)/).map((l) => JSON.parse(l));
+      (sets[s] ??= {})[mode] = { runs, selected: pick(runs) };
+    }
+    const best = (s) => Object.entries(sets[s]).map(([mode, v]) => ({ mode, ...v.selected })).sort((a, b) => b.deliveries_per_sec - a.deliveries_per_sec)[0];
+    const sb = best("sb"), peer = best("peer");
     const ratio = sb.deliveries_per_sec / peer.deliveries_per_sec;
+    const modes = {};
+    for (const m of Object.keys(sets.sb)) modes[m] = { sb: sets.sb[m].selected, peer: sets.peer[m].selected,
+        ratio: sets.sb[m].selected.deliveries_per_sec / sets.peer[m].selected.deliveries_per_sec };
     const why = [];
     if (ratio < +e.GOAL) why.push(`ratio ${ratio.toFixed(2)} < ${e.GOAL}`);
-    for (const [k, o] of [["sb", sb], ["peer", peer]]) {
-      if (o.bad) why.push(`${k}: ${o.bad} bad signatures`);
-      if (o.distinct !== o.count) why.push(`${k}: ${o.count - o.distinct} duplicate deliveries`);
+    for (const s of ["sb", "peer"]) for (const [m, v] of Object.entries(sets[s])) for (const o of v.runs) {
+      if (o.bad) why.push(`${s} ${m}: ${o.bad} bad signatures`);
+      if (o.distinct !== o.count) why.push(`${s} ${m}: ${o.count - o.distinct} duplicate deliveries`);
     }
-    console.log(JSON.stringify({ sb, peer, ratio, cpu_ratio: peer.cpu_us_per_delivery / sb.cpu_us_per_delivery,
+    console.log(JSON.stringify({ sb, peer, ratio, cpu_ratio: peer.cpu_us_per_delivery / sb.cpu_us_per_delivery, modes, sets,
       goal: why.length ? "goal missed" : "goal met", why: why.join(", ") }));')
 g() { node -e 'const o = JSON.parse(process.argv[1]); const v = process.argv[2].split(".").reduce((a, k) => a[k], o); console.log(typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(2)) : v)' "$sel" "$1"; }
-say "  --- $policy ---"
+say "  --- $policy; each sender in its best mode (h1 or h2c) ---"
 row() { printf '  %-30s %14s %14s\n' "$@"; }
 row "" switchboard webhook-undici
+row "mode" "$(g sb.mode)" "$(g peer.mode)"
 row "signed deliveries/s" "$(g sb.deliveries_per_sec)" "$(g peer.deliveries_per_sec)"
 row "ratio sb/peer" "$(g ratio)" ""
 row "created→2xx p50 (ms)" "$(g sb.p50_ms)" "$(g peer.p50_ms)"
 row "created→2xx p99 (ms)" "$(g sb.p99_ms)" "$(g peer.p99_ms)"
 row "sender CPU per delivery (us)" "$(g sb.cpu_us_per_delivery)" "$(g peer.cpu_us_per_delivery)"
 row "CPU ratio peer/sb" "$(g cpu_ratio)" ""
+for mode in $MODES; do
+    row "same mode $mode: deliveries/s" "$(g "modes.$mode.sb.deliveries_per_sec")" "$(g "modes.$mode.peer.deliveries_per_sec")"
+    row "same mode $mode: ratio sb/peer" "$(g "modes.$mode.ratio")" ""
+done
 say "  (both senders get one core; the receiver (C, ~7 us/delivery) has its own and is not the limit;"
 say "   deliveries/s ratio ~ inverse CPU-per-delivery ratio when both senders are CPU-bound)"
 goal=$(g goal) why=$(g why)
-say "  goal sb/peer deliveries/s >= $GOAL_RATIO: $goal${why:+ ($why)}"
+say "  goal sb/peer deliveries/s >= $GOAL_RATIO (best mode each): $goal${why:+ ($why)}"
 say ""
 
 mkdir -p "$RESULTS_DIR"
 ts=$(date -u +%Y%m%dT%H%M%SZ)
 json=$RESULTS_DIR/webhooks-$ts.json
-SEL=$sel SB_RUNS=${R[sb.runs]} PEER_RUNS=${R[peer.runs]} node -e '
-    const e = process.env, s = JSON.parse(e.SEL), runs = (t) => t.trim().split("\n").map((l) => JSON.parse(l));
+SEL=$sel node -e '
+    const s = JSON.parse(process.env.SEL);
     const a = process.argv.slice(1);
     console.log(JSON.stringify({ bench: "webhooks", timestamp: a[0], switchboard: { version: a[1], binary: a[2], commit: a[3] },
-        undici: a[4], node: a[5], params: { events: +a[6], rooms: +a[7], concurrency: +a[8], runs: +a[9], selection: a[10], pinning: a[11] },
-        goals: { webhooks: "sb/peer signed deliveries/s >= 4" },
-        senders: { switchboard: { runs: runs(e.SB_RUNS), selected: s.sb }, "webhook-undici": { runs: runs(e.PEER_RUNS), selected: s.peer } },
+        undici: a[4], node: a[5], params: { events: +a[6], rooms: +a[7], concurrency: +a[8], runs: +a[9], selection: a[10], pinning: a[11], modes: a[12], warmup: +a[13] },
+        goals: { webhooks: "sb/peer signed deliveries/s >= 4 (each sender in its best mode)" },
+        senders: s.sets, selected: { switchboard: s.sb, "webhook-undici": s.peer }, modes: s.modes,
         comparisons: { "sb/peer": { ratio: s.ratio, cpu_ratio: s.cpu_ratio, goal: s.goal + (s.why ? ": " + s.why : "") } } }, null, 2));' \
-    "$ts" "$sb_ver" "$bin" "$git_rev" "$undici_ver" "$node_ver" "$EVENTS" "$ROOMS" "$CONC" "$RUNS" "$policy" "$pinning" >"$json"
+    "$ts" "$sb_ver" "$bin" "$git_rev" "$undici_ver" "$node_ver" "$EVENTS" "$ROOMS" "$CONC" "$RUNS" "$policy" "$pinning" "$MODES" "$WARMUP" >"$json"
 say "results: ${json#"$PWD"/}"
 
 if [ -n "$SUMMARY" ]; then

@@ -737,9 +737,31 @@ typedef struct flush_job {
     cursor_move cursors[]; /* endpoints whose stream items are in this job */
 } flush_job;
 
+/* The delivery state an attempt's outcome leaves (410 makes it dead too). */
+static const char *const state_of[OUT_COUNT] = {"delivered", "pending", "dead", "dead"};
+
+/* A failed attempt's entry in webhook_attempts (the successful one is its delivery row). */
+static int log_attempt(sqlite3 *db, const attempt *a)
+{
+    sqlite3_stmt *st = sb_store_stmt(
+        db, "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, status, "
+            "duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, a->attempt_no);
+    sqlite3_bind_int64(st, 3, a->at_ms);
+    if (a->status > 0)
+        sqlite3_bind_int(st, 4, a->status);
+    sqlite3_bind_int64(st, 5, a->duration_ms);
+    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
+    if (a->error[0])
+        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
+    return step_done(st);
+}
+
 static int write_attempt(sqlite3 *db, attempt *a)
 {
-    static const char *const state_of[OUT_COUNT] = {"delivered", "pending", "dead", "dead"};
     /* By rowid (the id confirms it is still the same row): the delivery first, and its
      * attempt only if it is still there (the endpoint may have been deleted meanwhile). */
     sqlite3_stmt *st = sb_store_stmt(
@@ -767,21 +789,7 @@ static int write_attempt(sqlite3 *db, attempt *a)
         return rc;
     if (a->outcome == OUT_DELIVERED) /* the row's last_* columns are its log entry */
         return a->room[0] ? unblock_next(db, a->ep->id, a->room) : 0;
-    st = sb_store_stmt(db,
-                       "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, "
-                       "status, duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, a->attempt_no);
-    sqlite3_bind_int64(st, 3, a->at_ms);
-    if (a->status > 0)
-        sqlite3_bind_int(st, 4, a->status);
-    sqlite3_bind_int64(st, 5, a->duration_ms);
-    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
-    if (a->error[0])
-        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
-    rc = step_done(st);
+    rc = log_attempt(db, a);
     if (!rc && a->outcome != OUT_RETRY && a->room[0])
         rc = unblock_next(db, a->ep->id, a->room);
     return rc;
@@ -792,7 +800,6 @@ static int write_attempt(sqlite3 *db, attempt *a)
  * chain in the table). The caller checked that the endpoint still exists. */
 static int write_stream(sqlite3 *db, attempt *a)
 {
-    static const char *const state_of[OUT_COUNT] = {"delivered", "pending", "dead", "dead"};
     sqlite3_stmt *st = sb_store_stmt(
         db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
             "event_id, event_type, room_name, state, attempts, round_attempts, blocked, next_at, "
@@ -835,21 +842,7 @@ static int write_stream(sqlite3 *db, attempt *a)
         return sb_webhooks_unblock_room(db, a->ep->id, a->room);
     if (a->outcome == OUT_DELIVERED)
         return 0;
-    st = sb_store_stmt(db,
-                       "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, "
-                       "status, duration_ms, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, a->delivery_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, 1);
-    sqlite3_bind_int64(st, 3, a->at_ms);
-    if (a->status > 0)
-        sqlite3_bind_int(st, 4, a->status);
-    sqlite3_bind_int64(st, 5, a->duration_ms);
-    sqlite3_bind_text(st, 6, outcome_name[a->outcome], -1, SQLITE_STATIC);
-    if (a->error[0])
-        sqlite3_bind_text(st, 7, a->error, -1, SQLITE_STATIC);
-    return step_done(st);
+    return log_attempt(db, a); /* a stream item's attempt_no is 1 */
 }
 
 /* 410 Gone: the endpoint is disabled, once, with its event and an audit row. */

@@ -12,6 +12,7 @@
 //        [--warmup W --config-url URL --config-body JSON]
 // Prints one JSON line: {sent, delivered, attempts, elapsed_ms, cpu_user_ms, cpu_system_ms}.
 import crypto from 'node:crypto';
+import http2 from 'node:http2';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 
@@ -28,6 +29,9 @@ const { values: a } = parseArgs({
     // PUT config-body to config-url (the receiver resets its counters), then the timed batch:
     // a long-running sender is JIT-compiled and has its pool open; a fresh process is not.
     warmup: { type: 'string', default: '0' },
+    // --h2c: HTTP/2 with prior knowledge over one node:http2 session (undici has no h2c),
+    // for receivers that speak it, as Switchboard's endpoint flag h2c does
+    h2c: { type: 'boolean', default: false },
     'config-url': { type: 'string' },
     'config-body': { type: 'string' },
   },
@@ -40,7 +44,30 @@ const url = new URL(a.url);
 const key = Buffer.from(a.secret.replace(/^whsec_/, ''), 'base64');
 
 const rid = () => 'evt_p' + crypto.randomBytes(10).toString('hex').slice(0, 19);
-const pool = new Pool(url.origin, { connections: C, pipelining: 1, keepAliveTimeout: 30000 });
+const pool = a.h2c ? null : new Pool(url.origin, { connections: C, pipelining: 1, keepAliveTimeout: 30000 });
+const session = a.h2c ? http2.connect(url.origin) : null;
+session?.on('error', () => {});
+
+/** One POST: resolves with the status code (rejects on a transport error). */
+async function post(headers, body) {
+  if (!session) {
+    const res = await pool.request({ method: 'POST', path: url.pathname, headers, body, headersTimeout: 10000, bodyTimeout: 10000 });
+    await res.body.dump();
+    return res.statusCode;
+  }
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':method': 'POST', ':path': url.pathname, ...headers });
+    let status = 0;
+    req.setTimeout(10000, () => req.close(http2.constants.NGHTTP2_CANCEL));
+    req.on('response', (h) => {
+      status = h[':status'];
+    });
+    req.on('data', () => {});
+    req.on('end', () => resolve(status));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 function sign(id, ts, body) {
   const mac = crypto.createHmac('sha256', key).update(`${id}.${ts}.`).update(body).digest('base64');
@@ -72,21 +99,16 @@ function run(n) {
     st.attempts++;
     let ok = false;
     try {
-      const res = await pool.request({
-        method: 'POST',
-        path: url.pathname,
-        headers: {
+      const status = await post(
+        {
           'content-type': 'application/json',
           'webhook-id': item.ev.id,
           'webhook-timestamp': String(ts),
           'webhook-signature': sign(item.ev.id, ts, item.body),
         },
-        body: item.body,
-        headersTimeout: 10000,
-        bodyTimeout: 10000,
-      });
-      await res.body.dump();
-      ok = res.statusCode >= 200 && res.statusCode < 300;
+        item.body,
+      );
+      ok = status >= 200 && status < 300;
     } catch {
       ok = false;
     }
@@ -136,5 +158,6 @@ const cpu0 = process.cpuUsage();
 const st = await run(N);
 const cpu = process.cpuUsage(cpu0);
 const elapsed = Date.now() - t0;
-await pool.close();
+await pool?.close();
+session?.close();
 console.log(JSON.stringify({ sent: N, delivered: st.delivered, attempts: st.attempts, elapsed_ms: elapsed, cpu_user_ms: cpu.user / 1000, cpu_system_ms: cpu.system / 1000 }));
