@@ -229,7 +229,8 @@ describe('webhooks', () => {
       }
     }
     await waitFor(() => r.ok().length >= 20, { timeoutMs: 15000, what: '20 deliveries' });
-    const log = await deliveries(api, w.id); // in event order
+    let log; // in event order, once every answer is recorded (writes are batched)
+    await waitFor(async () => (log = await deliveries(api, w.id)).filter((x) => x.status === 'delivered').length === 20, { what: '20 recorded' });
     assert.equal(log.length, 20);
     for (const room of rooms) {
       const want = log.filter((x) => x.room === room).map((x) => x.event_id);
@@ -270,7 +271,8 @@ describe('webhooks', () => {
       for (let k = 0; k < 6; k++) assert.equal((await api('PATCH', `/v1/rooms/${room}`, { json: { metadata: `b${k}` } })).status, 200);
     }
     await waitFor(() => r.ok().length >= 14, { what: '14 deliveries' });
-    const log = await deliveries(api, w.id); // in event order
+    let log; // in event order, once every answer is recorded (writes are batched)
+    await waitFor(async () => (log = await deliveries(api, w.id)).filter((x) => x.status === 'delivered').length === 14, { what: '14 recorded' });
     assert.equal(log.length, 14);
     assert.ok(log.every((x) => x.status === 'delivered'), JSON.stringify(log.map((x) => x.status)));
     for (const room of [fail, ok]) {
