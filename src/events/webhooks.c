@@ -62,6 +62,23 @@ typedef struct endpoint endpoint;
 typedef struct attempt attempt;
 typedef struct roomq roomq;
 
+/* What only a running request needs (~3.5 KB: the header lines, sb_hclient's request, curl's
+ * error buffer), taken from a pool when it starts and given back when it ends, so that the
+ * attempts waiting in a stream window or for their write stay small (~1 KB). */
+typedef struct reqpart {
+    struct reqpart *next; /* the free pool */
+    /* The request headers: curl_slist nodes and lines owned by the attempt (the struct is
+     * public and curl only reads the list), so a request allocates nothing for them. */
+    struct curl_slist headers[HEADERS];
+    char h_id[SB_ID_MAX + 16];
+    char h_ts[48];
+    char h_sig[2 * SB_WEBHOOK_SIG_MAX + 32];
+    char errbuf[CURL_ERROR_SIZE];
+    /* plain http:// targets go through sb_hclient, not curl: the same header lines, CRLF */
+    sb_hclient_req hreq;
+    char hlines[sizeof(char[SB_ID_MAX + 16]) + 48 + 2 * SB_WEBHOOK_SIG_MAX + 32 + 128];
+} reqpart;
+
 /* The stream's per-room state for one endpoint: exists while the room has stream items not
  * yet written. At most one is started (head); later ones wait in seq order. Once the head
  * has to be retried, the room is "spilled": its later events go to the table as blocked
@@ -160,19 +177,10 @@ struct attempt {
     enum outcome outcome;
     int64_t next_at;
     /* Up to here attempt_new zeroes; the buffers below are written before they are read
-     * (the three messages get their NUL there). */
+     * (the two messages get their NUL there). */
     char refused[ERROR_MAX];
-    char errbuf[CURL_ERROR_SIZE];
     char error[ERROR_MAX];
-    /* The request headers: curl_slist nodes and lines owned by the attempt (the struct is
-     * public and curl only reads the list), so a request allocates nothing for them. */
-    struct curl_slist headers[HEADERS];
-    char h_id[SB_ID_MAX + 16];
-    char h_ts[48];
-    char h_sig[2 * SB_WEBHOOK_SIG_MAX + 32];
-    /* plain http:// targets go through sb_hclient, not curl: the same header lines, CRLF */
-    sb_hclient_req hreq;
-    char hlines[sizeof(char[SB_ID_MAX + 16]) + 48 + 2 * SB_WEBHOOK_SIG_MAX + 32 + 128];
+    reqpart *rp; /* while its request is being built or runs */
 };
 
 typedef struct posted {
@@ -245,6 +253,8 @@ struct sb_webhooks {
     CURL *easy_pool[EASY_POOL]; /* finished handles kept for reuse (curl_easy_reset) */
     attempt *pool;              /* freed attempts kept for reuse */
     int npool;
+    reqpart *rpool; /* and request parts */
+    int nrpool;
     int neasy;
     attempt *busy[BUSY_BUCKETS];
     int nbusy;
@@ -925,14 +935,45 @@ static attempt *attempt_new(sb_webhooks *w)
         return NULL;
     }
     memset(a, 0, offsetof(attempt, refused));
-    a->refused[0] = a->errbuf[0] = a->error[0] = '\0';
+    a->refused[0] = a->error[0] = '\0';
+    a->rp = NULL;
     a->w = w;
     return a;
+}
+
+static reqpart *reqpart_get(sb_webhooks *w)
+{
+    reqpart *p = w->rpool;
+    if (p) {
+        w->rpool = p->next;
+        w->nrpool--;
+    } else if (!(p = sb_malloc(sizeof *p))) {
+        return NULL;
+    }
+    p->errbuf[0] = '\0';
+    return p;
+}
+
+/* Gives a's request part back (none is a no-op). */
+static void reqpart_put(sb_webhooks *w, attempt *a)
+{
+    reqpart *p = a->rp;
+    a->rp = NULL;
+    if (!p)
+        return;
+    if (w->nrpool < ATTEMPT_POOL && !w->stopping) {
+        p->next = w->rpool;
+        w->rpool = p;
+        w->nrpool++;
+        return;
+    }
+    sb_free(p);
 }
 
 static void attempt_free(attempt *a)
 {
     sb_webhooks *w = a->w;
+    reqpart_put(w, a);
     sb_free(a->body);
     if (w->npool < ATTEMPT_POOL && !w->stopping) {
         a->qnext = w->pool;
@@ -1461,7 +1502,9 @@ static void finish(sb_webhooks *w, attempt *a, CURLcode cc)
         snprintf(why, sizeof why, "timed out after %lld ms (webhooks.timeout)",
                  (long long)w->cfg->webhooks_timeout_ms);
     else if (cc != CURLE_OK)
-        snprintf(why, sizeof why, "%.200s", a->errbuf[0] ? a->errbuf : curl_easy_strerror(cc));
+        snprintf(why, sizeof why, "%.200s",
+                 a->rp && a->rp->errbuf[0] ? a->rp->errbuf : curl_easy_strerror(cc));
+    reqpart_put(w, a);
     conclude(w, a, (int)status, cc == CURLE_OK ? NULL : why);
 }
 
@@ -1484,6 +1527,7 @@ static void on_hc_done(sb_hclient_req *r, const sb_hclient_result *res)
     attempt *a = r->ud;
     sb_webhooks *w = a->w;
     a->via_hc = false;
+    reqpart_put(w, a); /* r is in it: done may give it back (res is not in it) */
     if (res->err == SB_ECANCELED && w->stopping) {
         abandon(w, a);
         return;
@@ -1589,16 +1633,21 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
         rc = sb_webhook_sign(ep->old_key, (size_t)ep->old_keylen, a->event_id, ts, a->body,
                              a->body_len, sig + l + 1);
     }
-    if (rc)
+    reqpart *rp = rc ? NULL : (a->rp = reqpart_get(w));
+    if (!rc && !rp)
+        rc = SB_ENOMEM;
+    if (rc) {
+        OPENSSL_cleanse(sig, sizeof sig);
         goto fail;
-    snprintf(a->h_id, sizeof a->h_id, "webhook-id: %s", a->event_id);
-    snprintf(a->h_ts, sizeof a->h_ts, "webhook-timestamp: %lld", (long long)ts);
-    snprintf(a->h_sig, sizeof a->h_sig, "webhook-signature: %s", sig);
+    }
+    snprintf(rp->h_id, sizeof rp->h_id, "webhook-id: %s", a->event_id);
+    snprintf(rp->h_ts, sizeof rp->h_ts, "webhook-timestamp: %lld", (long long)ts);
+    snprintf(rp->h_sig, sizeof rp->h_sig, "webhook-signature: %s", sig);
     OPENSSL_cleanse(sig, sizeof sig);
     if (strncasecmp(ep->url, "http://", 7) == 0 && w->hc) {
-        int n = snprintf(a->hlines, sizeof a->hlines, "%s\r\n%s\r\n%s\r\n%s\r\n%s\r\n",
-                         hdr_content_type, hdr_user_agent, a->h_id, a->h_ts, a->h_sig);
-        if (n < 0 || (size_t)n >= sizeof a->hlines) {
+        int n = snprintf(rp->hlines, sizeof rp->hlines, "%s\r\n%s\r\n%s\r\n%s\r\n%s\r\n",
+                         hdr_content_type, hdr_user_agent, rp->h_id, rp->h_ts, rp->h_sig);
+        if (n < 0 || (size_t)n >= sizeof rp->hlines) {
             rc = SB_EINVAL;
             goto fail;
         }
@@ -1608,21 +1657,23 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
         if (ep->open_until)
             ep->probing = true;
         a->via_hc = true;
-        rc = sb_hclient_post(w->hc, &a->hreq, ep->url, a->hlines, (size_t)n, a->body, a->body_len,
+        rc = sb_hclient_post(w->hc, &rp->hreq, ep->url, rp->hlines, (size_t)n, a->body, a->body_len,
                              (uint64_t)w->cfg->webhooks_timeout_ms, on_hc_done, a);
         if (rc) {
             /* Treated as a failed attempt so that the delivery moves on. */
             a->via_hc = false;
+            reqpart_put(w, a);
             char why[ERROR_MAX];
             snprintf(why, sizeof why, "cannot start the request: %s", sb_strerror(rc));
             conclude(w, a, 0, why);
         }
         return 0;
     }
-    char *lines[HEADERS] = {hdr_content_type, hdr_user_agent, a->h_id,
-                            a->h_ts,          a->h_sig,       hdr_no_expect};
+    char *lines[HEADERS] = {hdr_content_type, hdr_user_agent, rp->h_id,
+                            rp->h_ts,         rp->h_sig,      hdr_no_expect};
     for (int i = 0; i < HEADERS; i++)
-        a->headers[i] = (struct curl_slist){lines[i], i + 1 < HEADERS ? &a->headers[i + 1] : NULL};
+        rp->headers[i] =
+            (struct curl_slist){lines[i], i + 1 < HEADERS ? &rp->headers[i + 1] : NULL};
     rc = SB_ENOMEM;
     CURL *e = a->easy = easy_get(w);
     if (!e)
@@ -1631,14 +1682,14 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
     curl_easy_setopt(e, CURLOPT_URL, ep->url);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, a->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)a->body_len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, a->headers);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, rp->headers);
     /* Over TLS, wait for a connection that may turn out to multiplex (h2) rather than open
      * another; plain http:// is HTTP/1.1 here, where waiting would serialize requests. */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(ep->url, "https:", 6) == 0 ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, a);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, a);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->errbuf);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rp->errbuf);
     curl_easy_setopt(e, CURLOPT_PRIVATE, a);
     a->started = true;
     ep->inflight++;
@@ -1647,13 +1698,14 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
         ep->probing = true;
     if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
         /* Treated as a failed attempt so that the delivery moves on. */
-        snprintf(a->errbuf, sizeof a->errbuf, "cannot start the request");
+        snprintf(rp->errbuf, sizeof rp->errbuf, "cannot start the request");
         finish(w, a, CURLE_FAILED_INIT);
     }
     return 0;
 fail:
     easy_put(w, a->easy);
     a->easy = NULL;
+    reqpart_put(w, a);
     sb_free(a->body);
     a->body = NULL;
     return rc;
@@ -2483,6 +2535,11 @@ void sb_webhooks_stop(sb_webhooks *w)
         attempt *a = w->pool;
         w->pool = a->qnext;
         sb_free(a);
+    }
+    while (w->rpool) {
+        reqpart *p = w->rpool;
+        w->rpool = p->next;
+        sb_free(p);
     }
     pthread_mutex_destroy(&w->mq_lock);
     sb_free(w);
