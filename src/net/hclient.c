@@ -1112,7 +1112,7 @@ static void h2_conn_lost(hconn *k, int err)
             r->retried = true;
             h2_requeue(k, r);
         } else {
-            h2_done(k, r, r->h2_got_bytes && err == SB_EIO ? SB_EPROTO : err, NULL);
+            h2_done(k, r, err, NULL);
         }
     }
     while (h->whead)
@@ -1564,40 +1564,47 @@ static void h2_flush(hconn *k)
     h2_submit_waiting(k);
     if (k->state != C_ACTIVE)
         return;
-    int rv = nghttp2_session_send(h->s);
-    if (rv < 0) {
-        set_error(k, "HTTP/2 connection to %s port %u: %s", k->ip, (unsigned)k->o->port,
-                  nghttp2_strerror(rv));
-        h2_conn_lost(k, SB_EIO);
-        return;
-    }
-    if (h->out_len && !h->writing) {
+    /* Normally one pass; more only when nghttp2 had more than H2_OUT_MAX to send. */
+    for (;;) {
+        int rv = nghttp2_session_send(h->s);
+        if (rv < 0) {
+            set_error(k, "HTTP/2 connection to %s port %u: %s", k->ip, (unsigned)k->o->port,
+                      nghttp2_strerror(rv));
+            h2_conn_lost(k, SB_EIO);
+            return;
+        }
+        if (h->out_len == 0 || h->writing)
+            break;
         uv_buf_t b = uv_buf_init(h->out, (unsigned)h->out_len);
         int n = uv_try_write((uv_stream_t *)&k->tcp, &b, 1);
         if (n == (int)h->out_len) {
             h->out_len = 0;
-        } else {
-            size_t off = n > 0 ? (size_t)n : 0;
-            char *p = h->out;
-            size_t cap = h->out_cap;
-            h->out = h->wout;
-            h->out_cap = h->wout_cap;
-            h->wout = p;
-            h->wout_cap = cap;
-            b = uv_buf_init(p + off, (unsigned)(h->out_len - off));
-            h->out_len = 0;
-            k->write.data = k;
-            int rc = (n < 0 && n != UV_EAGAIN)
-                         ? n
-                         : uv_write(&k->write, (uv_stream_t *)&k->tcp, &b, 1, h2_write_cb);
-            if (rc < 0) {
-                set_error(k, "write to %s port %u: %s", k->ip, (unsigned)k->o->port,
-                          uv_strerror(rc));
-                h2_conn_lost(k, SB_EIO);
-                return;
-            }
-            h->writing = true;
+            if (!nghttp2_session_want_write(h->s))
+                break;
+            continue;
         }
+        /* The rest goes through uv_write; output collected meanwhile waits in the other
+         * buffer until h2_write_cb. */
+        size_t off = n > 0 ? (size_t)n : 0;
+        char *p = h->out;
+        size_t cap = h->out_cap;
+        h->out = h->wout;
+        h->out_cap = h->wout_cap;
+        h->wout = p;
+        h->wout_cap = cap;
+        b = uv_buf_init(p + off, (unsigned)(h->out_len - off));
+        h->out_len = 0;
+        k->write.data = k;
+        int rc = (n < 0 && n != UV_EAGAIN)
+                     ? n
+                     : uv_write(&k->write, (uv_stream_t *)&k->tcp, &b, 1, h2_write_cb);
+        if (rc < 0) {
+            set_error(k, "write to %s port %u: %s", k->ip, (unsigned)k->o->port, uv_strerror(rc));
+            h2_conn_lost(k, SB_EIO);
+            return;
+        }
+        h->writing = true;
+        break;
     }
     if (!h->writing && !nghttp2_session_want_read(h->s) && !nghttp2_session_want_write(h->s)) {
         /* Finished by GOAWAY (ours or the server's) with nothing left open. */
