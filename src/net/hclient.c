@@ -849,15 +849,22 @@ static void *h2_realloc(void *p, size_t n, void *ud)
 
 static nghttp2_mem h2_mem = {NULL, h2_malloc, h2_mfree, h2_calloc, h2_realloc};
 
-static bool tchar(unsigned char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
+/* RFC 9110 tchar. */
+static const unsigned char tchars[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
 
-static bool ieq(const char *a, size_t n, const char *lit)
+static bool ieq(const char *a, size_t n, const char *lit, size_t m)
 {
-    size_t m = strlen(lit);
     if (n != m)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -870,53 +877,78 @@ static bool ieq(const char *a, size_t n, const char *lit)
     return true;
 }
 
+#define IEQ(a, n, lit) ieq((a), (n), (lit), sizeof(lit) - 1)
+
+/* Connection-specific fields (RFC 9113 §8.2.2) and the ones the client writes itself. */
+static bool banned_field(const char *n, size_t len)
+{
+    switch (len) {
+    case 2:
+        return IEQ(n, len, "te");
+    case 4:
+        return IEQ(n, len, "host");
+    case 7:
+        return IEQ(n, len, "upgrade");
+    case 10:
+        return IEQ(n, len, "connection") || IEQ(n, len, "keep-alive");
+    case 14:
+        return IEQ(n, len, "content-length");
+    case 16:
+        return IEQ(n, len, "proxy-connection");
+    case 17:
+        return IEQ(n, len, "transfer-encoding");
+    default:
+        return false;
+    }
+}
+
+/* One pass over the lines; fn (may be NULL) sees each line before the next is checked. */
+static int h2_lines(const char *extra, size_t len,
+                    int (*fn)(const char *, size_t, const char *, size_t, void *), void *ud)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t n0 = i;
+        while (i < len && tchars[(unsigned char)extra[i]])
+            i++;
+        size_t nlen = i - n0;
+        if (nlen == 0 || i >= len || extra[i] != ':' || banned_field(extra + n0, nlen))
+            return SB_EINVAL;
+        i++;
+        while (i < len && (extra[i] == ' ' || extra[i] == '\t'))
+            i++;
+        size_t v0 = i;
+        while (i < len) {
+            unsigned char ch = (unsigned char)extra[i];
+            if (ch < 0x20 && ch != '\t')
+                break;
+            if (ch == 0x7f)
+                return SB_EINVAL;
+            i++;
+        }
+        if (i + 1 >= len || extra[i] != '\r' || extra[i + 1] != '\n')
+            return SB_EINVAL;
+        size_t v1 = i;
+        while (v1 > v0 && (extra[v1 - 1] == ' ' || extra[v1 - 1] == '\t'))
+            v1--;
+        i += 2;
+        if (fn) {
+            int rc = fn(extra + n0, nlen, extra + v0, v1 - v0, ud);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 int sb__hclient_h2_headers(const char *extra, size_t len,
                            int (*fn)(const char *name, size_t name_len, const char *value,
                                      size_t value_len, void *ud),
                            void *ud)
 {
-    static const char *const banned[] = {"host",       "content-length",    "connection",
-                                         "keep-alive", "transfer-encoding", "upgrade",
-                                         "te",         "proxy-connection"};
     /* Checked in full first, so that fn never sees a part of an invalid list. */
-    for (int pass = 0; pass < 2; pass++) {
-        size_t i = 0;
-        while (i < len) {
-            size_t n0 = i;
-            while (i < len && tchar((unsigned char)extra[i]))
-                i++;
-            size_t nlen = i - n0;
-            if (nlen == 0 || i >= len || extra[i] != ':')
-                return SB_EINVAL;
-            i++;
-            while (i < len && (extra[i] == ' ' || extra[i] == '\t'))
-                i++;
-            size_t v0 = i;
-            while (i < len && extra[i] != '\r') {
-                unsigned char ch = (unsigned char)extra[i];
-                if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-                    return SB_EINVAL;
-                i++;
-            }
-            if (i + 1 >= len || extra[i + 1] != '\n')
-                return SB_EINVAL;
-            size_t v1 = i;
-            while (v1 > v0 && (extra[v1 - 1] == ' ' || extra[v1 - 1] == '\t'))
-                v1--;
-            i += 2;
-            for (size_t b = 0; b < sizeof(banned) / sizeof(banned[0]); b++)
-                if (ieq(extra + n0, nlen, banned[b]))
-                    return SB_EINVAL;
-            if (pass == 1) {
-                int rc = fn(extra + n0, nlen, extra + v0, v1 - v0, ud);
-                if (rc)
-                    return rc;
-            }
-        }
-        if (!fn)
-            return 0;
-    }
-    return 0;
+    int rc = h2_lines(extra, len, NULL, NULL);
+    return rc ? rc : h2_lines(extra, len, fn, ud);
 }
 
 /* -- request lists -- */
@@ -1528,7 +1560,7 @@ static void h2_submit_waiting(hconn *k)
         nv[4] = NV_LIT("content-length", digits + d, sizeof(digits) - d);
         nvbuild b = {nv, 5, lower};
         if (r->extra_len)
-            sb__hclient_h2_headers(r->extra, r->extra_len, nv_add, &b); /* checked in post */
+            h2_lines(r->extra, r->extra_len, nv_add, &b); /* checked in post */
         nghttp2_data_provider dp = {.source.ptr = NULL, .read_callback = h2_read_body};
         uint16_t idx = h->freeidx[h->nfree - 1];
         int32_t id = nghttp2_submit_request(h->s, NULL, nv, b.n, r->body_len ? &dp : NULL,
@@ -1715,8 +1747,7 @@ int sb_hclient_post_ex(sb_hclient *c, sb_hclient_req *r, const char *url, const 
     bool h2 = flags & SB_HCLIENT_H2C;
     if (h2) {
         int lines = 0;
-        if (extra_len > H2_EXTRA_MAX ||
-            sb__hclient_h2_headers(extra_headers, extra_len, count_line, &lines) != 0)
+        if (extra_len > H2_EXTRA_MAX || h2_lines(extra_headers, extra_len, count_line, &lines) != 0)
             return SB_EINVAL;
         if (h2_callbacks_init() < 0)
             return SB_ENOMEM;
