@@ -808,12 +808,13 @@ typedef struct h2state {
     int nreqs;                     /* requests on the connection */
     int nstreams;                  /* slots in use: open streams, finished requests included */
     int32_t goaway_last;
-    bool goaway;  /* GOAWAY received: no new stream here */
-    bool linked;  /* in the origin's h2 list */
-    bool dirty;   /* in the client's dirty list */
-    bool in_recv; /* inside nghttp2_session_mem_recv: no send, no free */
-    bool writing; /* a uv_write of wout is in flight */
-    char *out;    /* output collected since the last write */
+    bool goaway;   /* GOAWAY received: no new stream here */
+    bool settings; /* the server's SETTINGS arrived */
+    bool linked;   /* in the origin's h2 list */
+    bool dirty;    /* in the client's dirty list */
+    bool in_recv;  /* inside nghttp2_session_mem_recv: no send, no free */
+    bool writing;  /* a uv_write of wout is in flight */
+    char *out;     /* output collected since the last write */
     size_t out_len, out_cap;
     char *wout; /* output being written */
     size_t wout_cap;
@@ -1033,6 +1034,7 @@ static void h2_reset_response(sb_hclient_req *r)
     r->h2_got_bytes = false;
     r->h2_ra_len = 0;
     r->h2_status = 0;
+    r->h2_hdr_bytes = 0;
     r->sent = 0;
     r->h2_body = 0;
 }
@@ -1089,9 +1091,19 @@ static void h2_start_new(hconn *k);
 static int h2_dispatch(sb_hclient *c, origin *o, sb_hclient_req *r)
 {
     hconn *k;
-    for (k = o->h2; k; k = k->inext)
-        if (!k->h2->goaway && k->state != C_CLOSING && k->h2->nreqs < SB_HCLIENT_H2_MAX_STREAMS)
+    for (k = o->h2; k; k = k->inext) {
+        /* Full at the server's limit (once known) or ours: the next connection, or a new one. */
+        h2state *h = k->h2;
+        uint32_t max = SB_HCLIENT_H2_MAX_STREAMS;
+        if (h->settings) {
+            uint32_t srv =
+                nghttp2_session_get_remote_settings(h->s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+            if (srv < max)
+                max = srv ? srv : 1;
+        }
+        if (!h->goaway && k->state != C_CLOSING && (uint32_t)h->nreqs < max)
             break;
+    }
     if (k) {
         h2_attach(k, r);
         if (k->state == C_ACTIVE)
@@ -1229,6 +1241,12 @@ static int h2_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_
     if (!r)
         return 0;
     r->h2_got_bytes = true;
+    /* RFC 9113 §6.5.2 counts 32 bytes per field; nghttp2 does not enforce ours. */
+    r->h2_hdr_bytes += (uint32_t)(namelen + valuelen + 32);
+    if (r->h2_hdr_bytes > H2_HDR_LIST_MAX) {
+        r->h2_hdr_bytes = UINT32_MAX;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    }
     if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
         /* nghttp2 checked it is three digits. */
         int st =
@@ -1275,6 +1293,10 @@ static int h2_on_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
             if (r)
                 r->h2_complete = true;
         }
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(f->hd.flags & NGHTTP2_FLAG_ACK))
+            h->settings = true;
         break;
     case NGHTTP2_GOAWAY:
         if (!h->goaway || f->goaway.last_stream_id < h->goaway_last)
@@ -1332,6 +1354,12 @@ static int h2_on_close(nghttp2_session *s, int32_t stream_id, uint32_t code, voi
         return 0;
     }
     char msg[200];
+    if (r->h2_hdr_bytes == UINT32_MAX) {
+        snprintf(msg, sizeof(msg), "response from %s port %u: header section too large", k->ip,
+                 (unsigned)k->o->port);
+        h2_done(k, r, SB_EPROTO, msg);
+        return 0;
+    }
     if (r->h2_complete)
         snprintf(msg, sizeof(msg), "invalid HTTP/2 response from %s port %u: no status", k->ip,
                  (unsigned)k->o->port);
@@ -1397,12 +1425,17 @@ static hconn *h2_conn_new(sb_hclient *c, origin *o)
     for (int i = 0; i < SB_HCLIENT_H2_MAX_STREAMS; i++)
         h->freeidx[i] = (uint16_t)(SB_HCLIENT_H2_MAX_STREAMS - 1 - i);
     h->nfree = SB_HCLIENT_H2_MAX_STREAMS;
+    /* At the tail: requests go to the oldest connection with room. */
     h->linked = true;
-    k->iprev = NULL;
-    k->inext = o->h2;
-    if (o->h2)
-        o->h2->iprev = k;
-    o->h2 = k;
+    hconn *last = o->h2;
+    while (last && last->inext)
+        last = last->inext;
+    k->iprev = last;
+    k->inext = NULL;
+    if (last)
+        last->inext = k;
+    else
+        o->h2 = k;
     return k;
 fail:
     nghttp2_option_del(opt);

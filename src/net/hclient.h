@@ -122,6 +122,7 @@ struct sb_hclient_req {
     int32_t stream_id; /* 0 while waiting for a stream */
     uint16_t h2_slot;  /* with a stream: its slot on the connection */
     int h2_status;
+    uint32_t h2_hdr_bytes; /* response header list size so far */
     uint16_t h2_auth_len, h2_path_len;
     size_t sent;                   /* body bytes handed to nghttp2 */
     uint64_t h2_body;              /* response DATA bytes */

@@ -8,6 +8,7 @@
  *   /refuse-once  RST_STREAM(REFUSED_STREAM) the first time, then 204
  *   /close        closes the connection while close_conns > 0 (decremented), else 204
  *   /big          200 with a 2 MiB body
+ *   /bighdr       200 with three 8000-byte header fields
  * With goaway_n set, the first connection answers its first goaway_n streams and sends GOAWAY
  * with the last of them as last_stream_id, leaving the later ones unanswered.
  */
@@ -178,6 +179,16 @@ static void on_request(sconn *k, sstream *st)
         } else {
             respond(k, st, "204", NULL);
         }
+    } else if (strcmp(st->path, "/bighdr") == 0) {
+        static char v[8000];
+        memset(v, 'v', sizeof(v));
+        nghttp2_nv nv[4] = {
+            {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
+            {(uint8_t *)"x-a", (uint8_t *)v, 3, sizeof(v), NGHTTP2_NV_FLAG_NONE},
+            {(uint8_t *)"x-b", (uint8_t *)v, 3, sizeof(v), NGHTTP2_NV_FLAG_NONE},
+            {(uint8_t *)"x-c", (uint8_t *)v, 3, sizeof(v), NGHTTP2_NV_FLAG_NONE},
+        };
+        assert_int_equal(nghttp2_submit_response(k->ng, st->id, nv, 4, NULL), 0);
     } else if (strcmp(st->path, "/big") == 0) {
         st->big_left = BIG_BODY;
         nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE};
@@ -729,6 +740,26 @@ static void test_max_concurrent_streams(void **state)
         assert_int_equal(o[i].status, 204);
     assert_int_equal(fx.srv.streams - before, 10);
     assert_true(fx.srv.max_open <= 2);
+    /* The first connection was full at the server's limit: the rest went to a second one. */
+    assert_int_equal(fx.srv.connections, 2);
+    teardown();
+}
+
+static void test_response_headers_too_large(void **state)
+{
+    (void)state;
+    setup_with(NULL);
+    sb_hclient_req r;
+    outcome o;
+    assert_int_equal(post("/bighdr", &r, &o, 2000), 0);
+    run_until(&o);
+    assert_int_equal(o.err, SB_EPROTO);
+    assert_non_null(strstr(o.error, "header section too large"));
+    /* Only that stream was reset. */
+    assert_int_equal(post("/status/204", &r, &o, 2000), 0);
+    run_until(&o);
+    assert_int_equal(o.status, 204);
+    assert_int_equal(fx.srv.connections, 1);
     teardown();
 }
 
@@ -907,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_goaway_retries_later_streams),
         cmocka_unit_test(test_server_closes_connection),
         cmocka_unit_test(test_max_concurrent_streams),
+        cmocka_unit_test(test_response_headers_too_large),
         cmocka_unit_test(test_close_in_flight),
         cmocka_unit_test(test_addr_check_refuses),
         cmocka_unit_test(test_idle_timeout),
