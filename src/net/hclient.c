@@ -1638,6 +1638,8 @@ static void h2_flush(hconn *k)
             h2_conn_lost(k, SB_EIO);
             return;
         }
+        if (k->state != C_ACTIVE)
+            return; /* a done callback run by a stream closing on send closed the client */
         if (h->out_len == 0 || h->writing)
             break;
         uv_buf_t b = uv_buf_init(h->out, (unsigned)h->out_len);
