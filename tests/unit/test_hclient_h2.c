@@ -18,6 +18,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include <nghttp2/nghttp2.h>
 #include <uv.h>
 
+#include "core/alloc.h"
 #include "net/hclient.h"
 #include "switchboard/error.h"
 
@@ -69,6 +71,7 @@ struct h2srv {
     int max_open;
     int rst_cancel;
     int refused_once;
+    int ping_acks;
     sconn *conns[MAX_SCONNS];
     char last_path[256];
     char last_hdrs[1024];
@@ -251,6 +254,8 @@ static int s_frame(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
     sconn *k = ud;
     if (f->hd.type == NGHTTP2_RST_STREAM && f->rst_stream.error_code == NGHTTP2_CANCEL)
         k->s->rst_cancel++;
+    if (f->hd.type == NGHTTP2_PING && (f->hd.flags & NGHTTP2_FLAG_ACK))
+        k->s->ping_acks++;
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         sstream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
@@ -339,6 +344,7 @@ static void on_sconnection(uv_stream_t *l, int status)
     nghttp2_settings_entry iv[1] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->max_streams}};
     assert_int_equal(nghttp2_submit_settings(k->ng, NGHTTP2_FLAG_NONE, iv, s->max_streams ? 1 : 0),
                      0);
+    assert_int_equal(nghttp2_submit_ping(k->ng, NGHTTP2_FLAG_NONE, NULL), 0);
     sflush(k);
     uv_read_start((uv_stream_t *)&k->tcp, salloc, sread);
 }
@@ -386,6 +392,7 @@ typedef struct fixture {
     sb_hclient *c;
     bool closed;
     uv_timer_t dog;
+    uv_timer_t tick;
     bool fired;
 } fixture;
 
@@ -420,13 +427,22 @@ static void on_watchdog(uv_timer_t *t)
     fx.fired = true;
 }
 
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* A done callback can run from hclient's uv_prepare handle, after which UV_RUN_ONCE would
+ * block in poll: a 5 ms tick brings the loop back to check cond. */
 static void run_until_fn(bool (*cond)(void *), void *arg)
 {
     fx.fired = false;
     uv_timer_start(&fx.dog, on_watchdog, 5000, 0);
+    uv_timer_start(&fx.tick, on_tick, 5, 5);
     while (!cond(arg) && !fx.fired)
         uv_run(&fx.loop, UV_RUN_ONCE);
     uv_timer_stop(&fx.dog);
+    uv_timer_stop(&fx.tick);
     assert_false(fx.fired);
 }
 
@@ -462,6 +478,7 @@ static void setup_with(const sb_hclient_config *cfg)
     server_start(&fx.srv, &fx.loop);
     assert_int_equal(sb_hclient_new(&fx.c, &fx.loop, cfg), 0);
     uv_timer_init(&fx.loop, &fx.dog);
+    uv_timer_init(&fx.loop, &fx.tick);
     fx.closed = false;
 }
 
@@ -470,6 +487,7 @@ static void teardown(void)
     sb_hclient_close(fx.c, on_closed, &fx.closed);
     server_stop(&fx.srv);
     uv_close((uv_handle_t *)&fx.dog, NULL);
+    uv_close((uv_handle_t *)&fx.tick, NULL);
     uv_run(&fx.loop, UV_RUN_DEFAULT);
     assert_true(fx.closed);
     assert_int_equal(uv_loop_close(&fx.loop), 0);
@@ -763,6 +781,97 @@ static void test_response_headers_too_large(void **state)
     teardown();
 }
 
+static void test_large_request_body_and_ping(void **state)
+{
+    (void)state;
+    setup_with(NULL);
+    /* More than the server's 64 KiB initial windows: sent as its WINDOW_UPDATEs come. */
+    size_t n = 300000;
+    char *big = malloc(n);
+    assert_non_null(big);
+    memset(big, 'a', n);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/status/204", fx.srv.port);
+    sb_hclient_req r[2];
+    outcome o[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&o[i], 0, sizeof(o[i]));
+        assert_int_equal(sb_hclient_post_ex(fx.c, &r[i], url, NULL, 0, big, n, 3000, SB_HCLIENT_H2C,
+                                            on_done, &o[i]),
+                         0);
+    }
+    run_all(o, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(o[i].err, 0);
+        assert_int_equal(o[i].status, 204);
+    }
+    assert_int_equal(fx.srv.last_body, n);
+    assert_int_equal(fx.srv.ping_acks, 1); /* the server's PING was answered */
+    free(big);
+    teardown();
+}
+
+/* The n-th allocation from now fails (1 = the next one); 0 = none fails. */
+static int alloc_fail_at;
+
+static void *failing_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    if (alloc_fail_at > 0 && --alloc_fail_at == 0)
+        return NULL;
+    return malloc(size);
+}
+
+static void *failing_realloc(void *ptr, size_t size, void *ud)
+{
+    (void)ud;
+    if (alloc_fail_at > 0 && --alloc_fail_at == 0)
+        return NULL;
+    return realloc(ptr, size);
+}
+
+static void failing_free(void *ptr, void *ud)
+{
+    (void)ud;
+    free(ptr);
+}
+
+/* Every allocation on the way of two requests (the first opens the connection) fails in turn:
+ * post reports SB_ENOMEM, or done runs with an error or success; nothing hangs or leaks. */
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    static const sb_allocator failing = {failing_malloc, failing_realloc, failing_free, NULL};
+    int failures = 0, last_failures = 0;
+    for (int at = 1; at <= 150; at++) {
+        last_failures = failures;
+        setup_with(NULL);
+        sb_alloc_set(&failing);
+        alloc_fail_at = at;
+        sb_hclient_req r;
+        outcome o;
+        for (int i = 0; i < 2; i++) {
+            int rc = post("/status/204", &r, &o, 2000);
+            if (rc == SB_ENOMEM) {
+                failures++;
+                continue;
+            }
+            assert_int_equal(rc, 0);
+            run_until(&o);
+            assert_true(o.err == 0 || o.err == SB_ENOMEM || o.err == SB_EIO || o.err == SB_EPROTO);
+            if (o.err)
+                failures++;
+            else
+                assert_int_equal(o.status, 204);
+        }
+        alloc_fail_at = 0;
+        teardown();
+        sb_alloc_set(NULL);
+    }
+    assert_true(failures > 0);
+    assert_int_equal(failures, last_failures); /* the last round had no failing allocation */
+}
+
 static bool server_saw(void *arg)
 {
     return fx.srv.streams >= *(int *)arg;
@@ -796,6 +905,7 @@ static void test_close_in_flight(void **state)
     assert_false(fx.closed);
     server_stop(&fx.srv);
     uv_close((uv_handle_t *)&fx.dog, NULL);
+    uv_close((uv_handle_t *)&fx.tick, NULL);
     uv_run(&fx.loop, UV_RUN_DEFAULT);
     assert_true(fx.closed);
     assert_int_equal(uv_loop_close(&fx.loop), 0);
@@ -927,6 +1037,7 @@ static void test_h1_and_h2c_side_by_side(void **state)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as src/main.c does; hclient.h requires it */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_many_streams_one_connection),
         cmocka_unit_test(test_request_headers),
@@ -939,6 +1050,8 @@ int main(void)
         cmocka_unit_test(test_server_closes_connection),
         cmocka_unit_test(test_max_concurrent_streams),
         cmocka_unit_test(test_response_headers_too_large),
+        cmocka_unit_test(test_large_request_body_and_ping),
+        cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_close_in_flight),
         cmocka_unit_test(test_addr_check_refuses),
         cmocka_unit_test(test_idle_timeout),
