@@ -26,18 +26,24 @@
  *
  * HTTP/2 with prior knowledge (RFC 9113 §3.3, "h2c"), per request with SB_HCLIENT_H2C, for
  * plain http:// receivers configured to speak it (no upgrade, no TLS): an origin gets ONE h2c
- * connection carrying up to min(256, the server's SETTINGS_MAX_CONCURRENT_STREAMS) streams
- * (requests beyond that wait on it); a second is opened only when the first has received
- * GOAWAY, is closing, or holds 256 requests. Output of every request started in one loop turn
- * goes out in one write (flushed from a uv_prepare handle and after each read). We send
- * ENABLE_PUSH 0 and a 1 MiB stream window; response DATA is counted and discarded (windows are
- * updated automatically). Errors: RST_STREAM from the server → SB_EIO, except REFUSED_STREAM
- * (not processed), retried once; GOAWAY → streams above its last_stream_id are retried once on
- * a new connection, those at or below it that never finish fail with SB_EIO; EOF or reset
- * fails the open streams with SB_EIO, retrying once those that had no response byte yet (never
- * after a GOAWAY); the request timeout sends RST_STREAM(CANCEL) and reports SB_ETIMEDOUT, the
- * connection staying up. h2c connections and HTTP/1.1 connections to one origin are separate
- * pools; an idle h2c connection (no request) is closed after idle_timeout_ms.
+ * connection carrying many streams; another is opened only when it has received GOAWAY, is
+ * closing, or is full: as many requests as the server's SETTINGS_MAX_CONCURRENT_STREAMS (once
+ * received), at most 256. Before the server's SETTINGS arrive at most 100 streams are started
+ * (the rest wait on the connection). Output of every request started in one loop turn goes
+ * out in one write (flushed from a uv_prepare handle, so `done` may run from it, and after
+ * each read). We send ENABLE_PUSH 0, a 1 MiB stream and connection window and a 16 KiB
+ * MAX_HEADER_LIST_SIZE (a larger response header list fails its request with SB_EPROTO);
+ * response DATA is counted and discarded (windows are updated automatically); PING is answered.
+ *
+ * h2c errors: RST_STREAM from the server → SB_EIO, except REFUSED_STREAM (not processed),
+ * retried once; GOAWAY → streams above its last_stream_id are retried once on another
+ * connection, those at or below it that never finish fail with SB_EIO; EOF or reset fails the
+ * open streams with SB_EIO, retrying once those that had no response byte yet (never after a
+ * GOAWAY); the request timeout sends RST_STREAM(CANCEL) and reports SB_ETIMEDOUT, the
+ * connection staying up; sb_hclient_close reports SB_ECANCELED. addr_check applies to h2c
+ * connects as to HTTP/1.1 ones. h2c and HTTP/1.1 connections to one origin are separate pools;
+ * an h2c connection without requests is closed after idle_timeout_ms (max_idle_per_origin
+ * does not apply to h2c).
  *
  * The process must ignore SIGPIPE (src/main.c does), as libuv writes with writev.
  */
