@@ -6,8 +6,8 @@
  *
  *   cc -O2 -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/hclient_bench.c src/net/hclient.c \
  *      src/net/http1_response.c src/net/http1_chars.c src/core/alloc.c \
- *      $(pkg-config --cflags --libs libuv) -o /tmp/hclient_bench
- *   taskset -c 0 /tmp/hclient_bench http://127.0.0.1:PORT/hook [requests] [in_flight] [raw]
+ *      $(pkg-config --cflags --libs libuv libnghttp2) -o /tmp/hclient_bench
+ *   taskset -c 0 /tmp/hclient_bench http://127.0.0.1:PORT/hook [requests] [in_flight] [raw|h2c]
  *
  * POSTs `requests` (50000) webhook-shaped requests (four extra header lines, a 256-byte JSON
  * body) keeping `in_flight` (32) outstanding, each new one posted from the previous one's
@@ -19,6 +19,9 @@
  * writev and one read per request, responses only checked for "HTTP/1.1 2" and the blank line,
  * so only bodyless 2xx answers such as nginx's 204 work). The machine is shared, so compare the
  * two within one run, not across runs.
+ *
+ * With "h2c" the same requests go with SB_HCLIENT_H2C (HTTP/2 prior knowledge: one connection,
+ * in_flight streams on it) to a server speaking h2c on that port.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -49,13 +52,14 @@ static char body[256];
 static char extra[512];
 static size_t extra_len;
 static sb_hclient_req reqs[MAX_IN_FLIGHT];
+static unsigned post_flags;
 
 static void on_done(sb_hclient_req *r, const sb_hclient_result *res);
 
 static void post_one(sb_hclient_req *r)
 {
-    int rc =
-        sb_hclient_post(client, r, url, extra, extra_len, body, sizeof(body), 5000, on_done, NULL);
+    int rc = sb_hclient_post_ex(client, r, url, extra, extra_len, body, sizeof(body), 5000,
+                                post_flags, on_done, NULL);
     if (rc < 0) {
         fprintf(stderr, "post: %d\n", rc);
         exit(1);
@@ -160,6 +164,8 @@ int main(int argc, char **argv)
         "webhook-signature: v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=\r\n");
 
     bool raw = argc > 4 && strcmp(argv[4], "raw") == 0;
+    if (argc > 4 && strcmp(argv[4], "h2c") == 0)
+        post_flags = SB_HCLIENT_H2C;
     uv_loop_t loop;
     uv_loop_init(&loop);
     if (raw) {
@@ -187,7 +193,7 @@ int main(int argc, char **argv)
     double user = us(ru0.ru_utime, ru1.ru_utime) / (double)n;
     double sys = us(ru0.ru_stime, ru1.ru_stime) / (double)n;
     double wall = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    const char *who = raw ? "raw epoll" : "hclient";
+    const char *who = raw ? "raw epoll" : post_flags ? "hclient h2c" : "hclient";
     printf("%s: %ld requests measured (%ld warm-up), %ld in flight, %ld failed\n", who, n, warmup,
            in_flight, failed);
     printf("%s: cpu per request: user %.2f us + sys %.2f us = %.2f us; %.0f requests/s\n", who,

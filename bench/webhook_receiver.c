@@ -15,11 +15,17 @@
  *   GET  /stats       {count, distinct, bad, first_ms, last_ms, min_created_ms, p50_ms, p99_ms,
  * max_ms} GET  /healthz
  *
+ * It also speaks HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3): a connection that starts
+ * with the 24-byte preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" is handed to an nghttp2 server
+ * session; each request is rebuilt as the HTTP/1.1 path sees it (header lines, body) and goes
+ * through the same handlers, so the checks, counters and /stats are shared. The answers of
+ * all streams completed by one read leave in one write.
+ *
  * Bench tool only (not part of the server): requests come from the two senders under test and
  * the bench script; a request it cannot parse closes its connection.
  *
  * Usage: webhook_receiver PORT
- * Build: cc -O2 -o webhook_receiver bench/webhook_receiver.c -lcrypto
+ * Build: cc -O2 -o webhook_receiver bench/webhook_receiver.c -lcrypto -lnghttp2
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,6 +33,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <stdbool.h>
@@ -46,6 +53,7 @@
 
 typedef struct conn {
     int fd;
+    nghttp2_session *h2; /* h2c once the preface was seen */
     size_t len;
     char buf[CONN_BUF];
 } conn;
@@ -235,8 +243,24 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+/* Where answer() goes for an h2c stream (fd < 0): the handlers are shared with HTTP/1.1. */
+typedef struct h2answer {
+    int status;
+    const char *ctype;
+    char body[1024];
+    size_t bn;
+} h2answer;
+static h2answer *capture;
+
 static int answer(int fd, int status, const char *ctype, const char *body, size_t bn)
 {
+    if (fd < 0) {
+        capture->status = status;
+        capture->ctype = ctype;
+        capture->bn = bn < sizeof capture->body ? bn : sizeof capture->body;
+        memcpy(capture->body, body, capture->bn);
+        return 0;
+    }
     char h[256];
     const char *reason = status == 200 ? "OK" : status == 204 ? "No Content" : "Bad Request";
     int hl;
@@ -392,6 +416,230 @@ static int serve(conn *c)
     return 0;
 }
 
+/* ---- h2c ---- */
+
+static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+typedef struct h2stream {
+    char method[8];
+    char path[64];
+    size_t hn;
+    char hdr[4096]; /* "name: value\r\n" lines, as hook() reads them */
+    char *body;
+    size_t bn, bcap;
+    size_t sent;
+    h2answer ans;
+} h2stream;
+
+static int h2_begin(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    (void)ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    h2stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    nghttp2_session_set_stream_user_data(s, f->hd.stream_id, st);
+    return 0;
+}
+
+static int h2_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                     const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+{
+    (void)flags;
+    (void)ud;
+    h2stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st)
+        return 0;
+    if (nl == 7 && memcmp(name, ":method", 7) == 0)
+        snprintf(st->method, sizeof st->method, "%.*s", (int)vl, (const char *)value);
+    else if (nl == 5 && memcmp(name, ":path", 5) == 0)
+        snprintf(st->path, sizeof st->path, "%.*s", (int)vl, (const char *)value);
+    else if (name[0] != ':' && st->hn + nl + vl + 4 <= sizeof st->hdr) {
+        memcpy(st->hdr + st->hn, name, nl);
+        st->hn += nl;
+        memcpy(st->hdr + st->hn, ": ", 2);
+        st->hn += 2;
+        memcpy(st->hdr + st->hn, value, vl);
+        st->hn += vl;
+        memcpy(st->hdr + st->hn, "\r\n", 2);
+        st->hn += 2;
+    }
+    return 0;
+}
+
+static int h2_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+                   void *ud)
+{
+    (void)flags;
+    (void)ud;
+    h2stream *st = nghttp2_session_get_stream_user_data(s, id);
+    if (!st)
+        return 0;
+    if (st->bn + len > CONN_BUF)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (st->bn + len > st->bcap) {
+        size_t cap = st->bcap ? st->bcap : 1024;
+        while (cap < st->bn + len)
+            cap *= 2;
+        char *p = realloc(st->body, cap);
+        if (!p)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        st->body = p;
+        st->bcap = cap;
+    }
+    memcpy(st->body + st->bn, data, len);
+    st->bn += len;
+    return 0;
+}
+
+static ssize_t h2_read_answer(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
+                              uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)s;
+    (void)id;
+    (void)ud;
+    h2stream *st = src->ptr;
+    size_t n = st->ans.bn - st->sent;
+    if (n > len)
+        n = len;
+    memcpy(buf, st->ans.body + st->sent, n);
+    st->sent += n;
+    if (st->sent == st->ans.bn)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+/* A complete request on stream st: the HTTP/1.1 handlers, answer captured. */
+static int h2_request(nghttp2_session *s, int32_t id, h2stream *st)
+{
+    capture = &st->ans;
+    const char *body = st->body ? st->body : "";
+    if (strcmp(st->method, "POST") == 0 && strcmp(st->path, "/hook") == 0)
+        hook(-1, st->hdr, st->hn, body, st->bn);
+    else if (strcmp(st->method, "PUT") == 0 && strcmp(st->path, "/config") == 0)
+        configure(-1, body, st->bn);
+    else if (strcmp(st->method, "GET") == 0 && strcmp(st->path, "/stats") == 0)
+        stats(-1);
+    else if (strcmp(st->method, "GET") == 0 && strcmp(st->path, "/healthz") == 0)
+        answer(-1, 200, "text/plain", "ok", 2);
+    else
+        answer(-1, 400, "text/plain", "", 0);
+    capture = NULL;
+    char status[4], clen[24];
+    snprintf(status, sizeof status, "%d", st->ans.status);
+    int cl = snprintf(clen, sizeof clen, "%zu", st->ans.bn);
+    nghttp2_nv nv[3] = {
+        {(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-length", (uint8_t *)clen, 14, (size_t)cl, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)(st->ans.ctype ? st->ans.ctype : ""), 12,
+         st->ans.ctype ? strlen(st->ans.ctype) : 0, NGHTTP2_NV_FLAG_NONE},
+    };
+    if (st->ans.status == 204)
+        return nghttp2_submit_response(s, id, nv, 1, NULL);
+    nghttp2_data_provider dp = {.source.ptr = st, .read_callback = h2_read_answer};
+    return nghttp2_submit_response(s, id, nv, st->ans.ctype ? 3 : 2, st->ans.bn ? &dp : NULL);
+}
+
+static int h2_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    (void)ud;
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+        (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        h2stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+        if (st && h2_request(s, f->hd.stream_id, st) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static int h2_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
+{
+    (void)code;
+    (void)ud;
+    h2stream *st = nghttp2_session_get_stream_user_data(s, id);
+    if (st) {
+        nghttp2_session_set_stream_user_data(s, id, NULL);
+        free(st->body);
+        free(st);
+    }
+    return 0;
+}
+
+static nghttp2_session_callbacks *h2cb;
+
+static int h2_start(conn *c)
+{
+    if (!h2cb) {
+        if (nghttp2_session_callbacks_new(&h2cb) != 0)
+            return -1;
+        nghttp2_session_callbacks_set_on_begin_headers_callback(h2cb, h2_begin);
+        nghttp2_session_callbacks_set_on_header_callback(h2cb, h2_header);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(h2cb, h2_data);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(h2cb, h2_frame);
+        nghttp2_session_callbacks_set_on_stream_close_callback(h2cb, h2_close);
+    }
+    if (nghttp2_session_server_new(&c->h2, h2cb, c) != 0)
+        return -1;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1024},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
+    };
+    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 2) != 0 ||
+        nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 1 << 24) != 0)
+        return -1;
+    return 0;
+}
+
+/* Feeds c->buf to the session, then writes everything it has to send in one write. */
+static int h2_serve(conn *c)
+{
+    ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)c->buf, c->len);
+    c->len = 0;
+    if (rv < 0)
+        return -1;
+    static char out[CONN_BUF];
+    size_t on = 0;
+    for (;;) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(c->h2, &data);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        if (on + (size_t)n > sizeof out) {
+            if (write_all(c->fd, out, on))
+                return -1;
+            on = 0;
+        }
+        if ((size_t)n > sizeof out) {
+            if (write_all(c->fd, (const char *)data, (size_t)n))
+                return -1;
+            continue;
+        }
+        memcpy(out + on, data, (size_t)n);
+        on += (size_t)n;
+    }
+    if (on && write_all(c->fd, out, on))
+        return -1;
+    return nghttp2_session_want_read(c->h2) || nghttp2_session_want_write(c->h2) ? 0 : -1;
+}
+
+/* HTTP/1.1, or h2c when the connection starts with the preface. */
+static int serve_any(conn *c)
+{
+    if (!c->h2) {
+        size_t n = c->len < sizeof PREFACE - 1 ? c->len : sizeof PREFACE - 1;
+        if (memcmp(c->buf, PREFACE, n) != 0)
+            return serve(c);
+        if (n < sizeof PREFACE - 1)
+            return 0; /* could still be the preface: wait for more */
+        if (h2_start(c))
+            return -1;
+    }
+    return h2_serve(c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -433,6 +681,7 @@ int main(int argc, char **argv)
                     }
                     nconns++;
                     nc->fd = fd;
+                    nc->h2 = NULL;
                     nc->len = 0;
                     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     struct epoll_event ce = {.events = EPOLLIN, .data.ptr = nc};
@@ -446,7 +695,7 @@ int main(int argc, char **argv)
                 ssize_t r = read(c->fd, c->buf + c->len, room);
                 if (r > 0) {
                     c->len += (size_t)r;
-                    if (serve(c)) {
+                    if (serve_any(c)) {
                         dead = true;
                         break;
                     }
@@ -466,6 +715,8 @@ int main(int argc, char **argv)
                 break;
             }
             if (dead) {
+                if (c->h2)
+                    nghttp2_session_del(c->h2);
                 close(c->fd);
                 free(c);
                 nconns--;

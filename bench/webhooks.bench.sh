@@ -70,8 +70,8 @@ fi
 bench_pinning
 pinning=${pinning/wrk/receiver}
 bench_tmpdir webhooks
-cc -O2 -Wall -Wextra -o "$tmp/webhook_receiver" "$here/webhook_receiver.c" -lcrypto ||
-    die "could not build bench/webhook_receiver.c (needs cc and the OpenSSL headers)"
+cc -O2 -Wall -Wextra -o "$tmp/webhook_receiver" "$here/webhook_receiver.c" -lcrypto -lnghttp2 ||
+    die "could not build bench/webhook_receiver.c (needs cc and the OpenSSL and nghttp2 headers)"
 
 api_key=$(openssl rand -base64 64 | tr -dc 'A-Za-z0-9' | head -c 43)
 [ ${#api_key} -eq 43 ] || die "could not make a random API key"

@@ -24,6 +24,27 @@
  * the idle ones; the caller bounds its concurrency). An idle connection was admitted by
  * addr_check when it was opened; it is not checked again when reused.
  *
+ * HTTP/2 with prior knowledge (RFC 9113 §3.3, "h2c"), per request with SB_HCLIENT_H2C, for
+ * plain http:// receivers configured to speak it (no upgrade, no TLS): an origin gets ONE h2c
+ * connection carrying many streams; another is opened only when it has received GOAWAY, is
+ * closing, or is full: as many requests as the server's SETTINGS_MAX_CONCURRENT_STREAMS (once
+ * received), at most 256. Before the server's SETTINGS arrive at most 100 streams are started
+ * (the rest wait on the connection). Output of every request started in one loop turn goes
+ * out in one write (flushed from a uv_prepare handle, so `done` may run from it, and after
+ * each read). We send ENABLE_PUSH 0, a 1 MiB stream and connection window and a 16 KiB
+ * MAX_HEADER_LIST_SIZE (a larger response header list fails its request with SB_EPROTO);
+ * response DATA is counted and discarded (windows are updated automatically); PING is answered.
+ *
+ * h2c errors: RST_STREAM from the server → SB_EIO, except REFUSED_STREAM (not processed),
+ * retried once; GOAWAY → streams above its last_stream_id are retried once on another
+ * connection, those at or below it that never finish fail with SB_EIO; EOF or reset fails the
+ * open streams with SB_EIO, retrying once those that had no response byte yet (never after a
+ * GOAWAY); the request timeout sends RST_STREAM(CANCEL) and reports SB_ETIMEDOUT, the
+ * connection staying up; sb_hclient_close reports SB_ECANCELED. addr_check applies to h2c
+ * connects as to HTTP/1.1 ones. h2c and HTTP/1.1 connections to one origin are separate pools;
+ * an h2c connection without requests is closed after idle_timeout_ms (max_idle_per_origin
+ * does not apply to h2c).
+ *
  * The process must ignore SIGPIPE (src/main.c does), as libuv writes with writev.
  */
 #ifndef SB_NET_HCLIENT_H
@@ -40,6 +61,12 @@
 /* "POST " path " HTTP/1.1\r\nHost: " [host]:port "\r\nContent-Length: " 20 digits
  * "\r\n\r\n" */
 #define SB_HCLIENT_HEAD_MAX (SB_HCLIENT_PATH_MAX + SB_HCLIENT_HOST_MAX + 96)
+
+/* sb_hclient_post_ex flags. */
+#define SB_HCLIENT_H2C 1u /* HTTP/2 with prior knowledge over plain TCP (see above) */
+
+#define SB_HCLIENT_H2_MAX_STREAMS     256 /* streams per h2c connection, whatever the server allows */
+#define SB_HCLIENT_H2_RETRY_AFTER_MAX 64 /* a longer h2c retry-after value is reported absent */
 
 typedef struct sb_hclient sb_hclient;
 
@@ -93,6 +120,20 @@ struct sb_hclient_req {
     uint64_t timeout_ms;
     uint64_t deadline; /* uv_now() + timeout_ms */
     bool retried;      /* already moved once to a new connection (stale keep-alive) */
+    /* h2c only. head holds authority then path (then the retry-after value). */
+    bool h2;
+    bool h2_complete;  /* END_STREAM received */
+    bool h2_got_bytes; /* a response frame arrived for this stream */
+    uint8_t h2_ra_len; /* retry-after length + 1, 0 when absent */
+    int32_t stream_id; /* 0 while waiting for a stream */
+    uint16_t h2_slot;  /* with a stream: its slot on the connection */
+    int h2_status;
+    uint32_t h2_hdr_bytes; /* response header list size so far */
+    uint16_t h2_auth_len, h2_path_len;
+    size_t sent;                   /* body bytes handed to nghttp2 */
+    uint64_t h2_body;              /* response DATA bytes */
+    sb_hclient_req *dprev, *dnext; /* the connection's requests, by deadline */
+    sb_hclient_req *wprev, *wnext; /* the connection's requests waiting for a stream */
     size_t head_len;
     char head[SB_HCLIENT_HEAD_MAX];
 };
@@ -120,6 +161,18 @@ int sb_hclient_post(sb_hclient *c, sb_hclient_req *r, const char *url, const cha
                     sb_hclient_done_fn done, void *ud);
 
 /*
+ * sb_hclient_post with flags: 0 (the same as sb_hclient_post) or SB_HCLIENT_H2C. With h2c,
+ * extra_headers are checked (SB_EINVAL unless every line is "Name: value\r\n" with a token
+ * name, a value without CR, LF or NUL, and none of Host, Content-Length, Connection,
+ * Transfer-Encoding, Keep-Alive, Upgrade, Proxy-Connection, TE) and sent with lowercased
+ * names; :authority, :path and content-length are written by the client. Unknown flags:
+ * SB_EINVAL.
+ */
+int sb_hclient_post_ex(sb_hclient *c, sb_hclient_req *r, const char *url, const char *extra_headers,
+                       size_t extra_len, const char *body, size_t body_len, uint64_t timeout_ms,
+                       unsigned flags, sb_hclient_done_fn done, void *ud);
+
+/*
  * Cancels every request in flight (their done runs with SB_ECANCELED before this returns),
  * closes every connection, and frees the client; closed(ud) runs from the loop once all of
  * its libuv handles and resolver requests are finished, so the loop must keep running until
@@ -145,5 +198,13 @@ int sb__hclient_parse_url(const char *url, sb__hclient_url *u);
 /* Writes the request head ("POST ... Content-Length: N\r\n", and the blank line when
  * r->extra_len is 0) into r->head; the URL bounds make it fit in SB_HCLIENT_HEAD_MAX. */
 void sb__hclient_build_head(sb_hclient_req *r, const sb__hclient_url *u, size_t body_len);
+
+/* Splits extra header lines for h2c: calls fn for each "Name: value\r\n" line (value with
+ * its surrounding OWS trimmed) until fn returns non-zero; returns 0, fn's value, or
+ * SB_EINVAL for a malformed or connection-specific line (nothing is called after that). */
+int sb__hclient_h2_headers(const char *extra, size_t len,
+                           int (*fn)(const char *name, size_t name_len, const char *value,
+                                     size_t value_len, void *ud),
+                           void *ud);
 
 #endif
