@@ -1657,8 +1657,9 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
         if (ep->open_until)
             ep->probing = true;
         a->via_hc = true;
-        rc = sb_hclient_post(w->hc, &rp->hreq, ep->url, rp->hlines, (size_t)n, a->body, a->body_len,
-                             (uint64_t)w->cfg->webhooks_timeout_ms, on_hc_done, a);
+        rc = sb_hclient_post_ex(w->hc, &rp->hreq, ep->url, rp->hlines, (size_t)n, a->body,
+                                a->body_len, (uint64_t)w->cfg->webhooks_timeout_ms,
+                                ep->h2c ? SB_HCLIENT_H2C : 0u, on_hc_done, a);
         if (rc) {
             /* Treated as a failed attempt so that the delivery moves on. */
             a->via_hc = false;

@@ -47,6 +47,45 @@ async function h2Receiver(cert, key) {
   return r;
 }
 
+/** A cleartext HTTP/2 receiver (prior knowledge only: node's http2.createServer); verifies
+ * every delivery. respond(d) may return {status, headers, delayMs}. */
+async function h2cReceiver(respond) {
+  const r = { deliveries: [], sessions: 0, secret: null, bad: [] };
+  const server = http2.createServer();
+  server.on('session', () => r.sessions++);
+  server.on('stream', (stream, headers) => {
+    const chunks = [];
+    stream.on('data', (c) => chunks.push(c));
+    stream.on('end', async () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      const h = { 'webhook-id': headers['webhook-id'], 'webhook-timestamp': headers['webhook-timestamp'], 'webhook-signature': headers['webhook-signature'] };
+      try {
+        new Webhook(r.secret).verify(body, h);
+      } catch (e) {
+        r.bad.push(e.message);
+      }
+      const d = { id: h['webhook-id'], event: JSON.parse(body), status: 0 };
+      r.deliveries.push(d);
+      const out = respond ? respond(d) : { status: 204 };
+      if (out.delayMs) await new Promise((res) => setTimeout(res, out.delayMs));
+      d.status = out.status;
+      if (!stream.destroyed) stream.respond({ ':status': out.status, ...(out.headers ?? {}) }, { endStream: true });
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  r.url = `http://127.0.0.1:${server.address().port}/hook`;
+  const sessions = new Set();
+  server.on('session', (s) => {
+    sessions.add(s);
+    s.on('close', () => sessions.delete(s));
+  });
+  r.close = () => new Promise((resolve) => {
+    server.close(() => resolve());
+    for (const s of sessions) s.destroy();
+  });
+  return r;
+}
+
 describe('webhooks over HTTPS and HTTP/2', () => {
   let srv;
   let api;
@@ -83,6 +122,49 @@ describe('webhooks over HTTPS and HTTP/2', () => {
     assert.ok(good.deliveries.every((d) => d.version === '2.0'), `HTTP versions: ${[...new Set(good.deliveries.map((d) => d.version))]}`);
     assert.equal(good.sessions, 1, 'one connection carried every delivery');
     await api('DELETE', `/v1/webhooks/${w.id}`);
+  });
+
+  it('h2c: an http:// endpoint with h2c gets HTTP/2 with prior knowledge, one connection, retries and Retry-After', async () => {
+    const tries = new Map();
+    const r = await h2cReceiver((d) => {
+      const i = (tries.get(d.id) ?? 0) + 1;
+      tries.set(d.id, i);
+      // each room's first event: a 503 with Retry-After: 0 first, then 200
+      if (d.event.type === 'room.created' && i === 1 && d.event.data.room.name.endsWith('-0')) return { status: 503, headers: { 'retry-after': '0' } };
+      return { status: 200 };
+    });
+    try {
+      const w = await createWebhook(api, { url: r.url, events: ['room.created', 'room.updated'], h2c: true });
+      assert.equal(w.h2c, true);
+      r.secret = w.secret;
+      const rooms = await makeRooms(api, `h2c-${process.pid}`, 10);
+      for (const room of rooms) assert.equal((await api('PATCH', `/v1/rooms/${room}`, { json: { metadata: 'x' } })).status, 200);
+      let log;
+      await waitFor(async () => (log = await deliveries(api, w.id)).filter((x) => x.status === 'delivered').length === 20, { timeoutMs: 10000, what: '20 delivered over h2c' });
+      assert.deepEqual(r.bad, []);
+      assert.equal(r.sessions, 1, 'one h2c connection carried every delivery');
+      const retried = log.filter((x) => x.attempts === 2);
+      assert.equal(retried.length, 1);
+      assert.equal(retried[0].attempt_log.find((a) => a.status === 503).outcome, 'retry');
+      // per room: the created event was delivered before the updated one was first tried
+      for (const room of rooms) {
+        const mine = r.deliveries.filter((d) => d.event.data.room.name === room);
+        const okCreated = mine.findIndex((d) => d.event.type === 'room.created' && d.status === 200);
+        const firstUpdated = mine.findIndex((d) => d.event.type === 'room.updated');
+        assert.ok(okCreated >= 0 && firstUpdated > okCreated, `${room} in order`);
+      }
+      // switched off again: the same endpoint is sent HTTP/1.1, which this receiver refuses
+      assert.equal((await api('PATCH', `/v1/webhooks/${w.id}`, { json: { h2c: false } })).json().h2c, false);
+      const before = r.deliveries.length;
+      const [late] = await makeRooms(api, `h2c-off-${process.pid}`, 1);
+      let dead;
+      await waitFor(async () => (dead = (await deliveries(api, w.id, 'status=dead')).find((x) => x.room === late)), { timeoutMs: 10000, what: 'the HTTP/1.1 attempts fail' });
+      assert.ok(dead.attempt_log.every((a) => a.outcome !== 'delivered' && a.error), JSON.stringify(dead.attempt_log));
+      assert.equal(r.deliveries.length, before, 'nothing reached the h2c-only receiver');
+      await api('DELETE', `/v1/webhooks/${w.id}`);
+    } finally {
+      await r.close();
+    }
   });
 
   it('refuses a receiver whose certificate does not chain to webhooks.ca_file', async () => {
