@@ -1759,16 +1759,20 @@ static void h2_connected(hconn *k)
     h2_flush(k);
 }
 
-static void on_prepare(uv_prepare_t *p)
+void sb_hclient_flush(sb_hclient *c)
 {
-    sb_hclient *c = p->data;
     hconn *k;
     while ((k = c->dirty) != NULL) {
         c->dirty = k->h2->dnext;
         k->h2->dirty = false;
         h2_flush(k);
     }
-    uv_prepare_stop(p);
+    uv_prepare_stop(&c->prep);
+}
+
+static void on_prepare(uv_prepare_t *p)
+{
+    sb_hclient_flush(p->data);
 }
 
 /* ---- public ------------------------------------------------------------------------------ */

@@ -173,6 +173,15 @@ int sb_hclient_post_ex(sb_hclient *c, sb_hclient_req *r, const char *url, const 
                        unsigned flags, sb_hclient_done_fn done, void *ud);
 
 /*
+ * Writes now what h2c requests posted since the last write have queued, instead of when the
+ * loop is about to poll (which it does by itself). A caller posting many requests in one turn
+ * calls it every few posts, so that the receiver starts on the first ones while the next are
+ * built. It may run done callbacks (a connection that fails while writing). Not from inside
+ * a done callback.
+ */
+void sb_hclient_flush(sb_hclient *c);
+
+/*
  * Cancels every request in flight (their done runs with SB_ECANCELED before this returns),
  * closes every connection, and frees the client; closed(ud) runs from the loop once all of
  * its libuv handles and resolver requests are finished, so the loop must keep running until
