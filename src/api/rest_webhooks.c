@@ -613,13 +613,18 @@ static json_t *delivery_json(sqlite3 *db, sqlite3_stmt *st)
 }
 
 /* Reads one delivery of webhook_id by id into *out (inside a job). */
-static int delivery_read(sqlite3 *db, const char *id, json_t **out)
+static int delivery_read(sqlite3 *db, const char *webhook_id, const char *id, json_t **out)
 {
-    sqlite3_stmt *st =
-        sb_store_stmt(db, "SELECT " DLV_COLS " FROM webhook_deliveries d WHERE d.id = ?1");
+    int64_t seq;
+    if (!sb_webhooks_delivery_seq(id, &seq))
+        return SB_ENOENT;
+    sqlite3_stmt *st = sb_store_stmt(db, "SELECT " DLV_COLS " FROM webhook_deliveries d WHERE "
+                                         "d.webhook_id = ?2 AND d.event_seq = ?3 AND d.id = ?1");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, webhook_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, seq);
     int rc = sqlite3_step(st);
     *out = rc == SQLITE_ROW ? delivery_json(NULL, st) : NULL;
     sqlite3_reset(st);
@@ -651,7 +656,7 @@ static int test_run(sqlite3 *db, void *arg)
     rc = rc ? rc
             : sb_webhooks_enqueue_event(db, j->id, j->who.project_id, j->event_id, j->delivery_id);
     rc = rc ? rc : sb_app_audit(db, &j->who, j->req->request_id, "webhook.test", "webhook", j->id);
-    rc = rc ? rc : delivery_read(db, j->delivery_id, &j->result);
+    rc = rc ? rc : delivery_read(db, j->id, j->delivery_id, &j->result);
     return rc;
 }
 
@@ -797,14 +802,18 @@ static void deliveries_list(sb_req *req, void *ud)
 static int retry_one_run(sqlite3 *db, void *arg)
 {
     wh_job *j = arg;
+    int64_t seq;
+    if (!sb_webhooks_delivery_seq(j->delivery_id, &seq))
+        return SB_ENOENT;
     sqlite3_stmt *st = sb_store_stmt(
         db, "SELECT d.state FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id "
-            "WHERE d.id = ?1 AND d.webhook_id = ?2 AND w.project_id = ?3");
+            "WHERE d.webhook_id = ?2 AND d.event_seq = ?4 AND d.id = ?1 AND w.project_id = ?3");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, j->who.project_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, seq);
     int s = sqlite3_step(st);
     bool dead = s == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "dead") == 0;
     sqlite3_reset(st);
@@ -817,11 +826,13 @@ static int retry_one_run(sqlite3 *db, void *arg)
     /* Back in its room's order: blocked behind the room's pending head, if there is one. */
     st = sb_store_stmt(db, "UPDATE webhook_deliveries SET state = 'pending', round_attempts = 0, "
                            "blocked = room_name IS NOT NULL, next_at = ?2, updated_at = ?2 WHERE "
-                           "id = ?1 RETURNING room_name");
+                           "webhook_id = ?3 AND event_seq = ?4 AND id = ?1 RETURNING room_name");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, j->now);
+    sqlite3_bind_text(st, 3, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, seq);
     char room[SB_WEBHOOKS_ROOM_MAX + 1] = "";
     s = sqlite3_step(st);
     if (s == SQLITE_ROW) {
@@ -835,7 +846,7 @@ static int retry_one_run(sqlite3 *db, void *arg)
     rc = rc ? rc
             : sb_app_audit(db, &j->who, j->req->request_id, "webhook.delivery_retry",
                            "webhook_delivery", j->delivery_id);
-    return rc ? rc : delivery_read(db, j->delivery_id, &j->result);
+    return rc ? rc : delivery_read(db, j->id, j->delivery_id, &j->result);
 }
 
 #define NO_DELIVERY "no such delivery of this webhook"

@@ -20,6 +20,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/str.h"
 #include "events/outbox.h"
 #include "events/webhook_policy.h"
 #include "net/hclient.h"
@@ -699,11 +700,27 @@ static int unblock(sqlite3 *db, const char *sql, const char *webhook_id, const c
     return step_done(st);
 }
 
+bool sb_webhooks_delivery_seq(const char *id, int64_t *seq)
+{
+    if (strncmp(id, "dlv_", 4) != 0 || strlen(id) != 24)
+        return false;
+    int64_t v = 0;
+    for (int i = 4; i < 24; i++) {
+        int d = sb_hex_value((unsigned char)id[i]);
+        if (d < 0 || (id[i] >= 'A' && id[i] <= 'F'))
+            return false;
+        if (i >= 12)
+            v = v * 16 + d;
+    }
+    *seq = v;
+    return true;
+}
+
 int sb_webhooks_unblock_room(sqlite3 *db, const char *webhook_id, const char *room)
 {
     return unblock(
         db,
-        "UPDATE webhook_deliveries SET blocked = 0 WHERE id = (SELECT p.id FROM "
+        "UPDATE webhook_deliveries SET blocked = 0 WHERE rowid = (SELECT p.rowid FROM "
         "webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = 'pending' AND p.room_name "
         "= ?2 ORDER BY p.event_seq LIMIT 1) AND blocked = 1 AND NOT EXISTS (SELECT 1 FROM "
         "webhook_deliveries q WHERE q.webhook_id = ?1 AND q.state = 'pending' AND q.blocked = "

@@ -86,6 +86,11 @@ bool sb_webhooks_private_allowed(const sb_config *cfg);
 int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
                               const char *event_id, char *delivery_id);
 
+/* A delivery id ("dlv_" + the endpoint's rowid in 8 hex digits + the event's seq in 12) ->
+ * the event's seq: lookups by id go through (webhook_id, event_seq). False when id is not
+ * of that form (no such delivery). */
+bool sb_webhooks_delivery_seq(const char *id, int64_t *seq);
+
 /* Per-room order (inside a store job): a room's deliveries to an endpoint are `blocked`
  * except the pending one with the lowest event seq. After a delivery of `room` stopped being
  * pending, or one became pending again (replay), unblock_room unblocks the room's new head

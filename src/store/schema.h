@@ -35,6 +35,9 @@ int sb__store_migrate(sqlite3 *db, int *version, char *err, size_t errlen);
 int sb__store_migrate_with(sqlite3 *db, const sb_store_migration *m, size_t n, int *version,
                            char *err, size_t errlen);
 
+/* The build's migration table (for tests that stop at an older version). */
+const sb_store_migration *sb__store_migrations(size_t *n);
+
 /* The one-statement upsert behind sb_store_event_seq_next (kept here with all other SQL). */
 extern const char *const sb__store_sql_event_seq_next;
 

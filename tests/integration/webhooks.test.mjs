@@ -385,6 +385,12 @@ describe('webhooks', () => {
     assert.equal(r.ok()[0].id, dead[0].event_id);
     assert.equal((await api('POST', `/v1/webhooks/${w.id}/deliveries/${dead[0].id}/retry`)).status, 409, 'not dead any more');
     assert.equal((await api('POST', `/v1/webhooks/${w.id}/deliveries/dlv_nope/retry`)).status, 404);
+    // ids are looked up through (endpoint, event seq): a well-formed id of no delivery and a
+    // real one under another endpoint answer 404
+    assert.equal((await api('POST', `/v1/webhooks/${w.id}/deliveries/${dead[1].id.slice(0, 12)}ffffffffffff/retry`)).status, 404);
+    const stranger = await createWebhook(api, { url: r.url, events: ['room.created'] });
+    assert.equal((await api('POST', `/v1/webhooks/${stranger.id}/deliveries/${dead[1].id}/retry`)).status, 404);
+    await api('DELETE', `/v1/webhooks/${stranger.id}`);
     const bulk = await api('POST', `/v1/webhooks/${w.id}/deliveries/retry`, { json: { state: 'dead' } });
     assert.equal(bulk.status, 202, bulk.text);
     assert.equal(bulk.json().replayed, 3);

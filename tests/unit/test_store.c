@@ -325,6 +325,76 @@ static void test_migration_failure_rolls_back(void **state)
     sqlite3_close(db);
 }
 
+/* Migration 6 rebuilds webhook_deliveries: rows, rowids, indexes and the allowed states
+ * survive; id is no longer indexed on its own. */
+static void test_migration_6_keeps_deliveries(void **state)
+{
+    fixture *f = *state;
+    size_t n;
+    const sb_store_migration *m = sb__store_migrations(&n);
+    assert_true(n >= 6);
+    assert_int_equal(m[4].version, 5);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    int v = -1;
+    char err[256];
+    assert_int_equal(sb__store_migrate_with(db, m, 5, &v, err, sizeof err), 0);
+    assert_int_equal(v, 5);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "INSERT INTO webhook_deliveries (rowid, id, webhook_id, project_id, "
+                     "event_seq, event_id, event_type, room_name, state, attempts, "
+                     "round_attempts, blocked, next_at, last_status, created_at, updated_at) "
+                     "VALUES (7, 'dlv_00000001000000000005', 'wh_a', 'prj_a', 5, 'evt_5', "
+                     "'room.created', 'r1', 'delivered', 1, 1, 0, 10, 204, 10, 11), "
+                     "(9, 'dlv_00000001000000000006', 'wh_a', 'prj_a', 6, 'evt_6', "
+                     "'room.updated', 'r1', 'pending', 2, 2, 0, 20, 503, 12, 13)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    assert_int_equal(sb__store_migrate(db, &v, err, sizeof err), 0);
+    assert_int_equal(v, sb__store_schema_latest());
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT rowid, id, state, attempts, last_status FROM "
+                                        "webhook_deliveries ORDER BY rowid",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 7);
+    assert_string_equal((const char *)sqlite3_column_text(st, 1), "dlv_00000001000000000005");
+    assert_string_equal((const char *)sqlite3_column_text(st, 2), "delivered");
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 9);
+    assert_string_equal((const char *)sqlite3_column_text(st, 2), "pending");
+    assert_int_equal(sqlite3_column_int(st, 3), 2);
+    assert_int_equal(sqlite3_column_int(st, 4), 503);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    /* the pending one is in the per-room index, the states are still checked, and
+     * (webhook_id, event_seq) is still unique */
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT COUNT(*) FROM webhook_deliveries INDEXED BY "
+                                        "webhook_deliveries_room WHERE webhook_id = 'wh_a' AND "
+                                        "state = 'pending'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE webhook_deliveries SET state = 'lost' WHERE rowid = 7",
+                                  NULL, NULL, NULL),
+                     SQLITE_CONSTRAINT);
+    assert_int_equal(sqlite3_exec(db,
+                                  "INSERT INTO webhook_deliveries (id, webhook_id, project_id, "
+                                  "event_seq, event_id, event_type, state, next_at, created_at, "
+                                  "updated_at) VALUES ('x', 'wh_a', 'prj_a', 5, 'e', 't', "
+                                  "'pending', 0, 0, 0)",
+                                  NULL, NULL, NULL),
+                     SQLITE_CONSTRAINT);
+    sqlite3_close(db);
+}
+
 static void test_commit_visible_to_readers(void **state)
 {
     fixture *f = *state;
@@ -795,6 +865,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reopen_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_version_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_failure_rolls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_6_keeps_deliveries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_visible_to_readers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_job_rolls_back_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_through_post, setup, teardown),
