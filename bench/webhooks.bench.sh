@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # bench/webhooks.bench.sh BIN — signed webhook delivery: a batch of N events spread over R rooms
-# is delivered to one receiver, Switchboard (durable outbox → curl multi, Standard Webhooks
-# signatures, ordered per room) side by side with bench/peers/webhook-undici (node + an undici
-# Pool, the same signing, the same per-room order, in memory).
+# is delivered to one receiver, Switchboard (durable outbox → sb_hclient for http:// targets,
+# Standard Webhooks signatures, ordered per room, every attempt recorded) side by side with
+# bench/peers/webhook-undici (node + an undici Pool, the same signing, the same per-room order,
+# state in memory only).
 #
 #   Switchboard: the batch is written into its outbox (events table) in one transaction with
 #   created_at = now, then one API call wakes the dispatcher (as any committed event does).
-#   Peer: reads a batch of the same shape, created_at = its start.
+#   Peer: builds a batch of the same shape, created_at = its start.
 #
 # Two receivers, both pinned to BENCH_CLIENT_CPU:
 #   1. correctness pass: bench/webhook-receiver.mjs (node) verifies EVERY delivery's signature
@@ -14,23 +15,29 @@
 #      JSON; each sender delivers BENCH_WEBHOOK_CHECK_EVENTS (2000) events to it once, and the
 #      bench stops if one is missing, duplicated or bad.
 #   2. throughput runs: bench/webhook_receiver.c (built here with cc; one thread, epoll,
-#      HTTP/1.1 keep-alive) verifies EVERY delivery's signature too (OpenSSL HMAC-SHA256) and
-#      timestamps arrivals. Why not node: it costs ~40 us of CPU per delivery, so on its one
-#      core it tops out near 20-25k deliveries/s and bounded both senders (the peer's 17.9k/s
-#      was within ~20% of it); the C receiver costs ~7 us per delivery (>100k/s on its core).
+#      HTTP/1.1 keep-alive and h2c with prior knowledge) verifies EVERY delivery's signature
+#      too (OpenSSL HMAC-SHA256) and timestamps arrivals. Why not node: it costs ~40 us of CPU
+#      per delivery and would bound both senders; the C receiver costs ~7 us.
+#   Each mode of BENCH_WEBHOOK_MODES is measured for both senders: h1 (Switchboard: sb_hclient;
+#   the peer: undici) and h2c (Switchboard: the endpoint's h2c flag; the peer: one node:http2
+#   session, undici having no h2c). The headline compares each sender in its best mode.
 #
 # Reported: signed deliveries/s (N / (last arrival − start): the peer starts when its batch is
 # built, Switchboard when the batch is committed to its outbox and the wake call is sent, so
 # the sqlite3 CLI's time to insert it is not counted), p50/p99 created→2xx, the
 # sender's CPU time per delivery, the ratio. Each sender (Switchboard: all its threads; the
 # peer: its node process) runs alone, pinned to BENCH_SERVER_CPU: the same one-core budget.
+# Both are warmed up first (BENCH_WEBHOOK_WARMUP events, unmeasured; the peer in each run's
+# process): a cold node process is not JIT-compiled yet, and the peer keeps getting faster
+# over the first ~100k deliveries, hence the long default batch.
 # Goal: sb/peer deliveries/s >= 4.
 #
 # Knobs: BENCH_RUNS, BENCH_SERVER_CPU, BENCH_CLIENT_CPU, BENCH_RESULTS_DIR, BENCH_SUMMARY as for
-# the others, and BENCH_WEBHOOK_EVENTS (20000), BENCH_WEBHOOK_ROOMS (1000),
+# the others, and BENCH_WEBHOOK_EVENTS (100000), BENCH_WEBHOOK_ROOMS (1000),
 # BENCH_WEBHOOK_CONCURRENCY (32: in-flight requests of both senders),
 # BENCH_WEBHOOK_CHECK_EVENTS (2000: events of the correctness pass), BENCH_WEBHOOK_WARMUP
-# (50000: events each sender delivers, unmeasured, before its timed runs).
+# (50000: events each sender delivers, unmeasured, before its timed runs), BENCH_WEBHOOK_MODES
+# ("h1 h2c").
 # shellcheck disable=SC2317 # trap handlers are reached through trap
 set -euo pipefail
 
@@ -41,7 +48,7 @@ BENCH_NAME=webhooks.bench
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 
-EVENTS=${BENCH_WEBHOOK_EVENTS:-20000}
+EVENTS=${BENCH_WEBHOOK_EVENTS:-100000}
 ROOMS=${BENCH_WEBHOOK_ROOMS:-1000}
 CONC=${BENCH_WEBHOOK_CONCURRENCY:-32}
 CHECK_EVENTS=${BENCH_WEBHOOK_CHECK_EVENTS:-2000}
@@ -93,7 +100,8 @@ say "Signed webhook delivery — Switchboard vs webhook-undici (node $node_ver, 
 say "  switchboard: $sb_ver (${bin}, commit $git_rev), --workers 1, webhooks.max_in_flight_per_endpoint $CONC"
 say "  batch:       $EVENTS room.updated events over $ROOMS rooms (ordered per room on both), $CONC requests in flight at most"
 say "  correctness: $CHECK_EVENTS events per sender to node http (bench/webhook-receiver.mjs): every signature checked with node:crypto and npm standardwebhooks, every body parsed"
-say "  receiver:    bench/webhook_receiver.c (C, epoll, keep-alive), verifies every signature (HMAC-SHA256), answers 204"
+say "  receiver:    bench/webhook_receiver.c (C, epoll, HTTP/1.1 keep-alive and h2c), verifies every signature (HMAC-SHA256), answers 204"
+say "  modes:       $MODES (h1: sb_hclient vs undici; h2c: sb_hclient h2c vs node:http2); headline = each sender in its best mode"
 say "  runs:        $RUNS per sender, alternating; $policy by deliveries/s"
 say "  warm-up:     $WARMUP events per sender before the timed runs (the peer: in each run's process, then the receiver is reset)"
 say "  pinning:     $pinning"
