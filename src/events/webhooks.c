@@ -2178,9 +2178,12 @@ typedef struct retention_job {
 static int retention_run(sqlite3 *db, void *arg)
 {
     retention_job *j = arg;
+    /* Rows are created in rowid order, so the walk stops at the first one created after the
+     * cutoff (a created_at filter in the WHERE clause made every pass scan all the younger
+     * rows, the whole table when none is old, on the writer thread). */
     sqlite3_stmt *st = sb_store_stmt(
-        db, "SELECT rowid, id, state <> 'pending' AND updated_at < ?2 FROM webhook_deliveries "
-            "WHERE rowid > ?1 AND created_at < ?2 ORDER BY rowid LIMIT ?3");
+        db, "SELECT rowid, id, state <> 'pending' AND updated_at < ?2, created_at < ?2 FROM "
+            "webhook_deliveries WHERE rowid > ?1 ORDER BY rowid LIMIT ?3");
     sqlite3_stmt *da = sb_store_stmt(db, "DELETE FROM webhook_attempts WHERE delivery_id = ?1");
     sqlite3_stmt *dd = sb_store_stmt(db, "DELETE FROM webhook_deliveries WHERE rowid = ?1");
     if (!st || !da || !dd)
@@ -2194,7 +2197,12 @@ static int retention_run(sqlite3 *db, void *arg)
         bool drop;
     } rows[RETENTION_BATCH];
     int n = 0, rc;
+    bool young = false;
     while (n < RETENTION_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!sqlite3_column_int(st, 3)) {
+            young = true; /* this one and every later one: the pass is over */
+            break;
+        }
         rows[n].rowid = sqlite3_column_int64(st, 0);
         snprintf(rows[n].id, SB_ID_MAX, "%s", sqlite3_column_text(st, 1));
         rows[n].drop = sqlite3_column_int(st, 2);
@@ -2213,7 +2221,7 @@ static int retention_run(sqlite3 *db, void *arg)
         sqlite3_bind_int64(dd, 1, rows[i].rowid);
         rc = step_done(dd);
     }
-    return rc ? rc : n == RETENTION_BATCH;
+    return rc ? rc : n == RETENTION_BATCH && !young;
 }
 
 static void retention_done(void *arg, int rc)
