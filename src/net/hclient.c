@@ -1109,6 +1109,23 @@ static void h2_mark(hconn *k)
 static hconn *h2_conn_new(sb_hclient *c, origin *o);
 static void h2_start_new(hconn *k);
 
+/* Takes an h2c connection out of its origin's list (no new request is put on it). */
+static void h2_unlink(hconn *k)
+{
+    h2state *h = k->h2;
+    if (!h->linked)
+        return;
+    h->linked = false;
+    origin *o = k->o;
+    if (k->iprev)
+        k->iprev->inext = k->inext;
+    else
+        o->h2 = k->inext;
+    if (k->inext)
+        k->inext->iprev = k->iprev;
+    k->iprev = k->inext = NULL;
+}
+
 /* Puts r on a usable h2c connection of o, opening one when there is none. */
 static int h2_dispatch(sb_hclient *c, origin *o, sb_hclient_req *r)
 {
@@ -1324,18 +1341,7 @@ static int h2_on_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         if (!h->goaway || f->goaway.last_stream_id < h->goaway_last)
             h->goaway_last = f->goaway.last_stream_id;
         h->goaway = true;
-        if (h->linked) {
-            /* No new request comes here any more. */
-            h->linked = false;
-            origin *o = k->o;
-            if (k->iprev)
-                k->iprev->inext = k->inext;
-            else
-                o->h2 = k->inext;
-            if (k->inext)
-                k->inext->iprev = k->iprev;
-            k->iprev = k->inext = NULL;
-        }
+        h2_unlink(k); /* no new request comes here any more */
         while (h->whead)
             h2_requeue(k, h->whead);
         break;
@@ -1476,17 +1482,7 @@ static void h2_start_new(hconn *k)
 static void h2_conn_closing(hconn *k)
 {
     h2state *h = k->h2;
-    if (h->linked) {
-        h->linked = false;
-        origin *o = k->o;
-        if (k->iprev)
-            k->iprev->inext = k->inext;
-        else
-            o->h2 = k->inext;
-        if (k->inext)
-            k->inext->iprev = k->iprev;
-        k->iprev = k->inext = NULL;
-    }
+    h2_unlink(k);
     if (h->dirty) {
         hconn **p = &k->c->dirty;
         while (*p != k)
