@@ -503,6 +503,12 @@ static int delete_run(sqlite3 *db, void *arg)
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     if ((rc = step_done(st)) != 0)
         return rc;
+    st = sb_store_stmt(db, "DELETE FROM webhook_delivered WHERE webhook_id = ?1");
+    if (!st)
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    if ((rc = step_done(st)) != 0)
+        return rc;
     return sb_app_audit(db, &j->who, j->req->request_id, "webhook.delete", "webhook", j->id);
 }
 
@@ -569,6 +575,16 @@ static void webhooks_rotate(sb_req *req, void *ud)
 }
 
 /* ---- the delivery object ------------------------------------------------------------------ */
+
+/* A delivered-log entry (migration 8) as the columns of DLV_COLS: its id, and its event's
+ * id, type and room from the outbox (empty when the event has left it). Ends in a WHERE
+ * clause selecting endpoint ?1. */
+#define LOG_COLS                                                                                   \
+    SB__DELIVERY_ID("w.rowid", "l.event_seq")                                                      \
+    ", l.webhook_id, COALESCE(e.id, ''), COALESCE(e.type, ''), e.room_name, 'delivered', 1, "      \
+    "l.at, l.status, NULL, l.at, l.event_seq, l.at, l.duration_ms FROM webhook_delivered l JOIN "  \
+    "webhooks w ON w.id = l.webhook_id LEFT JOIN events e ON e.project_id = w.project_id AND "     \
+    "e.seq = l.event_seq WHERE l.webhook_id = ?1"
 
 #define DLV_COLS                                                                                   \
     "d.id, d.webhook_id, d.event_id, d.event_type, d.room_name, d.state, d.attempts, d.next_at, "  \
@@ -752,10 +768,14 @@ static void deliveries_list(sb_req *req, void *ud)
         return;
     }
     sqlite3 *db = sb_app_reader(app, req);
+    /* webhook_deliveries and the delivered log (migration 8) hold each (endpoint, event) once
+     * between them, so event_seq orders the union alone: both sides come from their index in
+     * that order and are merged (no sort), the page cursor being the last seq. */
     sqlite3_stmt *st = sb_store_stmt(
         db, "SELECT " DLV_COLS " FROM webhook_deliveries d WHERE d.webhook_id = ?1 AND (?6 IS "
-            "NULL OR d.state = ?6) AND (?2 = 0 OR d.event_seq > ?3 OR (d.event_seq = ?3 AND "
-            "d.id > ?4)) ORDER BY d.event_seq, d.id LIMIT ?5");
+            "NULL OR d.state = ?6) AND (?2 = 0 OR d.event_seq > ?3) UNION ALL SELECT " LOG_COLS
+            " AND (?6 IS NULL OR ?6 = 'delivered') AND (?2 = 0 OR l.event_seq > ?3) ORDER BY 12 "
+            "LIMIT ?5");
     if (!st) {
         sb_app_internal_error(req, "listing deliveries", SB_EIO);
         return;
@@ -817,8 +837,21 @@ static int retry_one_run(sqlite3 *db, void *arg)
     int s = sqlite3_step(st);
     bool dead = s == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "dead") == 0;
     sqlite3_reset(st);
-    if (s == SQLITE_DONE)
-        return SB_ENOENT;
+    if (s == SQLITE_DONE) { /* delivered at its first attempt (the log), or no such delivery */
+        st = sb_store_stmt(
+            db, "SELECT 1 FROM webhook_delivered l JOIN webhooks w ON w.id = "
+                "l.webhook_id WHERE l.webhook_id = ?2 AND l.event_seq = ?4 AND "
+                "w.project_id = ?3 AND " SB__DELIVERY_ID("w.rowid", "l.event_seq") " = ?1");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->who.project_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, seq);
+        s = sqlite3_step(st);
+        sqlite3_reset(st);
+        return s == SQLITE_ROW ? RC_CONFLICT : s == SQLITE_DONE ? SB_ENOENT : SB_EIO;
+    }
     if (s != SQLITE_ROW)
         return SB_EIO;
     if (!dead)

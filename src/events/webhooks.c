@@ -51,12 +51,6 @@ static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,
 static const char *const lat_le[LATENCY_BUCKETS] = {
     "0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "10", "30"};
 
-/* A delivery's id: "dlv_" + the endpoint's rowid (8 hex digits) + the event's seq (12): unique
- * because (endpoint, event) is, and increasing per endpoint, so that the id index grows at
- * its end instead of taking random inserts. SQL expression over two SQL operands. */
-#define SB__DELIVERY_ID(webhook_rowid, seq)                                                        \
-    "printf('dlv_%08x%012x', " webhook_rowid " & 4294967295, " seq " & 281474976710655)"
-
 enum outcome { OUT_DELIVERED, OUT_RETRY, OUT_DEAD, OUT_GONE, OUT_COUNT };
 static const char *const outcome_name[OUT_COUNT] = {"delivered", "retry", "dead", "gone"};
 
@@ -831,6 +825,19 @@ static int write_attempt(sqlite3 *db, attempt *a)
  * chain in the table). The caller checked that the endpoint still exists. */
 static int write_stream(sqlite3 *db, attempt *a)
 {
+    if (!a->park && a->outcome == OUT_DELIVERED) { /* the delivered log (migration 8) */
+        sqlite3_stmt *st =
+            sb_store_stmt(db, "INSERT OR IGNORE INTO webhook_delivered (webhook_id, event_seq, at, "
+                              "duration_ms, status) VALUES (?1, ?2, ?3, ?4, ?5)");
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, a->ep->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, a->seq);
+        sqlite3_bind_int64(st, 3, a->at_ms);
+        sqlite3_bind_int64(st, 4, a->duration_ms);
+        sqlite3_bind_int(st, 5, a->status);
+        return step_done(st);
+    }
     sqlite3_stmt *st = sb_store_stmt(
         db, "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, project_id, event_seq, "
             "event_id, event_type, room_name, state, attempts, round_attempts, blocked, next_at, "
@@ -2004,20 +2011,24 @@ static int read_stream(sb_webhooks *w, endpoint *ep, int slots, int limit, int64
     if (ep->s_items >= window)
         return 0;
     sqlite3_stmt *st = sb_store_stmt(
-        /* Per row: whether it has its row already (only events up to the endpoint's highest
-         * row can), and whether its room has a pending chain in the table (only when the
-         * endpoint has a pending row at all: asked of the pending-only index, which is
-         * empty while nothing fails). Both bounds are uncorrelated subqueries, evaluated
-         * once per statement, in the same snapshot as the rows. */
-        w->db, "SELECT e.seq, e.id, e.type, e.room_name, e.created_at, e.data, CASE WHEN e.seq <= "
-               "(SELECT event_seq FROM webhook_deliveries WHERE webhook_id = ?1 ORDER BY "
-               "event_seq DESC LIMIT 1) THEN EXISTS (SELECT 1 FROM webhook_deliveries d WHERE "
-               "d.webhook_id = ?1 AND d.event_seq = e.seq) ELSE 0 END, CASE WHEN e.room_name IS "
-               "NOT NULL AND (SELECT EXISTS (SELECT 1 FROM webhook_deliveries INDEXED BY "
-               "webhook_deliveries_room WHERE webhook_id = ?1 AND state = 'pending')) THEN "
-               "EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = "
-               "'pending' AND p.room_name = e.room_name) ELSE 0 END FROM "
-               "events e WHERE e.project_id = ?2 AND e.seq > ?3 ORDER BY e.seq LIMIT ?4");
+        /* Per row: whether it has its row already, in webhook_deliveries or the delivered log
+         * (only events up to the endpoint's highest row in each can), and whether its room has a
+         * pending chain in the table (only when the endpoint has a pending row at all: asked of the
+         * pending-only index, which is empty while nothing fails). Both bounds are uncorrelated
+         * subqueries, evaluated once per statement, in the same snapshot as the rows. */
+        w->db,
+        "SELECT e.seq, e.id, e.type, e.room_name, e.created_at, e.data, CASE WHEN e.seq <= "
+        "(SELECT event_seq FROM webhook_deliveries WHERE webhook_id = ?1 ORDER BY "
+        "event_seq DESC LIMIT 1) AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE "
+        "d.webhook_id = ?1 AND d.event_seq = e.seq) THEN 1 WHEN e.seq <= (SELECT event_seq "
+        "FROM webhook_delivered WHERE webhook_id = ?1 ORDER BY event_seq DESC LIMIT 1) "
+        "THEN EXISTS (SELECT 1 FROM webhook_delivered l WHERE l.webhook_id = ?1 AND "
+        "l.event_seq = e.seq) ELSE 0 END, CASE WHEN e.room_name IS "
+        "NOT NULL AND (SELECT EXISTS (SELECT 1 FROM webhook_deliveries INDEXED BY "
+        "webhook_deliveries_room WHERE webhook_id = ?1 AND state = 'pending')) THEN "
+        "EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = "
+        "'pending' AND p.room_name = e.room_name) ELSE 0 END FROM "
+        "events e WHERE e.project_id = ?2 AND e.seq > ?3 ORDER BY e.seq LIMIT ?4");
     if (!st) {
         sb_log(SB_LOG_ERROR, "webhooks: cannot read the outbox", "reason", sqlite3_errmsg(w->db),
                NULL);
@@ -2172,6 +2183,51 @@ typedef struct retention_job {
     int64_t cutoff, cursor;
 } retention_job;
 
+/* The delivered log's part of a retention pass: per endpoint, its oldest entries (in event
+ * order, which is sending order) up to the first one not older than the cutoff, at most
+ * RETENTION_BATCH each. Sets *more when an endpoint had a full batch of old ones. */
+static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
+{
+    sqlite3_stmt *ids = sb_store_stmt(db, "SELECT id FROM webhooks");
+    if (!ids)
+        return SB_EIO;
+    int rc = 0, s;
+    while (!rc && (s = sqlite3_step(ids)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(ids, 0);
+        sqlite3_stmt *sel =
+            sb_store_stmt(db, "SELECT event_seq, at FROM webhook_delivered WHERE webhook_id = ?1 "
+                              "ORDER BY event_seq LIMIT ?2");
+        if (!sel) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(sel, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(sel, 2, RETENTION_BATCH);
+        int64_t last_old = -1;
+        int n = 0;
+        while ((s = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff) {
+            last_old = sqlite3_column_int64(sel, 0);
+            n++;
+        }
+        sqlite3_reset(sel);
+        if (n == RETENTION_BATCH)
+            *more = true;
+        if (last_old < 0)
+            continue;
+        sqlite3_stmt *del = sb_store_stmt(
+            db, "DELETE FROM webhook_delivered WHERE webhook_id = ?1 AND event_seq <= ?2");
+        if (!del) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(del, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(del, 2, last_old);
+        rc = step_done(del);
+    }
+    sqlite3_reset(ids);
+    return rc;
+}
+
 /* Walks the deliveries in rowid (creation) order from the cursor, at most RETENTION_BATCH
  * rows per job, deleting finished ones last changed before the cutoff with their attempts;
  * pending ones are kept and stepped over. Returns 1 while there may be more to look at. */
@@ -2221,7 +2277,9 @@ static int retention_run(sqlite3 *db, void *arg)
         sqlite3_bind_int64(dd, 1, rows[i].rowid);
         rc = step_done(dd);
     }
-    return rc ? rc : n == RETENTION_BATCH && !young;
+    bool more = n == RETENTION_BATCH && !young;
+    rc = rc ? rc : retention_log(db, j->cutoff, &more);
+    return rc ? rc : more;
 }
 
 static void retention_done(void *arg, int rc)

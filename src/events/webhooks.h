@@ -5,9 +5,12 @@
  * Durable state lives in SQLite (migrations 3 and 6); memory holds only what can be rebuilt:
  *   - the outbox (events) is the queue: each endpoint reads it past its own cursor (the
  *     "stream") and sends an event before it has a row;
- *   - webhook_deliveries: one row per (endpoint, event), written once an attempt has
- *     finished (delivered; or failed, then pending -> delivered | dead through retries), or
- *     when an event must wait behind its room's chain of pending rows (a blocked "park");
+ *   - webhook_delivered (the delivered log): one small row per event delivered at its first
+ *     attempt, the common case;
+ *   - webhook_deliveries: one row per (endpoint, event) whose first attempt failed (then
+ *     pending -> delivered | dead through retries), or that must wait behind its room's chain
+ *     of pending rows (a blocked "park"), or sent by POST .../test; an (endpoint, event) is
+ *     in one of the two tables, never both, and the API lists their union;
  *   - webhooks.cursor_seq, moved in the same transaction as those rows: every event at or
  *     below it has its row or needed none;
  *   - webhook_attempts: every failed attempt (time, HTTP status, duration, outcome, error);
@@ -85,6 +88,12 @@ bool sb_webhooks_private_allowed(const sb_config *cfg);
  * (no such event in the project) or another negative SB_E*. */
 int sb_webhooks_enqueue_event(sqlite3 *db, const char *webhook_id, const char *project_id,
                               const char *event_id, char *delivery_id);
+
+/* A delivery's id: "dlv_" + the endpoint's rowid (8 hex digits) + the event's seq (12): unique
+ * because (endpoint, event) is, and increasing per endpoint. SQL expression over two SQL
+ * operands (webhooks.c writes the same in C for the stream). */
+#define SB__DELIVERY_ID(webhook_rowid, seq)                                                        \
+    "printf('dlv_%08x%012x', " webhook_rowid " & 4294967295, " seq " & 281474976710655)"
 
 /* A delivery id ("dlv_" + the endpoint's rowid in 8 hex digits + the event's seq in 12) ->
  * the event's seq: lookups by id go through (webhook_id, event_seq). False when id is not

@@ -484,6 +484,10 @@ describe('webhooks', () => {
       const log = await deliveries(api, w.id);
       assert.equal(log.length, 4);
       assert.ok(log.every((d) => d.status === 'delivered' && d.attempts === 1), JSON.stringify(log));
+      // delivered at the first attempt: the delivered log, listed with its event and attempt
+      assert.ok(log.every((d) => d.event_id.startsWith('evt_') && d.event_type === 'room.created' && d.room), JSON.stringify(log[0]));
+      assert.deepEqual(log[0].attempt_log.map((a) => [a.attempt, a.outcome, a.status]), [[1, 'delivered', 204]]);
+      assert.equal((await api('POST', `/v1/webhooks/${w.id}/deliveries/${log[0].id}/retry`)).status, 409, 'only dead deliveries are replayed');
     }
     for (const w of hooks) await api('DELETE', `/v1/webhooks/${w.id}`);
   });
