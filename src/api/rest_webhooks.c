@@ -490,25 +490,21 @@ static int delete_run(sqlite3 *db, void *arg)
         return rc;
     if (sqlite3_changes(db) == 0)
         return SB_ENOENT;
-    st = sb_store_stmt(db, "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM "
-                           "webhook_deliveries WHERE webhook_id = ?1)");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    if ((rc = step_done(st)) != 0)
-        return rc;
-    st = sb_store_stmt(db, "DELETE FROM webhook_deliveries WHERE webhook_id = ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    if ((rc = step_done(st)) != 0)
-        return rc;
-    st = sb_store_stmt(db, "DELETE FROM webhook_delivered WHERE webhook_id = ?1");
-    if (!st)
-        return SB_EIO;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    if ((rc = step_done(st)) != 0)
-        return rc;
+    /* its deliveries go with it: attempts first (they are found through the rows) */
+    static const char *const cleanup[] = {
+        "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries "
+        "WHERE webhook_id = ?1)",
+        "DELETE FROM webhook_deliveries WHERE webhook_id = ?1",
+        "DELETE FROM webhook_delivered WHERE webhook_id = ?1",
+    };
+    for (size_t i = 0; i < sizeof cleanup / sizeof cleanup[0]; i++) {
+        st = sb_store_stmt(db, cleanup[i]);
+        if (!st)
+            return SB_EIO;
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        if ((rc = step_done(st)) != 0)
+            return rc;
+    }
     return sb_app_audit(db, &j->who, j->req->request_id, "webhook.delete", "webhook", j->id);
 }
 

@@ -490,6 +490,11 @@ describe('webhooks', () => {
       assert.equal((await api('POST', `/v1/webhooks/${w.id}/deliveries/${log[0].id}/retry`)).status, 409, 'only dead deliveries are replayed');
     }
     for (const w of hooks) await api('DELETE', `/v1/webhooks/${w.id}`);
+    // their delivered log went with them
+    const ids = hooks.map((w) => `'${w.id}'`).join(',');
+    const q = await run('sqlite3', [path.join(srv.dataDir, 'switchboard.db'), '.timeout 5000', `SELECT COUNT(*) FROM webhook_delivered WHERE webhook_id IN (${ids})`]);
+    assert.equal(q.code, 0, q.stderr);
+    assert.equal(q.stdout.trim(), '0');
   });
 
   it('exposes delivery metrics', async () => {
