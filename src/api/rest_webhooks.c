@@ -491,9 +491,10 @@ static int delete_run(sqlite3 *db, void *arg)
     if (sqlite3_changes(db) == 0)
         return SB_ENOENT;
     /* its deliveries go with it: attempts first (they are found through the rows) */
+    static const char attempts[] = "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id "
+                                   "FROM webhook_deliveries WHERE webhook_id = ?1)";
     static const char *const cleanup[] = {
-        "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries "
-        "WHERE webhook_id = ?1)",
+        attempts,
         "DELETE FROM webhook_deliveries WHERE webhook_id = ?1",
         "DELETE FROM webhook_delivered WHERE webhook_id = ?1",
     };
