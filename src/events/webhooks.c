@@ -42,7 +42,7 @@
 #define STREAM_READ_MAX    256   /* outbox rows read per query */
 #define TYPE_MAX           64
 #define ATTEMPT_POOL       256 /* freed attempts kept */
-#define H2C_FLUSH_EVERY    8   /* h2c requests written together while a batch is started */
+#define H2C_FLUSH_EVERY    4   /* h2c requests written together while a batch is started */
 #define FLUSH_BATCH        256 /* finished attempts that start a write at once */
 #define FLUSH_DELAY_MS     5   /* else the longest a finished attempt waits for its write */
 
