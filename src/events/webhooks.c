@@ -2010,25 +2010,24 @@ static int read_stream(sb_webhooks *w, endpoint *ep, int slots, int limit, int64
     int window = stream_window(limit);
     if (ep->s_items >= window)
         return 0;
+    /* Per row: whether it has its record already, in webhook_deliveries or the delivered log
+     * (only events up to the endpoint's highest entry in each can), and whether its room has a
+     * pending chain in the table (only when the endpoint has a pending row at all: asked of the
+     * pending-only index, which is empty while nothing fails). The bounds are uncorrelated
+     * subqueries, evaluated once per statement, in the same snapshot as the rows. */
     sqlite3_stmt *st = sb_store_stmt(
-        /* Per row: whether it has its row already, in webhook_deliveries or the delivered log
-         * (only events up to the endpoint's highest row in each can), and whether its room has a
-         * pending chain in the table (only when the endpoint has a pending row at all: asked of the
-         * pending-only index, which is empty while nothing fails). Both bounds are uncorrelated
-         * subqueries, evaluated once per statement, in the same snapshot as the rows. */
-        w->db,
-        "SELECT e.seq, e.id, e.type, e.room_name, e.created_at, e.data, CASE WHEN e.seq <= "
-        "(SELECT event_seq FROM webhook_deliveries WHERE webhook_id = ?1 ORDER BY "
-        "event_seq DESC LIMIT 1) AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE "
-        "d.webhook_id = ?1 AND d.event_seq = e.seq) THEN 1 WHEN e.seq <= (SELECT event_seq "
-        "FROM webhook_delivered WHERE webhook_id = ?1 ORDER BY event_seq DESC LIMIT 1) "
-        "THEN EXISTS (SELECT 1 FROM webhook_delivered l WHERE l.webhook_id = ?1 AND "
-        "l.event_seq = e.seq) ELSE 0 END, CASE WHEN e.room_name IS "
-        "NOT NULL AND (SELECT EXISTS (SELECT 1 FROM webhook_deliveries INDEXED BY "
-        "webhook_deliveries_room WHERE webhook_id = ?1 AND state = 'pending')) THEN "
-        "EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = "
-        "'pending' AND p.room_name = e.room_name) ELSE 0 END FROM "
-        "events e WHERE e.project_id = ?2 AND e.seq > ?3 ORDER BY e.seq LIMIT ?4");
+        w->db, "SELECT e.seq, e.id, e.type, e.room_name, e.created_at, e.data, CASE WHEN e.seq <= "
+               "(SELECT event_seq FROM webhook_deliveries WHERE webhook_id = ?1 ORDER BY "
+               "event_seq DESC LIMIT 1) AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE "
+               "d.webhook_id = ?1 AND d.event_seq = e.seq) THEN 1 WHEN e.seq <= (SELECT event_seq "
+               "FROM webhook_delivered WHERE webhook_id = ?1 ORDER BY event_seq DESC LIMIT 1) "
+               "THEN EXISTS (SELECT 1 FROM webhook_delivered l WHERE l.webhook_id = ?1 AND "
+               "l.event_seq = e.seq) ELSE 0 END, CASE WHEN e.room_name IS "
+               "NOT NULL AND (SELECT EXISTS (SELECT 1 FROM webhook_deliveries INDEXED BY "
+               "webhook_deliveries_room WHERE webhook_id = ?1 AND state = 'pending')) THEN "
+               "EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.webhook_id = ?1 AND p.state = "
+               "'pending' AND p.room_name = e.room_name) ELSE 0 END FROM "
+               "events e WHERE e.project_id = ?2 AND e.seq > ?3 ORDER BY e.seq LIMIT ?4");
     if (!st) {
         sb_log(SB_LOG_ERROR, "webhooks: cannot read the outbox", "reason", sqlite3_errmsg(w->db),
                NULL);
