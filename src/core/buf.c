@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "core/alloc.h"
+#include "core/str.h"
 #include "switchboard/error.h"
 
 void sb_buf_free(sb_buf *b)
@@ -68,13 +69,8 @@ int sb_buf_appendf(sb_buf *b, const char *fmt, ...)
 
 int sb_buf_append_u64(sb_buf *b, unsigned long long v)
 {
-    char tmp[24];
-    size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return sb_buf_append(b, tmp + i, sizeof tmp - i);
+    char tmp[SB_U64_DEC_MAX];
+    return sb_buf_append(b, tmp, sb_u64_dec(v, tmp));
 }
 
 /* Length of the valid UTF-8 sequence at s (1-4), or 0 if it is not valid. */

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct sb_str {
@@ -43,6 +44,23 @@ static inline int sb_hex_value(int c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
+}
+
+#define SB_U64_DEC_MAX 21 /* 20 digits and the NUL */
+
+/* Writes v in decimal, NUL-terminated, at out (SB_U64_DEC_MAX bytes); returns its length. */
+static inline size_t sb_u64_dec(uint64_t v, char *out)
+{
+    char tmp[SB_U64_DEC_MAX - 1];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    size_t n = sizeof tmp - i;
+    memcpy(out, tmp + i, n);
+    out[n] = '\0';
+    return n;
 }
 
 #endif

@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
-#include <inttypes.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -144,7 +143,6 @@ struct attempt {
     sb_webhooks *w;
     endpoint *ep;
     CURL *easy;
-    bool via_hc; /* its request is running in w->hc */
     char *body;
     size_t body_len;
     size_t resp_bytes;
@@ -154,7 +152,6 @@ struct attempt {
     char type[TYPE_MAX];
     /* stream items (no row yet) */
     bool stream;
-    bool started;  /* else waiting behind its room's head */
     bool park;     /* to be written as a blocked pending row, not sent */
     bool flushing; /* in the running flush job */
     int64_t seq;
@@ -294,12 +291,18 @@ bool sb_webhooks_private_allowed(const sb_config *cfg)
 
 /* ---- the busy set: deliveries in flight or awaiting their write ----------------------- */
 
-static unsigned busy_slot(const char *id)
+/* FNV-1a of a string: the busy set (by delivery id) and the rooms (by name) hash with it. */
+static uint32_t str_hash(const char *s)
 {
     uint32_t h = 2166136261u;
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 16777619u;
-    return h % BUSY_BUCKETS;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static unsigned busy_slot(const char *id)
+{
+    return str_hash(id) % BUSY_BUCKETS;
 }
 
 static bool busy_has(sb_webhooks *w, const char *id)
@@ -332,10 +335,7 @@ static void busy_remove(sb_webhooks *w, attempt *a)
 
 static unsigned room_slot(const char *name)
 {
-    uint32_t h = 2166136261u;
-    for (; *name; name++)
-        h = (h ^ (unsigned char)*name) * 16777619u;
-    return h % ROOM_BUCKETS;
+    return str_hash(name) % ROOM_BUCKETS;
 }
 
 static roomq *room_find(endpoint *ep, const char *name)
@@ -576,15 +576,16 @@ static bool type_wanted(const endpoint *e, const char *type)
     return false;
 }
 
-static bool endpoint_deleted(sb_webhooks *w, const endpoint *e)
+/* Whether endpoint id still has its row: 1, 0, or a negative SB_E*. */
+static int webhook_exists(sqlite3 *db, const char *id)
 {
-    sqlite3_stmt *st = sb_store_stmt(w->db, "SELECT 1 FROM webhooks WHERE id = ?1");
+    sqlite3_stmt *st = sb_store_stmt(db, "SELECT 1 FROM webhooks WHERE id = ?1");
     if (!st)
-        return false;
-    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
-    bool deleted = sqlite3_step(st) == SQLITE_DONE;
+        return SB_EIO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
     sqlite3_reset(st);
-    return deleted;
+    return s == SQLITE_ROW ? 1 : s == SQLITE_DONE ? 0 : sb_store_errno(s);
 }
 
 static void reload_endpoints(sb_webhooks *w, int64_t now)
@@ -670,7 +671,7 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
             e->live = false;
             /* Waiting stream items of a disabled endpoint wait for it to be enabled again;
              * a deleted one's are dropped (nothing would ever send them). */
-            if (endpoint_deleted(w, e))
+            if (webhook_exists(w->db, e->id) == 0)
                 drop_waiting(w, e);
             if (e->refs == 0)
                 free_endpoint(w, e);
@@ -878,9 +879,7 @@ static int write_stream(sqlite3 *db, attempt *a)
         return rc;
     if (a->park) /* its room's chain may have emptied since it was read: then it is the head */
         return sb_webhooks_unblock_room(db, a->ep->id, a->room);
-    if (a->outcome == OUT_DELIVERED)
-        return 0;
-    return log_attempt(db, a); /* a stream item's attempt_no is 1 */
+    return log_attempt(db, a); /* failed (delivered ones went to the log); attempt_no is 1 */
 }
 
 /* 410 Gone: the endpoint is disabled, once, with its event and an audit row. */
@@ -916,15 +915,10 @@ static int flush_run(sqlite3 *db, void *arg)
     const endpoint *checked = NULL; /* exists (one lookup per run of the same endpoint) */
     for (attempt *a = j->head; a; a = a->qnext) {
         if (a->stream && a->ep != checked) {
-            sqlite3_stmt *st = sb_store_stmt(db, "SELECT 1 FROM webhooks WHERE id = ?1");
-            if (!st)
-                return SB_EIO;
-            sqlite3_bind_text(st, 1, a->ep->id, -1, SQLITE_STATIC);
-            int s = sqlite3_step(st);
-            sqlite3_reset(st);
-            if (s != SQLITE_ROW && s != SQLITE_DONE)
-                return sb_store_errno(s);
-            if (s == SQLITE_DONE) /* deleted with its deliveries: nothing to record */
+            int e = webhook_exists(db, a->ep->id);
+            if (e < 0)
+                return e;
+            if (e == 0) /* deleted with its deliveries: nothing to record */
                 continue;
             checked = a->ep;
         }
@@ -951,8 +945,8 @@ static int flush_run(sqlite3 *db, void *arg)
 static void flush(sb_webhooks *w);
 static void flush_soon(sb_webhooks *w);
 
-/* Attempts come from a small free pool (a stream delivery takes one per event: a calloc of
- * the whole struct, ~4.5 KB, was ~1 us of it). */
+/* Attempts come from a small free pool (a stream delivery takes one per event; zeroing a
+ * fresh one by calloc showed in the profile). */
 static attempt *attempt_new(sb_webhooks *w)
 {
     attempt *a = w->pool;
@@ -1033,15 +1027,11 @@ static void flush_done(void *arg, int rc)
         next = a->qnext;
         if (a->stream) {
             a->flushing = false;
-            if (rc >= 0) {
-                stream_forget(a->ep, a);
-            } else {
-                /* Not written: the item is dropped and the stream reads the outbox again
-                 * from the written cursor (what was sent is sent again: at least once). */
-                stream_forget(a->ep, a);
-                if (a->seq <= a->ep->read_seq)
-                    a->ep->read_seq = a->ep->cursor_db;
-            }
+            stream_forget(a->ep, a);
+            /* Not written: the stream reads the outbox again from the written cursor (what
+             * was sent is sent again: at least once). */
+            if (rc < 0 && a->seq <= a->ep->read_seq)
+                a->ep->read_seq = a->ep->cursor_db;
         }
         busy_remove(w, a);
         a->ep->busy--;
@@ -1554,7 +1544,6 @@ static void on_hc_done(sb_hclient_req *r, const sb_hclient_result *res)
 {
     attempt *a = r->ud;
     sb_webhooks *w = a->w;
-    a->via_hc = false;
     reqpart_put(w, a); /* r is in it: done may give it back (res is not in it) */
     if (res->err == SB_ECANCELED && w->stopping) {
         abandon(w, a);
@@ -1712,14 +1701,8 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
         OPENSSL_cleanse(sig, sizeof sig);
         goto fail;
     }
-    char tsd[24];
-    int tn = 0;
-    for (uint64_t v = (uint64_t)(ts < 0 ? 0 : ts); tn == 0 || v; v /= 10)
-        tsd[tn++] = (char)('0' + v % 10);
-    char tsr[24];
-    for (int i = 0; i < tn; i++)
-        tsr[i] = tsd[tn - 1 - i];
-    tsr[tn] = '\0';
+    char tsr[SB_U64_DEC_MAX];
+    sb_u64_dec((uint64_t)(ts < 0 ? 0 : ts), tsr);
     char *q = rp->h_id;
     bool fit = puts0(&q, rp->h_id + sizeof rp->h_id, "webhook-id: ") &&
                puts0(&q, rp->h_id + sizeof rp->h_id, a->event_id);
@@ -1745,18 +1728,15 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
             rc = SB_EINVAL;
             goto fail;
         }
-        a->started = true;
         ep->inflight++;
         sb_stat_add(&w->in_flight, 1);
         if (ep->open_until)
             ep->probing = true;
-        a->via_hc = true;
         rc = sb_hclient_post_ex(w->hc, &rp->hreq, ep->url, rp->hlines, (size_t)n, a->body,
                                 a->body_len, (uint64_t)w->cfg->webhooks_timeout_ms,
                                 ep->h2c ? SB_HCLIENT_H2C : 0u, on_hc_done, a);
         if (rc) {
             /* Treated as a failed attempt so that the delivery moves on. */
-            a->via_hc = false;
             reqpart_put(w, a);
             char why[ERROR_MAX];
             snprintf(why, sizeof why, "cannot start the request: %s", sb_strerror(rc));
@@ -1786,7 +1766,6 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
     curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rp->errbuf);
     curl_easy_setopt(e, CURLOPT_PRIVATE, a);
-    a->started = true;
     ep->inflight++;
     sb_stat_add(&w->in_flight, 1);
     if (ep->open_until)
@@ -1997,14 +1976,17 @@ static int start_ready(sb_webhooks *w, endpoint *ep, int slots)
     return started;
 }
 
-/* Reads the outbox past ep->read_seq and starts up to `slots` new events; events of a room
- * whose previous one is still running wait in memory, those of a room with a chain in the
- * table are parked behind it. Returns how many started. */
+/* Events read and not yet written an endpoint may hold: 128 per request it may have in
+ * flight (the writes are batched and fsynced, and the window must cover that), at most
+ * STREAM_WINDOW_MAX. */
 static int stream_window(int limit)
 {
     return 128 * limit < STREAM_WINDOW_MAX ? 128 * limit : STREAM_WINDOW_MAX;
 }
 
+/* Reads the outbox past ep->read_seq and starts up to `slots` new events; events of a room
+ * whose previous one is still running wait in memory, those of a room with a chain in the
+ * table are parked behind it. Returns how many started. */
 static int read_stream(sb_webhooks *w, endpoint *ep, int slots, int limit, int64_t now)
 {
     int window = stream_window(limit);
@@ -2190,7 +2172,7 @@ static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
     sqlite3_stmt *ids = sb_store_stmt(db, "SELECT id FROM webhooks");
     if (!ids)
         return SB_EIO;
-    int rc = 0, s;
+    int rc = 0, s = SQLITE_DONE;
     while (!rc && (s = sqlite3_step(ids)) == SQLITE_ROW) {
         const char *id = (const char *)sqlite3_column_text(ids, 0);
         sqlite3_stmt *sel =
@@ -2203,12 +2185,16 @@ static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
         sqlite3_bind_text(sel, 1, id, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int(sel, 2, RETENTION_BATCH);
         int64_t last_old = -1;
-        int n = 0;
-        while ((s = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff) {
+        int n = 0, t;
+        while ((t = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff) {
             last_old = sqlite3_column_int64(sel, 0);
             n++;
         }
         sqlite3_reset(sel);
+        if (t != SQLITE_ROW && t != SQLITE_DONE) {
+            rc = sb_store_errno(t);
+            break;
+        }
         if (n == RETENTION_BATCH)
             *more = true;
         if (last_old < 0)
@@ -2224,6 +2210,8 @@ static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
         rc = step_done(del);
     }
     sqlite3_reset(ids);
+    if (!rc && s != SQLITE_ROW && s != SQLITE_DONE)
+        rc = sb_store_errno(s);
     return rc;
 }
 

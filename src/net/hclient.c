@@ -23,6 +23,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "core/alloc.h"
+#include "core/str.h"
 #include "net/http1_response.h"
 #include "switchboard/error.h"
 
@@ -273,13 +274,8 @@ void sb__hclient_build_head(sb_hclient_req *r, const sb__hclient_url *u, size_t 
     n = APPEND_LIT(h, n, " HTTP/1.1\r\nHost: ");
     n = append(h, n, u->authority, u->authority_len);
     n = APPEND_LIT(h, n, "\r\nContent-Length: ");
-    char digits[20];
-    size_t d = sizeof(digits);
-    do {
-        digits[--d] = (char)('0' + body_len % 10);
-        body_len /= 10;
-    } while (body_len);
-    n = append(h, n, digits + d, sizeof(digits) - d);
+    char digits[SB_U64_DEC_MAX];
+    n = append(h, n, digits, sb_u64_dec(body_len, digits));
     n = APPEND_LIT(h, n, "\r\n");
     if (r->extra_len == 0)
         n = APPEND_LIT(h, n, "\r\n");
@@ -1598,17 +1594,13 @@ static void h2_submit_waiting(hconn *k)
         sb_hclient_req *r = h->whead;
         nghttp2_nv nv[5 + H2_EXTRA_LINES];
         char lower[H2_EXTRA_MAX];
-        char digits[20];
-        size_t d = sizeof(digits), bl = r->body_len;
-        do {
-            digits[--d] = (char)('0' + bl % 10);
-            bl /= 10;
-        } while (bl);
+        char digits[SB_U64_DEC_MAX];
+        size_t nd = sb_u64_dec(r->body_len, digits);
         nv[0] = NV_LIT(":method", "POST", 4);
         nv[1] = NV_LIT(":scheme", "http", 4);
         nv[2] = NV_LIT(":authority", r->head, r->h2_auth_len);
         nv[3] = NV_LIT(":path", r->head + r->h2_auth_len, r->h2_path_len);
-        nv[4] = NV_LIT("content-length", digits + d, sizeof(digits) - d);
+        nv[4] = NV_LIT("content-length", digits, nd);
         nvbuild b = {nv, 5, lower};
         if (r->extra_len)
             (void)h2_lines_checked(r->extra, r->extra_len, nv_add, &b); /* checked in post */

@@ -10,6 +10,7 @@
 #include "core/alloc.h"
 #include "core/arena.h"
 #include "core/buf.h"
+#include "core/str.h"
 #include "switchboard/error.h"
 
 /* An allocator that fails the N-th allocation (counting from 1), 0 = never. */
@@ -90,6 +91,14 @@ static void test_u64(void **state)
     assert_int_equal(b.len, 22);
     assert_memory_equal(b.base, "0,18446744073709551615", 22);
     sb_buf_free(&b);
+    /* the formatter under it (also used for HTTP Content-Length and webhook timestamps) */
+    char d[SB_U64_DEC_MAX];
+    assert_int_equal(sb_u64_dec(0, d), 1);
+    assert_string_equal(d, "0");
+    assert_int_equal(sb_u64_dec(1700000000, d), 10);
+    assert_string_equal(d, "1700000000");
+    assert_int_equal(sb_u64_dec(UINT64_MAX, d), 20);
+    assert_string_equal(d, "18446744073709551615");
 }
 
 static void json_is(const char *in, size_t inlen, const char *want)
