@@ -822,9 +822,13 @@ static int retry_one_run(sqlite3 *db, void *arg)
     int64_t seq;
     if (!sb_webhooks_delivery_seq(j->delivery_id, &seq))
         return SB_ENOENT;
+    /* its state, from webhook_deliveries or the delivered log (delivered at once) */
     sqlite3_stmt *st = sb_store_stmt(
         db, "SELECT d.state FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id "
-            "WHERE d.webhook_id = ?2 AND d.event_seq = ?4 AND d.id = ?1 AND w.project_id = ?3");
+            "WHERE d.webhook_id = ?2 AND d.event_seq = ?4 AND d.id = ?1 AND w.project_id = ?3 "
+            "UNION ALL SELECT 'delivered' FROM webhook_delivered l JOIN webhooks w ON w.id = "
+            "l.webhook_id WHERE l.webhook_id = ?2 AND l.event_seq = ?4 AND w.project_id = ?3 "
+            "AND " SB__DELIVERY_ID("w.rowid", "l.event_seq") " = ?1");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
@@ -834,21 +838,8 @@ static int retry_one_run(sqlite3 *db, void *arg)
     int s = sqlite3_step(st);
     bool dead = s == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "dead") == 0;
     sqlite3_reset(st);
-    if (s == SQLITE_DONE) { /* delivered at its first attempt (the log), or no such delivery */
-        st = sb_store_stmt(
-            db, "SELECT 1 FROM webhook_delivered l JOIN webhooks w ON w.id = "
-                "l.webhook_id WHERE l.webhook_id = ?2 AND l.event_seq = ?4 AND "
-                "w.project_id = ?3 AND " SB__DELIVERY_ID("w.rowid", "l.event_seq") " = ?1");
-        if (!st)
-            return SB_EIO;
-        sqlite3_bind_text(st, 1, j->delivery_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, j->who.project_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 4, seq);
-        s = sqlite3_step(st);
-        sqlite3_reset(st);
-        return s == SQLITE_ROW ? RC_CONFLICT : s == SQLITE_DONE ? SB_ENOENT : SB_EIO;
-    }
+    if (s == SQLITE_DONE)
+        return SB_ENOENT;
     if (s != SQLITE_ROW)
         return SB_EIO;
     if (!dead)
