@@ -41,7 +41,7 @@
 #define STREAM_READ_MAX    256   /* outbox rows read per query */
 #define TYPE_MAX           64
 #define ATTEMPT_POOL       256 /* freed attempts kept */
-#define H2C_FLUSH_EVERY    4   /* h2c requests written together while a batch is started */
+#define H2C_FLUSH_EVERY    8   /* h2c requests written together while a batch is started */
 #define FLUSH_BATCH        256 /* finished attempts that start a write at once */
 #define FLUSH_DELAY_MS     5   /* else the longest a finished attempt waits for its write */
 
@@ -1734,7 +1734,8 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
             ep->probing = true;
         rc = sb_hclient_post_ex(w->hc, &rp->hreq, ep->url, rp->hlines, (size_t)n, a->body,
                                 a->body_len, (uint64_t)w->cfg->webhooks_timeout_ms,
-                                ep->h2c ? SB_HCLIENT_H2C : 0u, on_hc_done, a);
+                                ep->h2c ? SB_HCLIENT_H2C | SB_HCLIENT_H2_NO_INDEX : 0u, on_hc_done,
+                                a);
         if (rc) {
             /* Treated as a failed attempt so that the delivery moves on. */
             reqpart_put(w, a);

@@ -1559,6 +1559,7 @@ typedef struct nvbuild {
     nghttp2_nv *nv;
     size_t n;
     char *lower;
+    uint8_t flags; /* NGHTTP2_NV_FLAG_* for every line */
 } nvbuild;
 
 static int nv_add(const char *name, size_t nlen, const char *value, size_t vlen, void *ud)
@@ -1568,8 +1569,7 @@ static int nv_add(const char *name, size_t nlen, const char *value, size_t vlen,
         char ch = name[i];
         b->lower[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
     }
-    b->nv[b->n++] =
-        (nghttp2_nv){(uint8_t *)b->lower, (uint8_t *)value, nlen, vlen, NGHTTP2_NV_FLAG_NONE};
+    b->nv[b->n++] = (nghttp2_nv){(uint8_t *)b->lower, (uint8_t *)value, nlen, vlen, b->flags};
     b->lower += nlen;
     return 0;
 }
@@ -1601,7 +1601,8 @@ static void h2_submit_waiting(hconn *k)
         nv[2] = NV_LIT(":authority", r->head, r->h2_auth_len);
         nv[3] = NV_LIT(":path", r->head + r->h2_auth_len, r->h2_path_len);
         nv[4] = NV_LIT("content-length", digits, nd);
-        nvbuild b = {nv, 5, lower};
+        nvbuild b = {nv, 5, lower,
+                     r->h2_noindex ? (uint8_t)NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE};
         if (r->extra_len)
             (void)h2_lines_checked(r->extra, r->extra_len, nv_add, &b); /* checked in post */
         nghttp2_data_provider dp = {.source.ptr = NULL, .read_callback = h2_read_body};
@@ -1790,8 +1791,8 @@ int sb_hclient_post_ex(sb_hclient *c, sb_hclient_req *r, const char *url, const 
         return SB_ECANCELED;
     sb__hclient_url u;
     if (!done || timeout_ms == 0 || (extra_len && !extra_headers) || (body_len && !body) ||
-        extra_len > UINT32_MAX || body_len > UINT32_MAX || (flags & ~SB_HCLIENT_H2C) ||
-        sb__hclient_parse_url(url, &u) < 0)
+        extra_len > UINT32_MAX || body_len > UINT32_MAX ||
+        (flags & ~(SB_HCLIENT_H2C | SB_HCLIENT_H2_NO_INDEX)) || sb__hclient_parse_url(url, &u) < 0)
         return SB_EINVAL;
     bool h2 = flags & SB_HCLIENT_H2C;
     if (h2) {
@@ -1821,6 +1822,7 @@ int sb_hclient_post_ex(sb_hclient *c, sb_hclient_req *r, const char *url, const 
     r->deadline = uv_now(c->loop) + timeout_ms;
     r->retried = false;
     r->h2 = h2;
+    r->h2_noindex = h2 && (flags & SB_HCLIENT_H2_NO_INDEX);
     if (h2) {
         /* head: authority, then the path ("/" added when it is empty or a bare query). */
         size_t n = append(r->head, 0, u.authority, u.authority_len);

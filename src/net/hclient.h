@@ -64,6 +64,11 @@
 
 /* sb_hclient_post_ex flags. */
 #define SB_HCLIENT_H2C 1u /* HTTP/2 with prior knowledge over plain TCP (see above) */
+/* With SB_HCLIENT_H2C: extra_headers are sent as HPACK literals never indexed (RFC 7541
+ * §6.2.3) instead of entering the dynamic table. For values that differ per request (ids,
+ * timestamps, signatures): indexing them costs both sides a table insert and evictions per
+ * request for no reuse, and a signature should not sit in a shared table anyway. */
+#define SB_HCLIENT_H2_NO_INDEX 2u
 
 #define SB_HCLIENT_H2_MAX_STREAMS     256 /* streams per h2c connection, whatever the server allows */
 #define SB_HCLIENT_H2_RETRY_AFTER_MAX 64 /* a longer h2c retry-after value is reported absent */
@@ -124,6 +129,7 @@ struct sb_hclient_req {
     bool h2;
     bool h2_complete;  /* END_STREAM received */
     bool h2_got_bytes; /* a response frame arrived for this stream */
+    bool h2_noindex;   /* SB_HCLIENT_H2_NO_INDEX */
     uint8_t h2_ra_len; /* retry-after length + 1, 0 when absent */
     int32_t stream_id; /* 0 while waiting for a stream */
     uint16_t h2_slot;  /* with a stream: its slot on the connection */
@@ -161,7 +167,8 @@ int sb_hclient_post(sb_hclient *c, sb_hclient_req *r, const char *url, const cha
                     sb_hclient_done_fn done, void *ud);
 
 /*
- * sb_hclient_post with flags: 0 (the same as sb_hclient_post) or SB_HCLIENT_H2C. With h2c,
+ * sb_hclient_post with flags: 0 (the same as sb_hclient_post), SB_HCLIENT_H2C, or
+ * SB_HCLIENT_H2C | SB_HCLIENT_H2_NO_INDEX (ignored without SB_HCLIENT_H2C). With h2c,
  * extra_headers are checked (SB_EINVAL unless every line is "Name: value\r\n" with a token
  * name, a value without CR, LF or NUL, and none of Host, Content-Length, Connection,
  * Transfer-Encoding, Keep-Alive, Upgrade, Proxy-Connection, TE) and sent with lowercased

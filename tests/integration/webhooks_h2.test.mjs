@@ -64,7 +64,7 @@ async function h2cReceiver(respond) {
       } catch (e) {
         r.bad.push(e.message);
       }
-      const d = { id: h['webhook-id'], event: JSON.parse(body), status: 0 };
+      const d = { id: h['webhook-id'], event: JSON.parse(body), status: 0, neverIndexed: headers[http2.sensitiveHeaders] ?? [] };
       r.deliveries.push(d);
       const out = respond ? respond(d) : { status: 204 };
       if (out.delayMs) await new Promise((res) => setTimeout(res, out.delayMs));
@@ -143,6 +143,13 @@ describe('webhooks over HTTPS and HTTP/2', () => {
       await waitFor(async () => (log = await deliveries(api, w.id)).filter((x) => x.status === 'delivered').length === 20, { timeoutMs: 10000, what: '20 delivered over h2c' });
       assert.deepEqual(r.bad, []);
       assert.equal(r.sessions, 1, 'one h2c connection carried every delivery');
+      // the per-request values are sent never-indexed (RFC 7541 §6.2.3): no HPACK table churn,
+      // and the signature never sits in a shared compression table
+      for (const d of r.deliveries) {
+        for (const name of ['webhook-id', 'webhook-timestamp', 'webhook-signature']) {
+          assert.ok(d.neverIndexed.includes(name), `${name} never indexed (got ${d.neverIndexed})`);
+        }
+      }
       const retried = log.filter((x) => x.attempts === 2);
       assert.equal(retried.length, 1);
       assert.equal(retried[0].attempt_log.find((a) => a.status === 503).outcome, 'retry');

@@ -223,15 +223,16 @@ static int s_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud
 static int s_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
-    (void)flags;
     (void)ud;
     sstream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
     if (!st)
         return 0;
     if (namelen == 5 && memcmp(name, ":path", 5) == 0)
         snprintf(st->path, sizeof(st->path), "%.*s", (int)valuelen, (const char *)value);
-    int n = snprintf(st->hdrs + st->hlen, sizeof(st->hdrs) - st->hlen, "%.*s: %.*s\n", (int)namelen,
-                     (const char *)name, (int)valuelen, (const char *)value);
+    /* a field sent as a literal never indexed (RFC 7541 §6.2.3) is marked */
+    int n = snprintf(st->hdrs + st->hlen, sizeof(st->hdrs) - st->hlen, "%.*s: %.*s%s\n",
+                     (int)namelen, (const char *)name, (int)valuelen, (const char *)value,
+                     (flags & NGHTTP2_NV_FLAG_NO_INDEX) ? " (never indexed)" : "");
     if (n > 0 && st->hlen + (size_t)n < sizeof(st->hdrs))
         st->hlen += (size_t)n;
     return 0;
@@ -552,8 +553,22 @@ static void test_request_headers(void **state)
     assert_string_equal(fx.srv.last_hdrs, want);
     assert_int_equal(fx.srv.last_body, strlen(BODY));
 
-    /* No body, no extra headers, no path. */
+    /* SB_HCLIENT_H2_NO_INDEX: the extra headers are never indexed, the client's own are. */
     char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", fx.srv.port);
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(sb_hclient_post_ex(fx.c, &r, url, EXTRA, strlen(EXTRA), BODY, strlen(BODY),
+                                        2000, SB_HCLIENT_H2C | SB_HCLIENT_H2_NO_INDEX, on_done, &o),
+                     0);
+    run_until(&o);
+    snprintf(want, sizeof(want),
+             ":method: POST\n:scheme: http\n:authority: 127.0.0.1:%d\n:path: /x\n"
+             "content-length: %zu\ncontent-type: application/json (never indexed)\n"
+             "x-sig: abc (never indexed)\n",
+             fx.srv.port, strlen(BODY));
+    assert_string_equal(fx.srv.last_hdrs, want);
+
+    /* No body, no extra headers, no path. */
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", fx.srv.port);
     memset(&o, 0, sizeof(o));
     assert_int_equal(
