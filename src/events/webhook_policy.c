@@ -1,5 +1,8 @@
 #include "events/webhook_policy.h"
 
+#include "core/alloc.h"
+#include "core/str.h"
+
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
@@ -272,6 +275,23 @@ static void hmac_fetch(void)
     hmac_key_ok = pthread_key_create(&hmac_key, hmac_ctx_free) == 0;
 }
 
+/* A new HMAC-SHA256 context, not keyed yet. */
+static EVP_MAC_CTX *hmac_new(void)
+{
+    pthread_once(&hmac_once, hmac_fetch);
+    if (!hmac)
+        return NULL;
+    EVP_MAC_CTX *c = EVP_MAC_CTX_new(hmac);
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+                           OSSL_PARAM_construct_end()};
+    if (c && !EVP_MAC_CTX_set_params(c, params)) {
+        EVP_MAC_CTX_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 static EVP_MAC_CTX *hmac_ctx(void)
 {
     pthread_once(&hmac_once, hmac_fetch);
@@ -280,36 +300,83 @@ static EVP_MAC_CTX *hmac_ctx(void)
     EVP_MAC_CTX *c = pthread_getspecific(hmac_key);
     if (c)
         return c;
-    c = EVP_MAC_CTX_new(hmac);
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
-                           OSSL_PARAM_construct_end()};
-    if (!c || !EVP_MAC_CTX_set_params(c, params) || pthread_setspecific(hmac_key, c) != 0) {
+    c = hmac_new();
+    if (c && pthread_setspecific(hmac_key, c) != 0) {
         EVP_MAC_CTX_free(c);
         return NULL;
     }
     return c;
 }
 
-int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int64_t timestamp,
-                    const void *body, size_t len, char *out)
+/* "v1,<base64 HMAC>" of "id.timestamp.body" with c, re-keyed with key, or with the key it
+ * holds when key is NULL (OpenSSL's HMAC then restarts from its precomputed pads). */
+static int mac_sign(EVP_MAC_CTX *c, const unsigned char *key, size_t keylen, const char *id,
+                    int64_t timestamp, const void *body, size_t len, char *out)
 {
-    char ts[24];
-    int tl = snprintf(ts, sizeof ts, "%lld", (long long)timestamp);
+    char ts[SB_U64_DEC_MAX + 1];
+    size_t tl = 0;
+    uint64_t t = (uint64_t)timestamp;
+    if (timestamp < 0) {
+        ts[tl++] = '-';
+        t = 0 - t;
+    }
+    tl += sb_u64_dec(t, ts + tl);
     unsigned char mac[32];
     size_t maclen = sizeof mac;
-    EVP_MAC_CTX *c = hmac_ctx();
     int ok = c && EVP_MAC_init(c, key, keylen, NULL) &&
              EVP_MAC_update(c, (const unsigned char *)id, strlen(id)) &&
              EVP_MAC_update(c, (const unsigned char *)".", 1) &&
-             EVP_MAC_update(c, (const unsigned char *)ts, (size_t)tl) &&
+             EVP_MAC_update(c, (const unsigned char *)ts, tl) &&
              EVP_MAC_update(c, (const unsigned char *)".", 1) && EVP_MAC_update(c, body, len) &&
              EVP_MAC_final(c, mac, &maclen, sizeof mac);
     if (!ok)
         return SB_EIO;
     memcpy(out, "v1,", 3);
     EVP_EncodeBlock((unsigned char *)out + 3, mac, (int)maclen);
+    OPENSSL_cleanse(mac, sizeof mac);
     return 0;
+}
+
+int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int64_t timestamp,
+                    const void *body, size_t len, char *out)
+{
+    return mac_sign(hmac_ctx(), key, keylen, id, timestamp, body, len, out);
+}
+
+struct sb_webhook_signer {
+    EVP_MAC_CTX *c;
+};
+
+int sb_webhook_signer_new(const unsigned char *key, size_t keylen, sb_webhook_signer **out)
+{
+    *out = NULL;
+    if (keylen < 1 || keylen > SB_WEBHOOK_KEY_MAX)
+        return SB_EINVAL;
+    sb_webhook_signer *s = sb_malloc(sizeof *s);
+    if (!s)
+        return SB_ENOMEM;
+    s->c = hmac_new();
+    if (!s->c || !EVP_MAC_init(s->c, key, keylen, NULL)) {
+        EVP_MAC_CTX_free(s->c);
+        sb_free(s);
+        return SB_EIO;
+    }
+    *out = s;
+    return 0;
+}
+
+void sb_webhook_signer_free(sb_webhook_signer *s)
+{
+    if (!s)
+        return;
+    EVP_MAC_CTX_free(s->c); /* clears the key material it holds */
+    sb_free(s);
+}
+
+int sb_webhook_signer_sign(sb_webhook_signer *s, const char *id, int64_t timestamp,
+                           const void *body, size_t len, char *out)
+{
+    return mac_sign(s->c, NULL, 0, id, timestamp, body, len, out);
 }
 
 /* ---- endpoint URLs -------------------------------------------------------------------- */

@@ -76,6 +76,15 @@ int sb_webhook_secret_decode(const char *secret, unsigned char key[SB_WEBHOOK_KE
 int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int64_t timestamp,
                     const void *body, size_t len, char *out);
 
+/* sb_webhook_sign with a key set once: the signer keeps HMAC-SHA256's precomputed pads, so a
+ * signature skips the key schedule (two SHA-256 blocks and a context reset). One signer per
+ * key, used by one thread at a time. new: 0, SB_EINVAL (key length), SB_ENOMEM or SB_EIO. */
+typedef struct sb_webhook_signer sb_webhook_signer;
+int sb_webhook_signer_new(const unsigned char *key, size_t keylen, sb_webhook_signer **out);
+void sb_webhook_signer_free(sb_webhook_signer *s); /* NULL: no-op */
+int sb_webhook_signer_sign(sb_webhook_signer *s, const char *id, int64_t timestamp,
+                           const void *body, size_t len, char *out);
+
 /*
  * Checks an endpoint URL at create/update time: absolute https:// (or http:// when
  * allow_http), a host, no userinfo, no fragment, at most 2048 bytes. Returns true, or false

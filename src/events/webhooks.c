@@ -95,10 +95,8 @@ struct endpoint {
     char project[SB_ID_MAX];
     char *url;
     int64_t updated_at;
-    unsigned char key[SB_WEBHOOK_KEY_MAX];
-    int keylen;
-    unsigned char old_key[SB_WEBHOOK_KEY_MAX];
-    int old_keylen;
+    sb_webhook_signer *signer;     /* the secret, keyed once */
+    sb_webhook_signer *old_signer; /* the previous secret during a rotation's overlap, or NULL */
     int64_t old_until;
     bool live;          /* enabled and present at the last reload */
     bool gone;          /* answered 410: not live until its row changes */
@@ -482,17 +480,22 @@ void sb_webhooks_changed(sb_webhooks *w)
 
 /* ---- endpoints ------------------------------------------------------------------------ */
 
-static int open_key(sb_webhooks *w, const void *sealed, int len, unsigned char *key)
+/* A signer for a sealed secret (a webhooks row's secret column). */
+static int open_signer(sb_webhooks *w, const void *sealed, int len, sb_webhook_signer **out)
 {
+    *out = NULL;
     sb_buf b;
     sb_buf_init(&b, 4096);
+    unsigned char key[SB_WEBHOOK_KEY_MAX];
     int rc = sealed && len > 0 ? sb__app_open(w->app, sealed, (size_t)len, &b) : SB_EINVAL;
     rc = rc ? rc : sb_buf_append(&b, "", 1);
     int n = rc ? rc : sb_webhook_secret_decode(b.base, key);
+    rc = n < 0 ? n : sb_webhook_signer_new(key, (size_t)n, out);
+    OPENSSL_cleanse(key, sizeof key);
     if (b.base)
         OPENSSL_cleanse(b.base, b.cap);
     sb_buf_free(&b);
-    return n;
+    return rc;
 }
 
 static endpoint *find_endpoint(sb_webhooks *w, const char *id)
@@ -513,8 +516,8 @@ static void free_endpoint(sb_webhooks *w, endpoint *e)
     if (e->open_until)
         sb_stat_sub(&w->breakers_open, 1);
     w->nendpoints--;
-    OPENSSL_cleanse(e->key, sizeof e->key);
-    OPENSSL_cleanse(e->old_key, sizeof e->old_key);
+    sb_webhook_signer_free(e->signer);
+    sb_webhook_signer_free(e->old_signer);
     free_types(e->types, e->ntypes);
     for (int i = 0; i < ROOM_BUCKETS; i++)
         for (roomq *r = e->rooms[i], *next; r; r = next) {
@@ -621,11 +624,12 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
             snprintf(e->project, sizeof e->project, "%s", sqlite3_column_text(st, 1));
         }
         char *url = sb_strdup((const char *)sqlite3_column_text(st, 2));
-        int kl = open_key(w, sqlite3_column_blob(st, 3), sqlite3_column_bytes(st, 3), e->key);
+        sb_webhook_signer *sg = NULL, *osg = NULL;
+        int kl = open_signer(w, sqlite3_column_blob(st, 3), sqlite3_column_bytes(st, 3), &sg);
         int okl =
             sqlite3_column_type(st, 4) == SQLITE_NULL
                 ? 0
-                : open_key(w, sqlite3_column_blob(st, 4), sqlite3_column_bytes(st, 4), e->old_key);
+                : open_signer(w, sqlite3_column_blob(st, 4), sqlite3_column_bytes(st, 4), &osg);
         char **types = NULL;
         int ntypes = 0;
         bool types_ok = parse_types((const char *)sqlite3_column_text(st, 8), &types, &ntypes);
@@ -633,6 +637,8 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
             sb_log(SB_LOG_ERROR, "webhooks: cannot load an endpoint", "webhook_id", id, NULL);
             sb_free(url);
             free_types(types, ntypes);
+            sb_webhook_signer_free(sg);
+            sb_webhook_signer_free(osg);
             if (fresh)
                 sb_free(e);
             else
@@ -641,9 +647,11 @@ static void reload_endpoints(sb_webhooks *w, int64_t now)
         }
         sb_free(e->url);
         e->url = url;
-        e->keylen = kl;
-        e->old_keylen = okl;
-        e->old_until = okl > 0 ? sqlite3_column_int64(st, 5) : 0;
+        sb_webhook_signer_free(e->signer);
+        sb_webhook_signer_free(e->old_signer);
+        e->signer = sg;
+        e->old_signer = osg;
+        e->old_until = osg ? sqlite3_column_int64(st, 5) : 0;
         e->updated_at = upd;
         free_types(e->types, e->ntypes);
         e->types = types;
@@ -1435,8 +1443,9 @@ static void drop_waiting(sb_webhooks *w, endpoint *ep)
 static void conclude(sb_webhooks *w, attempt *a, int status, const char *transport)
 {
     int64_t now = sb_time_ms();
-    a->duration_ms = (int64_t)((sb_now_ns() - a->t0_ns) / 1000000u);
-    sb_stat_add(&w->lat_sum_us, (uint64_t)((sb_now_ns() - a->t0_ns) / 1000u));
+    uint64_t took_ns = sb_now_ns() - a->t0_ns;
+    a->duration_ms = (int64_t)(took_ns / 1000000u);
+    sb_stat_add(&w->lat_sum_us, took_ns / 1000u);
     record_latency(w, a->duration_ms);
     sb_free(a->body);
     a->body = NULL;
@@ -1666,14 +1675,18 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
 {
     sb_buf b;
     sb_buf_init(&b, SB_WEBHOOKS_MAX_BODY);
-    int rc = sb_buf_append_str(&b, "{\"id\":\"");
-    rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, strlen(a->event_id));
+    /* one allocation: the fixed text is 59 bytes, the time 24, the NUL 1; escapes grow it */
+    size_t id_len = strlen(a->event_id), type_len = strlen(type), prj_len = strlen(ep->project);
+    size_t guess = 59 + 24 + 1 + id_len + type_len + prj_len + data_len;
+    int rc = guess <= SB_WEBHOOKS_MAX_BODY ? sb_buf_reserve(&b, guess) : 0;
+    rc = rc ? rc : sb_buf_append_str(&b, "{\"id\":\"");
+    rc = rc ? rc : sb_buf_append_json_str(&b, a->event_id, id_len);
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"type\":\"");
-    rc = rc ? rc : sb_buf_append_json_str(&b, type, strlen(type));
+    rc = rc ? rc : sb_buf_append_json_str(&b, type, type_len);
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"created_at\":\"");
     rc = rc ? rc : sb_buf_append_str(&b, created_text(w, created_ms));
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"project_id\":\"");
-    rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, strlen(ep->project));
+    rc = rc ? rc : sb_buf_append_json_str(&b, ep->project, prj_len);
     rc = rc ? rc : sb_buf_append_str(&b, "\",\"data\":");
     rc = rc ? rc : sb_buf_append(&b, data, data_len);
     rc = rc ? rc : sb_buf_append(&b, "}", 2); /* with the NUL */
@@ -1687,12 +1700,12 @@ static int launch(sb_webhooks *w, endpoint *ep, attempt *a, const char *type, in
     a->t0_ns = sb_now_ns();
     int64_t ts = a->at_ms / 1000;
     char sig[2 * SB_WEBHOOK_SIG_MAX + 2];
-    rc = sb_webhook_sign(ep->key, (size_t)ep->keylen, a->event_id, ts, a->body, a->body_len, sig);
-    if (!rc && ep->old_keylen > 0 && a->at_ms < ep->old_until) {
+    rc = sb_webhook_signer_sign(ep->signer, a->event_id, ts, a->body, a->body_len, sig);
+    if (!rc && ep->old_signer && a->at_ms < ep->old_until) {
         size_t l = strlen(sig);
         sig[l] = ' ';
-        rc = sb_webhook_sign(ep->old_key, (size_t)ep->old_keylen, a->event_id, ts, a->body,
-                             a->body_len, sig + l + 1);
+        rc = sb_webhook_signer_sign(ep->old_signer, a->event_id, ts, a->body, a->body_len,
+                                    sig + l + 1);
     }
     reqpart *rp = rc ? NULL : (a->rp = reqpart_get(w));
     if (!rc && !rp)

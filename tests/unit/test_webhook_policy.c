@@ -6,10 +6,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "events/webhook_policy.h"
 #include "switchboard/error.h"
@@ -39,6 +42,49 @@ static void test_sign_vector(void **state)
     sb_webhook_sign(key, 24, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, strlen(body) - 1,
                     other);
     assert_string_not_equal(sig, other);
+}
+
+static void test_signer(void **state)
+{
+    (void)state;
+    unsigned char key[SB_WEBHOOK_KEY_MAX], key2[SB_WEBHOOK_KEY_MAX];
+    int kl = sb_webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key);
+    assert_int_equal(kl, 24);
+    int kl2 = sb_webhook_secret_decode("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", key2);
+    assert_true(kl2 > 0);
+    sb_webhook_signer *s = NULL, *s2 = NULL;
+    assert_int_equal(sb_webhook_signer_new(key, (size_t)kl, &s), 0);
+    assert_int_equal(sb_webhook_signer_new(key2, (size_t)kl2, &s2), 0);
+    const char body[] = "{\"test\": 2432232314}";
+    char sig[SB_WEBHOOK_SIG_MAX], want[SB_WEBHOOK_SIG_MAX];
+    /* the specification's vector, then the same signer again and again (each signature
+     * restarts from the key, not from the last message), interleaved with another key */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(sb_webhook_signer_sign(s, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body,
+                                                strlen(body), sig),
+                         0);
+        assert_string_equal(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_int_equal(sb_webhook_signer_sign(s2, "msg_x", 1614265330 + i, body, i, sig), 0);
+        assert_int_equal(
+            sb_webhook_sign(key2, (size_t)kl2, "msg_x", 1614265330 + i, body, (size_t)i, want), 0);
+        assert_string_equal(sig, want);
+    }
+    /* a negative time is written with its sign: checked against OpenSSL's one-shot HMAC */
+    assert_int_equal(sb_webhook_signer_sign(s, "msg_y", -5, body, strlen(body), sig), 0);
+    char msg[64];
+    int ml = snprintf(msg, sizeof msg, "msg_y.-5.%s", body);
+    unsigned char mac[32];
+    unsigned int maclen = 0;
+    assert_non_null(
+        HMAC(EVP_sha256(), key, kl, (const unsigned char *)msg, (size_t)ml, mac, &maclen));
+    memcpy(want, "v1,", 3);
+    EVP_EncodeBlock((unsigned char *)want + 3, mac, (int)maclen);
+    assert_string_equal(sig, want);
+    sb_webhook_signer_free(s);
+    sb_webhook_signer_free(s2);
+    sb_webhook_signer_free(NULL);
+    assert_int_equal(sb_webhook_signer_new(key, 0, &s), SB_EINVAL);
+    assert_null(s);
 }
 
 static void test_secrets(void **state)
@@ -266,10 +312,11 @@ static void test_urls(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sign_vector), cmocka_unit_test(test_secrets),
-        cmocka_unit_test(test_durations),   cmocka_unit_test(test_schedule),
-        cmocka_unit_test(test_next_delay),  cmocka_unit_test(test_retry_after),
-        cmocka_unit_test(test_ssrf),        cmocka_unit_test(test_urls),
+        cmocka_unit_test(test_sign_vector), cmocka_unit_test(test_signer),
+        cmocka_unit_test(test_secrets),     cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_schedule),    cmocka_unit_test(test_next_delay),
+        cmocka_unit_test(test_retry_after), cmocka_unit_test(test_ssrf),
+        cmocka_unit_test(test_urls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
