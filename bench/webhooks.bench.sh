@@ -42,7 +42,8 @@
 # BENCH_WEBHOOK_CONCURRENCY (32: in-flight requests of both senders),
 # BENCH_WEBHOOK_CHECK_EVENTS (2000: events of the correctness pass), BENCH_WEBHOOK_WARMUP
 # (50000: events each sender delivers, unmeasured, before its timed runs), BENCH_WEBHOOK_MODES
-# ("h1 h2c").
+# ("h1 h2c"), BENCH_WEBHOOK_SENDERS ("sb peer"; "sb" measures Switchboard alone, for comparing
+# two builds: its runs and their median are printed, no ratio and no results file).
 # shellcheck disable=SC2317 # trap handlers are reached through trap
 set -euo pipefail
 
@@ -59,6 +60,8 @@ CONC=${BENCH_WEBHOOK_CONCURRENCY:-32}
 CHECK_EVENTS=${BENCH_WEBHOOK_CHECK_EVENTS:-2000}
 WARMUP=${BENCH_WEBHOOK_WARMUP:-50000}
 MODES=${BENCH_WEBHOOK_MODES:-h1 h2c}
+SENDERS=${BENCH_WEBHOOK_SENDERS:-sb peer}
+case "$SENDERS" in "sb peer" | "peer sb" | sb) ;; *) die "BENCH_WEBHOOK_SENDERS must be \"sb peer\" or \"sb\"" ;; esac
 peer_h2c=
 warm=0
 GOAL_RATIO=4
@@ -205,7 +208,7 @@ run_peer() {
 
 # correctness pass: every delivery verified twice (node:crypto and standardwebhooks), every
 # body parsed, nothing missing, nothing twice
-for s in sb peer; do
+for s in $SENDERS; do
     j=$("run_$s") || exit 1
     ok=$(node -e 'const o = JSON.parse(process.argv[1]), s = JSON.parse(process.argv[2]); const n = +process.argv[3];
         console.log(o.count === n && o.distinct === n && o.bad === 0 && s.lib_checked === n ? "ok" : "FAILED")' "$j" "$(stats)" "$nev")
@@ -228,7 +231,7 @@ to=$rcv
 # endpoint's h2c flag; the peer: one node:http2 session, undici having no h2c). The headline
 # compares each sender in its best mode.
 declare -A R
-servers=(sb peer)
+read -r -a servers <<<"$SENDERS"
 set_mode() { # h1 | h2c
     local code
     code=$(curl -sS --max-time 5 -X PATCH -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \
@@ -258,6 +261,17 @@ done
 stop_sb
 stop_pid "$rcv_pid" 5
 forget_pid "$rcv_pid"
+
+if [ "$SENDERS" = sb ]; then
+    for mode in $MODES; do
+        printf '%s' "${R[sb.$mode]}" | MODE=$mode node -e '
+            const runs = require("fs").readFileSync(0, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+            const med = (k) => { const v = runs.map((r) => r[k]).sort((a, b) => a - b); return v[Math.floor((v.length - 1) / 2)]; };
+            console.log(`  ${process.env.MODE}: switchboard alone, median of ${runs.length}: ${med("deliveries_per_sec").toFixed(0)} deliveries/s, ` +
+              `sender CPU ${med("cpu_us_per_delivery").toFixed(2)} us/delivery (no peer: no ratio, no results file)`);'
+    done
+    exit 0
+fi
 
 runs_json=$(for mode in $MODES; do for s in sb peer; do printf '%s\t%s\t%s\n' "$s" "$mode" "$(printf '%s' "${R[$s.$mode]}" | tr '\n' ' ')"; done; done)
 sel=$(RUNS_TSV=$runs_json RUNS=$RUNS GOAL=$GOAL_RATIO node -e '
