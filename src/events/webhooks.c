@@ -40,10 +40,10 @@
 #define STREAM_WINDOW_MAX  4096  /* stream items (unwritten) per endpoint */
 #define STREAM_READ_MAX    256   /* outbox rows read per query */
 #define TYPE_MAX           64
-#define ATTEMPT_POOL       256 /* freed attempts kept */
-#define H2C_FLUSH_EVERY    8   /* h2c requests written together while a batch is started */
-#define FLUSH_BATCH        256 /* finished attempts that start a write at once */
-#define FLUSH_DELAY_MS     5   /* else the longest a finished attempt waits for its write */
+#define ATTEMPT_POOL       256  /* freed attempts kept */
+#define H2C_FLUSH_EVERY    8    /* h2c requests written together while a batch is started */
+#define FLUSH_BATCH        1024 /* finished attempts that start a write at once */
+#define FLUSH_DELAY_MS     5    /* else the longest a finished attempt waits for its write */
 
 static const uint64_t lat_bound_ms[LATENCY_BUCKETS] = {1,   5,   10,   25,   50,    100,
                                                        250, 500, 1000, 2500, 10000, 30000};
@@ -1069,7 +1069,10 @@ static void on_flush_timer(uv_timer_t *t)
 
 /* Results are written in batches: one commit (and its WAL fsync) per FLUSH_BATCH finished
  * attempts, or after FLUSH_DELAY_MS, instead of one per few (measured: the commit was ~5 us
- * of CPU per delivery with the small batches of writing as soon as the last write ended). */
+ * of CPU per delivery with the small batches of writing as soon as the last write ended).
+ * At ~130k deliveries/s the delay is what starts a write (~650 results each); with a batch of
+ * 256 it was one write per ~2 ms: h2c, 9 runs each, alternating builds: median 131.6k/s at
+ * 6.5 us per delivery against 127.6k/s at 6.9 us, slowest run 113k against 91k. */
 static void flush_soon(sb_webhooks *w)
 {
     if (!w->results_head)
