@@ -52,6 +52,8 @@ typedef struct wh_job {
     int enabled; /* -1 unchanged */
     int h2c;     /* -1 unchanged */
     char secret[SB_WEBHOOK_SECRET_MAX];
+    bool v1a;                                   /* signature_scheme "v1a" (Ed25519) */
+    char public_key[SB_WEBHOOK_PUBLIC_KEY_MAX]; /* with v1a: the new key's */
     sb_buf sealed;
     int64_t now;
     int64_t overlap_ms;
@@ -156,10 +158,12 @@ static void wipe(wh_job *j)
     sb_buf_free(&j->sealed);
 }
 
-/* A new secret, and its sealed form for the database. */
+/* A new secret (v1: whsec_; v1a: a whsk_ signing key and its whpk_ public key), and its
+ * sealed form for the database. */
 static int make_secret(wh_job *j)
 {
-    int rc = sb_webhook_secret_new(j->secret);
+    int rc = j->v1a ? sb_webhook_keypair_new(j->secret, j->public_key)
+                    : sb_webhook_secret_new(j->secret);
     return rc ? rc : sb__app_seal(j->app, j->secret, strlen(j->secret), &j->sealed);
 }
 
@@ -168,13 +172,15 @@ static int make_secret(wh_job *j)
 static bool parse_fields(sb_app *app, sb_req *req, json_t *body, wh_job *j, bool create, char *why,
                          size_t whylen)
 {
-    static const char *const fields[] = {"url", "events", "description", "enabled", "h2c", NULL};
+    static const char *const fields[] = {"url", "events",           "description", "enabled",
+                                         "h2c", "signature_scheme", NULL};
     const sb_config *cfg = sb_app_config(app);
-    const char *url = NULL, *desc = NULL;
-    size_t ulen = 0, dlen = 0;
+    const char *url = NULL, *desc = NULL, *scheme = NULL;
+    size_t ulen = 0, dlen = 0, slen = 0;
     bool enabled = true, h2c = false;
     if (sb_json_only(body, fields, why, whylen) ||
         sb_json_get_bool(body, "h2c", &h2c, why, whylen) ||
+        sb_json_get_string(body, "signature_scheme", &scheme, &slen, 8, why, whylen) ||
         sb_json_get_string(body, "url", &url, &ulen, 2048, why, whylen) ||
         sb_json_get_string(body, "description", &desc, &dlen, DESCRIPTION_MAX, why, whylen) ||
         sb_json_get_bool(body, "enabled", &enabled, why, whylen))
@@ -183,6 +189,17 @@ static bool parse_fields(sb_app *app, sb_req *req, json_t *body, wh_job *j, bool
         snprintf(why, whylen, "url is required");
         return false;
     }
+    if (scheme && !create) {
+        snprintf(why, whylen,
+                 "signature_scheme cannot be changed: receivers verify with the key they were "
+                 "given; create a new endpoint");
+        return false;
+    }
+    if (scheme && strcmp(scheme, "v1") != 0 && strcmp(scheme, "v1a") != 0) {
+        snprintf(why, whylen, "signature_scheme must be \"v1\" (HMAC-SHA256) or \"v1a\" (Ed25519)");
+        return false;
+    }
+    j->v1a = scheme && strcmp(scheme, "v1a") == 0;
     if (url) {
         bool http = cfg->webhooks_allow_http || sb_webhooks_private_allowed(cfg);
         if (!sb_webhook_url_ok(url, http, why, whylen))
@@ -295,9 +312,9 @@ static int create_run(sqlite3 *db, void *arg)
     st = webhook_stmt(
         db, j,
         "INSERT INTO webhooks (id, project_id, url, events, description, enabled, secret, "
-        "cursor_seq, created_at, updated_at, h2c) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-        "COALESCE((SELECT next_seq - 1 FROM event_counters WHERE project_id = ?2), 0), ?8, "
-        "?8, ?9)");
+        "cursor_seq, created_at, updated_at, h2c, signature_scheme, public_key) VALUES (?1, ?2, "
+        "?3, ?4, ?5, ?6, ?7, COALESCE((SELECT next_seq - 1 FROM event_counters WHERE "
+        "project_id = ?2), 0), ?8, ?8, ?9, ?10, ?11)");
     if (!st)
         return SB_EIO;
     sqlite3_bind_text(st, 3, j->url, -1, SQLITE_STATIC);
@@ -306,6 +323,9 @@ static int create_run(sqlite3 *db, void *arg)
         sqlite3_bind_text(st, 5, j->description, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 6, j->enabled ? 1 : 0);
     sqlite3_bind_int(st, 9, j->h2c > 0 ? 1 : 0);
+    sqlite3_bind_text(st, 10, j->v1a ? "v1a" : "v1", -1, SQLITE_STATIC);
+    if (j->v1a)
+        sqlite3_bind_text(st, 11, j->public_key, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 7, j->sealed.base, (int)j->sealed.len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, j->now);
     int rc = step_done(st);
@@ -316,7 +336,8 @@ static int create_run(sqlite3 *db, void *arg)
 }
 
 /* How a job's result is answered (a static per route): success as status with j->result
- * (and the secret when one was made; 204 without a body), SB_ENOENT as 404 missing, conflict_rc
+ * (and the secret when a v1 one was made: a v1a signing key is never shown, its public key is
+ * in the endpoint; 204 without a body), SB_ENOENT as 404 missing, conflict_rc
  * (RC_LIMIT or RC_CONFLICT; 0 for none) as 409 conflict/detail, another error as 500 logged
  * as what. */
 typedef struct wh_answer {
@@ -337,10 +358,10 @@ static void answer(wh_job *j, int rc, const wh_answer *a)
         sb_app_internal_error(j->req, a->what, rc);
     } else {
         sb_webhooks_changed(sb_app_webhooks(j->app));
-        if (j->secret[0]) {
+        if (j->secret[0] && !j->v1a)
             json_object_set_new(j->result, "secret", json_string(j->secret));
+        if (j->secret[0])
             sb_resp_header(j->req, "Cache-Control", SB_STR_LIT("no-store"));
-        }
         if (a->status == 204) {
             sb_resp_send(j->req, 204, NULL, NULL, 0);
         } else {
@@ -531,9 +552,14 @@ static int rotate_run(sqlite3 *db, void *arg)
         webhook_stmt(db, j,
                      "UPDATE webhooks SET old_secret = CASE WHEN ?4 > 0 THEN secret END, "
                      "old_secret_until = CASE WHEN ?4 > 0 THEN ?5 + ?4 END, secret = ?3, "
-                     "updated_at = MAX(?5, updated_at + 1) WHERE id = ?1 AND project_id = ?2");
+                     "public_key = ?7, updated_at = MAX(?5, updated_at + 1) WHERE id = ?1 AND "
+                     "project_id = ?2 AND signature_scheme = ?6");
     if (!st)
         return SB_EIO;
+    /* the scheme the key was made for (read before; it never changes) */
+    sqlite3_bind_text(st, 6, j->v1a ? "v1a" : "v1", -1, SQLITE_STATIC);
+    if (j->v1a)
+        sqlite3_bind_text(st, 7, j->public_key, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 3, j->sealed.base, (int)j->sealed.len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, j->overlap_ms);
     sqlite3_bind_int64(st, 5, j->now);
@@ -562,6 +588,29 @@ static void webhooks_rotate(sb_req *req, void *ud)
     if (!j)
         return;
     j->overlap_ms = sb_app_config(app)->webhooks_rotation_overlap_ms;
+    /* the new key is of the endpoint's scheme */
+    sqlite3_stmt *st = sb_store_stmt(sb_app_reader(app, req),
+                                     "SELECT signature_scheme FROM webhooks WHERE id = ?1 AND "
+                                     "project_id = ?2");
+    int s = SQLITE_ERROR;
+    if (st) {
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, j->who.project_id, -1, SQLITE_STATIC);
+        s = sqlite3_step(st);
+        if (s == SQLITE_ROW)
+            j->v1a = strcmp((const char *)sqlite3_column_text(st, 0), "v1a") == 0;
+        sqlite3_reset(st);
+    }
+    if (s == SQLITE_DONE) {
+        wipe(j);
+        not_found(req);
+        return;
+    }
+    if (s != SQLITE_ROW) {
+        wipe(j);
+        sb_app_internal_error(req, "rotating a webhook secret", SB_EIO);
+        return;
+    }
     if (make_secret(j) != 0) {
         wipe(j);
         sb_app_internal_error(req, "rotating a webhook secret", SB_ENOMEM);

@@ -308,19 +308,22 @@ static EVP_MAC_CTX *hmac_ctx(void)
     return c;
 }
 
+/* timestamp in decimal with its sign, NUL-terminated (out: SB_U64_DEC_MAX + 1 bytes); its length */
+static size_t time_dec(int64_t timestamp, char *out)
+{
+    if (timestamp >= 0)
+        return sb_u64_dec((uint64_t)timestamp, out);
+    out[0] = '-';
+    return 1 + sb_u64_dec(0 - (uint64_t)timestamp, out + 1);
+}
+
 /* "v1,<base64 HMAC>" of "id.timestamp.body" with c, re-keyed with key, or with the key it
  * holds when key is NULL (OpenSSL's HMAC then restarts from its precomputed pads). */
 static int mac_sign(EVP_MAC_CTX *c, const unsigned char *key, size_t keylen, const char *id,
                     int64_t timestamp, const void *body, size_t len, char *out)
 {
     char ts[SB_U64_DEC_MAX + 1];
-    size_t tl = 0;
-    uint64_t t = (uint64_t)timestamp;
-    if (timestamp < 0) {
-        ts[tl++] = '-';
-        t = 0 - t;
-    }
-    tl += sb_u64_dec(t, ts + tl);
+    size_t tl = time_dec(timestamp, ts);
     unsigned char mac[32];
     size_t maclen = sizeof mac;
     int ok = c && EVP_MAC_init(c, key, keylen, NULL) &&
@@ -344,7 +347,9 @@ int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int
 }
 
 struct sb_webhook_signer {
-    EVP_MAC_CTX *c;
+    EVP_MAC_CTX *c; /* v1: HMAC-SHA256, keyed once */
+    EVP_PKEY *ed;   /* v1a: the Ed25519 private key */
+    EVP_MD_CTX *md; /* v1a: re-initialised per signature (Ed25519 signs in one shot) */
 };
 
 int sb_webhook_signer_new(const unsigned char *key, size_t keylen, sb_webhook_signer **out)
@@ -352,7 +357,7 @@ int sb_webhook_signer_new(const unsigned char *key, size_t keylen, sb_webhook_si
     *out = NULL;
     if (keylen < 1 || keylen > SB_WEBHOOK_KEY_MAX)
         return SB_EINVAL;
-    sb_webhook_signer *s = sb_malloc(sizeof *s);
+    sb_webhook_signer *s = sb_calloc(1, sizeof *s);
     if (!s)
         return SB_ENOMEM;
     s->c = hmac_new();
@@ -369,14 +374,139 @@ void sb_webhook_signer_free(sb_webhook_signer *s)
 {
     if (!s)
         return;
-    EVP_MAC_CTX_free(s->c); /* clears the key material it holds */
+    EVP_MAC_CTX_free(s->c); /* these clear the key material they hold */
+    EVP_MD_CTX_free(s->md);
+    EVP_PKEY_free(s->ed);
     sb_free(s);
+}
+
+#define ED25519_KEY 32
+#define ED25519_SIG 64
+
+/* "v1a," + base64 of the Ed25519 signature of "id.timestamp.body". */
+static int ed_sign(sb_webhook_signer *s, const char *id, int64_t timestamp, const void *body,
+                   size_t len, char *out)
+{
+    char ts[SB_U64_DEC_MAX + 1];
+    size_t tl = time_dec(timestamp, ts);
+    size_t il = strlen(id), n = il + 1 + tl + 1 + len;
+    char stack[2048];
+    char *msg = n <= sizeof stack ? stack : sb_malloc(n);
+    if (!msg)
+        return SB_ENOMEM;
+    memcpy(msg, id, il);
+    msg[il] = '.';
+    memcpy(msg + il + 1, ts, tl);
+    msg[il + 1 + tl] = '.';
+    if (len)
+        memcpy(msg + il + 2 + tl, body, len);
+    unsigned char sig[ED25519_SIG];
+    size_t siglen = sizeof sig;
+    int ok = EVP_DigestSignInit(s->md, NULL, NULL, NULL, s->ed) == 1 &&
+             EVP_DigestSign(s->md, sig, &siglen, (const unsigned char *)msg, n) == 1 &&
+             siglen == ED25519_SIG;
+    if (msg != stack)
+        sb_free(msg);
+    if (!ok)
+        return SB_EIO;
+    memcpy(out, "v1a,", 4);
+    EVP_EncodeBlock((unsigned char *)out + 4, sig, (int)siglen);
+    return 0;
 }
 
 int sb_webhook_signer_sign(sb_webhook_signer *s, const char *id, int64_t timestamp,
                            const void *body, size_t len, char *out)
 {
+    if (s->ed)
+        return ed_sign(s, id, timestamp, body, len, out);
     return mac_sign(s->c, NULL, 0, id, timestamp, body, len, out);
+}
+
+/* The 32 bytes of a "whsk_" secret (base64, exactly 32 bytes), or SB_EINVAL. */
+static int ed_seed(const char *secret, unsigned char seed[ED25519_KEY])
+{
+    if (strncmp(secret, "whsk_", 5) != 0 || strlen(secret + 5) != 44)
+        return SB_EINVAL;
+    unsigned char tmp[33];
+    int n = EVP_DecodeBlock(tmp, (const unsigned char *)secret + 5, 44);
+    /* 44 characters decode to 33 bytes, the last one of the '=' pad */
+    int rc = n == 33 && secret[48] == '=' && secret[47] != '=' ? 0 : SB_EINVAL;
+    if (!rc)
+        memcpy(seed, tmp, ED25519_KEY);
+    OPENSSL_cleanse(tmp, sizeof tmp);
+    return rc;
+}
+
+static EVP_PKEY *ed_key(const unsigned char seed[ED25519_KEY])
+{
+    return EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, ED25519_KEY);
+}
+
+static int ed_public(EVP_PKEY *k, char *public_key)
+{
+    unsigned char pub[ED25519_KEY];
+    size_t pl = sizeof pub;
+    if (EVP_PKEY_get_raw_public_key(k, pub, &pl) != 1 || pl != ED25519_KEY)
+        return SB_EIO;
+    memcpy(public_key, "whpk_", 5);
+    EVP_EncodeBlock((unsigned char *)public_key + 5, pub, (int)pl);
+    return 0;
+}
+
+int sb_webhook_keypair_new(char *secret, char *public_key)
+{
+    unsigned char seed[ED25519_KEY];
+    int rc = sb_random(seed, sizeof seed);
+    EVP_PKEY *k = rc ? NULL : ed_key(seed);
+    rc = rc ? rc : !k ? SB_EIO : ed_public(k, public_key);
+    if (!rc) {
+        memcpy(secret, "whsk_", 5);
+        EVP_EncodeBlock((unsigned char *)secret + 5, seed, (int)sizeof seed);
+    }
+    EVP_PKEY_free(k);
+    OPENSSL_cleanse(seed, sizeof seed);
+    return rc;
+}
+
+int sb_webhook_public_key(const char *secret, char *public_key)
+{
+    unsigned char seed[ED25519_KEY];
+    int rc = ed_seed(secret, seed);
+    EVP_PKEY *k = rc ? NULL : ed_key(seed);
+    OPENSSL_cleanse(seed, sizeof seed);
+    rc = rc ? rc : !k ? SB_EIO : ed_public(k, public_key);
+    EVP_PKEY_free(k);
+    return rc;
+}
+
+int sb_webhook_signer_from_secret(const char *secret, sb_webhook_signer **out)
+{
+    *out = NULL;
+    if (strncmp(secret, "whsk_", 5) != 0) {
+        unsigned char key[SB_WEBHOOK_KEY_MAX];
+        int n = sb_webhook_secret_decode(secret, key); /* "whsec_" optional, as ever */
+        int rc = n < 0 ? n : sb_webhook_signer_new(key, (size_t)n, out);
+        OPENSSL_cleanse(key, sizeof key);
+        return rc;
+    }
+    unsigned char seed[ED25519_KEY];
+    int rc = ed_seed(secret, seed);
+    if (rc)
+        return rc;
+    sb_webhook_signer *s = sb_calloc(1, sizeof *s);
+    if (!s) {
+        OPENSSL_cleanse(seed, sizeof seed);
+        return SB_ENOMEM;
+    }
+    s->ed = ed_key(seed);
+    OPENSSL_cleanse(seed, sizeof seed);
+    s->md = EVP_MD_CTX_new();
+    if (!s->ed || !s->md) {
+        sb_webhook_signer_free(s);
+        return SB_EIO;
+    }
+    *out = s;
+    return 0;
 }
 
 /* ---- endpoint URLs -------------------------------------------------------------------- */

@@ -17,11 +17,12 @@
 
 struct sockaddr;
 
-#define SB_WEBHOOK_SCHEDULE_MAX 32               /* attempts a schedule may list */
-#define SB_WEBHOOK_DELAY_MAX    (7 * 86400000LL) /* longest single delay: 7 days */
-#define SB_WEBHOOK_SECRET_MAX   80               /* "whsec_" + base64 of up to 48 bytes + NUL */
-#define SB_WEBHOOK_KEY_MAX      48               /* decoded secret bytes */
-#define SB_WEBHOOK_SIG_MAX      64               /* "v1," + 44 base64 chars + NUL */
+#define SB_WEBHOOK_SCHEDULE_MAX   32               /* attempts a schedule may list */
+#define SB_WEBHOOK_DELAY_MAX      (7 * 86400000LL) /* longest single delay: 7 days */
+#define SB_WEBHOOK_SECRET_MAX     80               /* "whsec_" + base64 of up to 48 bytes + NUL */
+#define SB_WEBHOOK_KEY_MAX        48               /* decoded secret bytes */
+#define SB_WEBHOOK_SIG_MAX        96 /* "v1a," + 88 base64 chars + NUL ("v1," + 44 for HMAC) */
+#define SB_WEBHOOK_PUBLIC_KEY_MAX 56 /* "whpk_" + 44 base64 chars + NUL */
 
 /*
  * Parses one duration: an unsigned integer followed by ms, s, m, h or d, or a bare integer
@@ -76,6 +77,15 @@ int sb_webhook_secret_decode(const char *secret, unsigned char key[SB_WEBHOOK_KE
 int sb_webhook_sign(const unsigned char *key, size_t keylen, const char *id, int64_t timestamp,
                     const void *body, size_t len, char *out);
 
+/* A new Ed25519 key pair for v1a signatures (Standard Webhooks): secret "whsk_" + base64 of the
+ * 32-byte private key (SB_WEBHOOK_SECRET_MAX bytes), public_key "whpk_" + base64 of the 32-byte
+ * public key (SB_WEBHOOK_PUBLIC_KEY_MAX bytes). 0, or SB_EIO. */
+int sb_webhook_keypair_new(char *secret, char *public_key);
+
+/* The "whpk_" public key of a "whsk_" secret into out (SB_WEBHOOK_PUBLIC_KEY_MAX bytes). 0, or
+ * SB_EINVAL when secret is not one. */
+int sb_webhook_public_key(const char *secret, char *public_key);
+
 /* sb_webhook_sign with a key set once: the signer keeps HMAC-SHA256's precomputed pads, so a
  * signature skips the key schedule (two SHA-256 blocks and a context reset). One signer per
  * key, used by one thread at a time. new: 0, SB_EINVAL (key length), SB_ENOMEM or SB_EIO. */
@@ -84,6 +94,12 @@ int sb_webhook_signer_new(const unsigned char *key, size_t keylen, sb_webhook_si
 void sb_webhook_signer_free(sb_webhook_signer *s); /* NULL: no-op */
 int sb_webhook_signer_sign(sb_webhook_signer *s, const char *id, int64_t timestamp,
                            const void *body, size_t len, char *out);
+
+/* A signer for a stored secret: "whsec_…" (the prefix optional) signs v1 (HMAC-SHA256),
+ * "whsk_…" signs v1a ("v1a,"
+ * + base64 of the Ed25519 signature of "id.timestamp.body", RFC 8032 pure Ed25519). 0,
+ * SB_EINVAL (neither), SB_ENOMEM or SB_EIO. */
+int sb_webhook_signer_from_secret(const char *secret, sb_webhook_signer **out);
 
 /*
  * Checks an endpoint URL at create/update time: absolute https:// (or http:// when

@@ -480,18 +480,15 @@ void sb_webhooks_changed(sb_webhooks *w)
 
 /* ---- endpoints ------------------------------------------------------------------------ */
 
-/* A signer for a sealed secret (a webhooks row's secret column). */
+/* A signer for a sealed secret (a webhooks row's secret column): v1 or v1a by its prefix. */
 static int open_signer(sb_webhooks *w, const void *sealed, int len, sb_webhook_signer **out)
 {
     *out = NULL;
     sb_buf b;
     sb_buf_init(&b, 4096);
-    unsigned char key[SB_WEBHOOK_KEY_MAX];
     int rc = sealed && len > 0 ? sb__app_open(w->app, sealed, (size_t)len, &b) : SB_EINVAL;
     rc = rc ? rc : sb_buf_append(&b, "", 1);
-    int n = rc ? rc : sb_webhook_secret_decode(b.base, key);
-    rc = n < 0 ? n : sb_webhook_signer_new(key, (size_t)n, out);
-    OPENSSL_cleanse(key, sizeof key);
+    rc = rc ? rc : sb_webhook_signer_from_secret(b.base, out);
     if (b.base)
         OPENSSL_cleanse(b.base, b.cap);
     sb_buf_free(&b);
@@ -2539,12 +2536,13 @@ json_t *sb_webhooks_endpoint_json(sqlite3_stmt *st)
 {
     json_t *events = json_loads((const char *)sqlite3_column_text(st, 2), 0, NULL);
     int enabled = sqlite3_column_int(st, 4);
-    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:s,s:o,s:b,s:o,s:o}", "id", sqlite3_column_text(st, 0),
-                     "url", sqlite3_column_text(st, 1), "events", events ? events : json_array(),
-                     "description", text_or_null(st, 3), "enabled", enabled, "status",
-                     enabled ? "enabled" : "disabled", "disabled_reason", text_or_null(st, 5),
-                     "h2c", sqlite3_column_int(st, 8), "created_at", sb_app_time_or_null(st, 6),
-                     "updated_at", sb_app_time_or_null(st, 7));
+    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:s,s:o,s:b,s:s,s:o,s:o,s:o}", "id",
+                     sqlite3_column_text(st, 0), "url", sqlite3_column_text(st, 1), "events",
+                     events ? events : json_array(), "description", text_or_null(st, 3), "enabled",
+                     enabled, "status", enabled ? "enabled" : "disabled", "disabled_reason",
+                     text_or_null(st, 5), "h2c", sqlite3_column_int(st, 8), "signature_scheme",
+                     sqlite3_column_text(st, 9), "public_key", text_or_null(st, 10), "created_at",
+                     sb_app_time_or_null(st, 6), "updated_at", sb_app_time_or_null(st, 7));
 }
 
 int sb_webhooks_endpoint_read(sqlite3 *db, const char *id, const char *project_id, json_t **out)

@@ -113,7 +113,8 @@ int sb_webhooks_unblock_all(sqlite3 *db, const char *webhook_id);
  * _json builds it from a row of SB_WEBHOOKS_ENDPOINT_COLS; _read reads it by id and project
  * (0, SB_ENOENT or SB_EIO; *out is new). */
 #define SB_WEBHOOKS_ENDPOINT_COLS                                                                  \
-    "id, url, events, description, enabled, disabled_reason, created_at, updated_at, h2c"
+    "id, url, events, description, enabled, disabled_reason, created_at, updated_at, h2c, "        \
+    "signature_scheme, public_key"
 json_t *sb_webhooks_endpoint_json(sqlite3_stmt *st);
 int sb_webhooks_endpoint_read(sqlite3 *db, const char *id, const char *project_id, json_t **out);
 

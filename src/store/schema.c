@@ -312,6 +312,18 @@ static const char migration_8[] = "CREATE TABLE webhook_delivered ("
                                   ") STRICT, WITHOUT ROWID;";
 /* ---- end migration 8 ---- */
 
+/* ---- migration 9: webhooks.signature_scheme, webhooks.public_key ---- */
+/*
+ * Standard Webhooks signature schemes: 'v1' HMAC-SHA256 under a shared whsec_ secret, or 'v1a'
+ * Ed25519: the sealed secret is then a whsk_ signing key and public_key its whpk_ verifying
+ * key, public, kept in clear so that reading an endpoint never opens the secret.
+ */
+static const char migration_9[] =
+    "ALTER TABLE webhooks ADD COLUMN signature_scheme TEXT NOT NULL DEFAULT 'v1' "
+    "  CHECK (signature_scheme = 'v1' OR signature_scheme = 'v1a');"
+    "ALTER TABLE webhooks ADD COLUMN public_key TEXT;";
+/* ---- end migration 9 ---- */
+
 static const sb_store_migration migrations[] = {
     {1, "control plane: projects, keys, rooms, sessions, idempotency, audit, events", migration_1},
     {2, "index for listing a project's sessions", migration_2},
@@ -323,6 +335,7 @@ static const sb_store_migration migrations[] = {
     {7, "webhooks.h2c: HTTP/2 with prior knowledge to http:// receivers", migration_7},
     {8, "webhook_delivered: the log of deliveries that succeeded at their first attempt",
      migration_8},
+    {9, "webhooks.signature_scheme and public_key: Ed25519 (v1a) signatures", migration_9},
 };
 
 const char *const sb__store_sql_event_seq_next =

@@ -61,6 +61,29 @@ describe('gRPC WebhookService', () => {
     assert.equal((await failure(call('DeleteWebhook', { id: w.id }))).code, status.NOT_FOUND);
   });
 
+  it('v1a endpoints: public_key instead of a secret, fixed scheme, signed TestWebhook verifies', async () => {
+    const r = await startReceiver();
+    receivers.push(r);
+    const w = await call('CreateWebhook', { url: r.url, signature_scheme: 'v1a' });
+    assert.equal(w.signature_scheme, 'v1a');
+    assert.match(w.public_key, /^whpk_/);
+    assert.equal(w.secret, undefined);
+    assert.equal((await call('GetWebhook', { id: w.id })).public_key, w.public_key);
+    assert.equal((await failure(call('CreateWebhook', { url: r.url, signature_scheme: 'v9' }))).code, status.INVALID_ARGUMENT);
+    r.secrets = [w.public_key];
+    await call('TestWebhook', { id: w.id });
+    await waitFor(() => r.deliveries.length === 1, { timeoutMs: 5000, what: 'the v1a test event' });
+    assert.equal(r.deliveries[0].status, 204, JSON.stringify(r.badSignatures));
+    const rot = await call('RotateWebhookSecret', { id: w.id });
+    assert.equal(rot.secret, undefined);
+    assert.match(rot.public_key, /^whpk_/);
+    assert.notEqual(rot.public_key, w.public_key);
+    const v1 = await call('CreateWebhook', { url: r.url });
+    assert.equal(v1.signature_scheme, 'v1');
+    assert.equal(v1.public_key, undefined);
+    for (const x of [w, v1]) await call('DeleteWebhook', { id: x.id });
+  });
+
   it('errors: INVALID_ARGUMENT for a bad URL, PERMISSION_DENIED without webhooks:write, UNAUTHENTICATED without a key', async () => {
     assert.equal((await failure(call('CreateWebhook', { url: 'ftp://example.com/' }))).code, status.INVALID_ARGUMENT);
     assert.equal((await failure(call('CreateWebhook', {}))).code, status.INVALID_ARGUMENT);

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { parseMetrics, run, runBin, startServer, tempDir } from './lib/server.mjs';
-import { createWebhook, deliveries, makeRooms, sleep, startReceiver, waitFor } from './lib/webhooks.mjs';
+import { createWebhook, deliveries, makeRooms, sleep, startReceiver, verifyV1a, waitFor } from './lib/webhooks.mjs';
 
 let n = 0;
 const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${n++}`;
@@ -355,6 +355,68 @@ describe('webhooks', () => {
     // the old secret alone no longer verifies it
     const headers = { 'webhook-id': last.id, 'webhook-timestamp': String(last.timestamp), 'webhook-signature': last.signature };
     assert.throws(() => new Webhook(w.secret).verify(JSON.stringify(last.event), headers));
+    await api('DELETE', `/v1/webhooks/${w.id}`);
+  });
+
+  it('v1a: Ed25519 signatures verify with the public key; rotation sends both; no signing key is shown', async () => {
+    // validation: the scheme is v1 or v1a, chosen at creation
+    const r = await receiver();
+    const bad = await api('POST', '/v1/webhooks', { json: { url: r.url, signature_scheme: 'v2' } });
+    assert.equal(bad.status, 400);
+    assert.match(bad.json().detail, /signature_scheme/);
+    const res = await api('POST', '/v1/webhooks', { json: { url: r.url, events: ['room.created'], signature_scheme: 'v1a' } });
+    assert.equal(res.status, 201);
+    const w = res.json();
+    assert.equal(w.signature_scheme, 'v1a');
+    assert.match(w.public_key, /^whpk_[A-Za-z0-9+/]{43}=$/);
+    assert.equal(w.secret, undefined, 'a v1a endpoint shows no secret');
+    assert.ok(!JSON.stringify(w).includes('whsk_'));
+    const got = (await api('GET', `/v1/webhooks/${w.id}`)).json();
+    assert.equal(got.public_key, w.public_key);
+    assert.equal(got.signature_scheme, 'v1a');
+    assert.ok((await api('GET', '/v1/webhooks?limit=100')).json().data.some((x) => x.id === w.id && x.public_key === w.public_key));
+    const fixed = await api('PATCH', `/v1/webhooks/${w.id}`, { json: { signature_scheme: 'v1' } });
+    assert.equal(fixed.status, 400);
+    assert.match(fixed.json().detail, /cannot be changed/);
+    // a v1 endpoint: a secret, no public key
+    const v1 = await createWebhook(api, { url: r.url, events: ['room.closed'] });
+    assert.equal(v1.signature_scheme, 'v1');
+    assert.equal(v1.public_key, null);
+    await api('DELETE', `/v1/webhooks/${v1.id}`);
+
+    r.secrets = [w.public_key];
+    await makeRooms(api, uniq('v1a0'), 1);
+    await waitFor(() => r.deliveries.length === 1, { timeoutMs: 5000, what: 'first v1a delivery' });
+    assert.equal(r.deliveries[0].status, 204, JSON.stringify(r.badSignatures));
+    assert.match(r.deliveries[0].signature, /^v1a,[A-Za-z0-9+/]{86}==$/);
+    // it is not an HMAC signature under anything the API showed
+    const d0 = r.deliveries[0];
+    const h0 = { 'webhook-id': d0.id, 'webhook-timestamp': String(d0.timestamp), 'webhook-signature': d0.signature };
+    assert.throws(() => new Webhook(v1.secret).verify(JSON.stringify(d0.event), h0));
+
+    const rot = await api('POST', `/v1/webhooks/${w.id}/rotate-secret`);
+    assert.equal(rot.status, 200);
+    const fresh = rot.json();
+    assert.equal(fresh.secret, undefined);
+    assert.match(fresh.public_key, /^whpk_/);
+    assert.notEqual(fresh.public_key, w.public_key);
+    r.secrets = [w.public_key, fresh.public_key]; // each must verify the same delivery
+    await makeRooms(api, uniq('v1a1'), 1);
+    await waitFor(() => r.deliveries.length === 2, { timeoutMs: 5000, what: 'v1a delivery during the overlap' });
+    assert.equal(r.deliveries[1].status, 204, JSON.stringify(r.badSignatures));
+    assert.equal(r.deliveries[1].sigCount, 2);
+    const until = Date.parse(fresh.previous_secret_expires_at);
+    await sleep(Math.max(0, until - Date.now()) + 200);
+    r.secrets = [fresh.public_key];
+    await makeRooms(api, uniq('v1a2'), 1);
+    await waitFor(() => r.deliveries.length === 3, { timeoutMs: 5000, what: 'v1a delivery after the overlap' });
+    const last = r.deliveries[2];
+    assert.equal(last.status, 204);
+    assert.equal(last.sigCount, 1);
+    assert.deepEqual(r.badSignatures, []);
+    // the old public key no longer verifies it
+    const hl = { 'webhook-id': last.id, 'webhook-timestamp': String(last.timestamp), 'webhook-signature': last.signature };
+    assert.throws(() => verifyV1a(w.public_key, JSON.stringify(last.event), hl));
     await api('DELETE', `/v1/webhooks/${w.id}`);
   });
 

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -85,6 +86,105 @@ static void test_signer(void **state)
     sb_webhook_signer_free(NULL);
     assert_int_equal(sb_webhook_signer_new(key, 0, &s), SB_EINVAL);
     assert_null(s);
+}
+
+/* Verifies a "v1a,<base64>" signature of msg with a "whpk_" key through OpenSSL. */
+static bool v1a_verifies(const char *public_key, const char *msg, const char *sig)
+{
+    unsigned char pub[33], raw[66];
+    if (strncmp(public_key, "whpk_", 5) != 0 || strncmp(sig, "v1a,", 4) != 0 ||
+        strlen(sig + 4) != 88 ||
+        EVP_DecodeBlock(pub, (const unsigned char *)public_key + 5, 44) != 33 ||
+        EVP_DecodeBlock(raw, (const unsigned char *)sig + 4, 88) != 66)
+        return false;
+    EVP_PKEY *k = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, 32);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = k && md && EVP_DigestVerifyInit(md, NULL, NULL, NULL, k) == 1 &&
+              EVP_DigestVerify(md, raw, 64, (const unsigned char *)msg, strlen(msg)) == 1;
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(k);
+    return ok;
+}
+
+static void test_v1a(void **state)
+{
+    (void)state;
+    /* RFC 8032 7.1 TEST 1: the public key of this private key */
+    static const unsigned char seed[32] = {0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60,
+                                           0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4,
+                                           0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19,
+                                           0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60};
+    static const unsigned char want_pub[32] = {0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7,
+                                               0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07, 0x3a,
+                                               0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25,
+                                               0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07, 0x51, 0x1a};
+    char secret[SB_WEBHOOK_SECRET_MAX] = "whsk_", pub[SB_WEBHOOK_PUBLIC_KEY_MAX];
+    char want[SB_WEBHOOK_PUBLIC_KEY_MAX] = "whpk_";
+    EVP_EncodeBlock((unsigned char *)secret + 5, seed, 32);
+    EVP_EncodeBlock((unsigned char *)want + 5, want_pub, 32);
+    assert_int_equal(sb_webhook_public_key(secret, pub), 0);
+    assert_string_equal(pub, want);
+
+    /* a signer from the secret signs "id.timestamp.body"; the signature verifies with the
+     * public key, and not for another message */
+    sb_webhook_signer *s = NULL;
+    assert_int_equal(sb_webhook_signer_from_secret(secret, &s), 0);
+    char sig[SB_WEBHOOK_SIG_MAX];
+    const char body[] = "{\"test\": 2432232314}";
+    assert_int_equal(sb_webhook_signer_sign(s, "msg_1", 1614265330, body, strlen(body), sig), 0);
+    assert_int_equal(strlen(sig), 4 + 88);
+    assert_true(v1a_verifies(pub, "msg_1.1614265330.{\"test\": 2432232314}", sig));
+    assert_false(v1a_verifies(pub, "msg_1.1614265331.{\"test\": 2432232314}", sig));
+    /* a body longer than the stack buffer */
+    static char big[5000];
+    memset(big, 'x', sizeof big - 1);
+    assert_int_equal(sb_webhook_signer_sign(s, "m", -7, big, strlen(big), sig), 0);
+    char *msg = malloc(strlen(big) + 8);
+    assert_non_null(msg);
+    snprintf(msg, strlen(big) + 8, "m.-7.%s", big);
+    assert_true(v1a_verifies(pub, msg, sig));
+    free(msg);
+    sb_webhook_signer_free(s);
+
+    /* new pairs: distinct, consistent, usable */
+    char s1[SB_WEBHOOK_SECRET_MAX] = {0}, p1[SB_WEBHOOK_PUBLIC_KEY_MAX] = {0};
+    char s2[SB_WEBHOOK_SECRET_MAX] = {0}, p2[SB_WEBHOOK_PUBLIC_KEY_MAX] = {0};
+    assert_int_equal(sb_webhook_keypair_new(s1, p1), 0);
+    assert_int_equal(sb_webhook_keypair_new(s2, p2), 0);
+    assert_int_equal(strlen(s1), 5 + 44);
+    assert_int_equal(strlen(p1), 5 + 44);
+    assert_string_not_equal(s1, s2);
+    assert_string_not_equal(p1, p2);
+    assert_int_equal(sb_webhook_public_key(s1, pub), 0);
+    assert_string_equal(pub, p1);
+    assert_int_equal(sb_webhook_signer_from_secret(s1, &s), 0);
+    assert_int_equal(sb_webhook_signer_sign(s, "a", 1, "b", 1, sig), 0);
+    assert_true(v1a_verifies(p1, "a.1.b", sig));
+    assert_false(v1a_verifies(p2, "a.1.b", sig));
+    sb_webhook_signer_free(s);
+
+    /* whsec_ still makes an HMAC signer; anything else is refused */
+    assert_int_equal(sb_webhook_signer_from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &s),
+                     0);
+    assert_int_equal(sb_webhook_signer_sign(s, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body,
+                                            strlen(body), sig),
+                     0);
+    assert_string_equal(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    sb_webhook_signer_free(s);
+    const char *bad[] = {"whsk_",
+                         "whsk_short",
+                         "whsk_"
+                         "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                         "whsk_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+                         "whsec_",
+                         "whsec_@@@@"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s = (sb_webhook_signer *)1;
+        assert_int_equal(sb_webhook_signer_from_secret(bad[i], &s), SB_EINVAL);
+        assert_null(s);
+    }
+    assert_int_equal(sb_webhook_public_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", pub),
+                     SB_EINVAL);
 }
 
 static void test_secrets(void **state)
@@ -313,10 +413,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sign_vector), cmocka_unit_test(test_signer),
-        cmocka_unit_test(test_secrets),     cmocka_unit_test(test_durations),
-        cmocka_unit_test(test_schedule),    cmocka_unit_test(test_next_delay),
-        cmocka_unit_test(test_retry_after), cmocka_unit_test(test_ssrf),
-        cmocka_unit_test(test_urls),
+        cmocka_unit_test(test_v1a),         cmocka_unit_test(test_secrets),
+        cmocka_unit_test(test_durations),   cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_next_delay),  cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_ssrf),        cmocka_unit_test(test_urls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 // Webhook test support: a receiver (node http server) that verifies EVERY delivery with the
 // npm `standardwebhooks` library, plus small API helpers for /v1/webhooks.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import http from 'node:http';
 import { Webhook } from 'standardwebhooks';
 
@@ -8,8 +9,10 @@ import { sleep, waitFor } from './server.mjs';
 
 /**
  * startReceiver({ secrets, respond, port }):
- *   secrets: () => array of whsec_ secrets that must EACH verify the delivery (set later with
- *     r.secrets = [...]); a delivery that fails any is recorded in r.badSignatures and answered 400.
+ *   secrets: () => array of whsec_ secrets (verified with standardwebhooks) or whpk_ Ed25519
+ *     public keys (v1a, verified with node:crypto by verifyV1a) that must EACH verify the
+ *     delivery (set later with r.secrets = [...]); a delivery that fails any is recorded in
+ *     r.badSignatures and answered 400.
  *   respond(d, r): optional; returns {status, headers, delayMs} for delivery d (default 204).
  * Records r.deliveries on arrival: {id, timestamp, signature, sigCount, event (parsed body),
  * receivedAt, verified, status (0 until answered)}. r.ids() lists webhook-ids in arrival order; r.close() stops it.
@@ -53,7 +56,8 @@ export async function startReceiver({ secrets = [], respond, port = 0, host = '1
       let verified = r.secrets.length > 0;
       for (const s of r.secrets) {
         try {
-          new Webhook(s).verify(body, headers);
+          if (s.startsWith('whpk_')) verifyV1a(s, body, headers);
+          else new Webhook(s).verify(body, headers);
         } catch (e) {
           verified = false;
           r.badSignatures.push({ id: d.id, secret: s.slice(0, 10), error: e.message });
@@ -90,6 +94,22 @@ export async function startReceiver({ secrets = [], respond, port = 0, host = '1
       server.close(() => resolve());
     });
   return r;
+}
+
+/**
+ * Standard Webhooks v1a: one of the space-separated "v1a,<base64>" signatures must be the
+ * Ed25519 signature (RFC 8032) of "id.timestamp.body" under the whpk_ public key, and the
+ * timestamp within 5 minutes (as standardwebhooks checks for v1). Throws otherwise.
+ */
+export function verifyV1a(publicKey, body, headers) {
+  const raw = Buffer.from(publicKey.slice('whpk_'.length), 'base64');
+  assert.equal(raw.length, 32, 'a whpk_ key is 32 bytes');
+  const key = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') }, format: 'jwk' });
+  const ts = Number(headers['webhook-timestamp']);
+  if (!(Math.abs(Date.now() / 1000 - ts) <= 300)) throw new Error('timestamp too old or new');
+  const msg = Buffer.from(`${headers['webhook-id']}.${headers['webhook-timestamp']}.${body}`);
+  const sigs = (headers['webhook-signature'] ?? '').split(' ').filter((x) => x.startsWith('v1a,'));
+  if (!sigs.some((x) => crypto.verify(null, msg, key, Buffer.from(x.slice(4), 'base64')))) throw new Error('no v1a signature verifies');
 }
 
 /** POST /v1/webhooks; asserts 201 and returns the body (with its one-time secret). */
