@@ -118,6 +118,7 @@ typedef struct sb_config {
     int64_t webhooks_breaker_cooldown_ms;    /* webhooks.breaker_cooldown */
     char *webhooks_ca_file;                  /* webhooks.ca_file: receivers' CAs; "" = system */
     int64_t webhooks_retention_ms;           /* webhooks.retention: finished deliveries kept */
+    int64_t events_retention_ms;             /* events.retention: outbox events kept */
 
     /* test support */
     bool debug_ws_echo; /* debug.ws_echo: serve GET /debug/ws-echo */

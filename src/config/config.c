@@ -456,6 +456,15 @@ static const sb__config_key keys[] = {
      .max = 8760 * HOUR,
      .help = "How long delivered and dead deliveries (and their attempts) are kept; pending "
              "ones are never removed."},
+    {.name = "events.retention",
+     .type = SB__CFG_DURATION,
+     .def = "720h",
+     .offset = F(int64_t, events_retention_ms),
+     .min = SEC,
+     .max = 87600 * HOUR,
+     .help = "How long events stay in the outbox (for webhooks, replays and resuming the event "
+             "stream); an event an enabled webhook has not sent yet, or a pending delivery "
+             "still needs, is kept."},
     /* ---- end webhooks ---- */
 
     {.name = "debug.ws_echo",

@@ -2176,6 +2176,7 @@ static int64_t pump_endpoint(sb_webhooks *w, endpoint *ep, int64_t now)
 typedef struct retention_job {
     sb_webhooks *w;
     int64_t cutoff, cursor;
+    int64_t events_cutoff; /* events.retention */
 } retention_job;
 
 /* The delivered log's part of a retention pass: per endpoint, its oldest entries (in event
@@ -2224,6 +2225,74 @@ static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
         rc = step_done(del);
     }
     sqlite3_reset(ids);
+    if (!rc && s != SQLITE_ROW && s != SQLITE_DONE)
+        rc = sb_store_errno(s);
+    return rc;
+}
+
+/*
+ * The outbox's part of a retention pass (events.retention): per project, the oldest events,
+ * created before the cutoff, that no webhook still needs: at or below every enabled
+ * endpoint's cursor (written: delivered, or recorded as a delivery row) and below every
+ * pending delivery's event (a retry reads its event again). At most RETENTION_BATCH per
+ * project per job, oldest first, stopping at the first young or needed one. A disabled
+ * endpoint does not hold events: re-enabling it starts from the newest. Dead deliveries do
+ * not either: replaying one whose event has gone marks it dead again, saying so.
+ */
+static int retention_outbox(sqlite3 *db, int64_t cutoff, bool *more)
+{
+    sqlite3_stmt *prj = sb_store_stmt(db, "SELECT project_id FROM event_counters");
+    if (!prj)
+        return SB_EIO;
+    int rc = 0, s = SQLITE_DONE;
+    while (!rc && (s = sqlite3_step(prj)) == SQLITE_ROW) {
+        const char *p = (const char *)sqlite3_column_text(prj, 0);
+        sqlite3_stmt *bq = sb_store_stmt(
+            db, "SELECT MIN(b) FROM (SELECT CASE WHEN enabled = 1 THEN cursor_seq END AS b FROM "
+                "webhooks WHERE project_id = ?1 UNION ALL SELECT (SELECT MIN(d.event_seq) - 1 "
+                "FROM webhook_deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending') "
+                "FROM webhooks w WHERE w.project_id = ?1)");
+        sqlite3_stmt *sel = sb_store_stmt(
+            db, "SELECT seq, created_at FROM events WHERE project_id = ?1 ORDER BY seq LIMIT ?2");
+        sqlite3_stmt *del =
+            sb_store_stmt(db, "DELETE FROM events WHERE project_id = ?1 AND seq <= ?2");
+        if (!bq || !sel || !del) {
+            rc = SB_EIO;
+            break;
+        }
+        sqlite3_bind_text(bq, 1, p, -1, SQLITE_TRANSIENT);
+        int t = sqlite3_step(bq);
+        int64_t bound = t == SQLITE_ROW && sqlite3_column_type(bq, 0) != SQLITE_NULL
+                            ? sqlite3_column_int64(bq, 0)
+                            : INT64_MAX;
+        sqlite3_reset(bq);
+        if (t != SQLITE_ROW) {
+            rc = sb_store_errno(t);
+            break;
+        }
+        sqlite3_bind_text(sel, 1, p, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(sel, 2, RETENTION_BATCH);
+        int64_t last_old = -1;
+        int n = 0;
+        while ((t = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff &&
+               sqlite3_column_int64(sel, 0) <= bound) {
+            last_old = sqlite3_column_int64(sel, 0);
+            n++;
+        }
+        sqlite3_reset(sel);
+        if (t != SQLITE_ROW && t != SQLITE_DONE) {
+            rc = sb_store_errno(t);
+            break;
+        }
+        if (n == RETENTION_BATCH)
+            *more = true;
+        if (last_old < 0)
+            continue;
+        sqlite3_bind_text(del, 1, p, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(del, 2, last_old);
+        rc = step_done(del);
+    }
+    sqlite3_reset(prj);
     if (!rc && s != SQLITE_ROW && s != SQLITE_DONE)
         rc = sb_store_errno(s);
     return rc;
@@ -2280,6 +2349,7 @@ static int retention_run(sqlite3 *db, void *arg)
     }
     bool more = n == RETENTION_BATCH && !young;
     rc = rc ? rc : retention_log(db, j->cutoff, &more);
+    rc = rc ? rc : retention_outbox(db, j->events_cutoff, &more);
     return rc ? rc : more;
 }
 
@@ -2305,11 +2375,14 @@ static void retention(sb_webhooks *w, int64_t now)
     if (w->retention_running || now < w->retention_at || w->stopping)
         return;
     int64_t every = w->cfg->webhooks_retention_ms / 2;
+    if (w->cfg->events_retention_ms / 2 < every)
+        every = w->cfg->events_retention_ms / 2;
     w->retention_at = now + (every < RETENTION_EVERY_MS ? every : RETENTION_EVERY_MS);
     retention_job *j = sb_malloc(sizeof *j);
     if (!j)
         return;
-    *j = (retention_job){w, now - w->cfg->webhooks_retention_ms, w->retention_cursor};
+    *j = (retention_job){w, now - w->cfg->webhooks_retention_ms, w->retention_cursor,
+                         now - w->cfg->events_retention_ms};
     if (!submit(w, retention_run, retention_done, j)) {
         sb_free(j);
         return;

@@ -924,7 +924,7 @@ static void test_table(void **state)
 {
     (void)state;
     const sb__config_table *t = &sb__config_keys;
-    assert_int_equal(t->nkeys, 58);
+    assert_int_equal(t->nkeys, 59);
     for (size_t i = 0; i < t->nkeys; i++) {
         const sb__config_key *k = &t->keys[i];
         assert_non_null(k->help);
