@@ -464,7 +464,8 @@ static const sb__config_key keys[] = {
      .max = 87600 * HOUR,
      .help = "How long events stay in the outbox (for webhooks, replays and resuming the event "
              "stream); an event an enabled webhook has not sent yet, or a pending delivery "
-             "still needs, is kept."},
+             "still needs, is kept. Deliveries made at their first attempt show their event's "
+             "id and type from here: keep it at least webhooks.retention."},
     /* ---- end webhooks ---- */
 
     {.name = "debug.ws_echo",
