@@ -22,6 +22,7 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/sha256.h"
 #include "core/str.h"
 #include "events/webhooks.h"
 #include "net/loop.h"
@@ -610,8 +611,10 @@ bool sb_app_auth(sb_app *app, sb_req *req, uint32_t need, sb_auth *out)
         len--;
     }
     unsigned char digest[32];
-    unsigned int dl = 32;
-    EVP_Digest(tok, len, digest, &dl, EVP_sha256(), NULL);
+    if (sb_sha256(tok, len, digest) != 0) {
+        sb_app_internal_error(req, "credential lookup", SB_ETLS);
+        return false;
+    }
     app_loop *al = &app->loops[req->loop->index];
     cred_entry *e = &al->cache[(digest[0] | (unsigned)digest[1] << 8) % CRED_CACHE_SIZE];
     int64_t now = sb_time_ms();

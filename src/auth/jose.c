@@ -15,6 +15,7 @@
 #include <openssl/pem.h>
 
 #include "core/alloc.h"
+#include "core/sha256.h"
 #include "switchboard/error.h"
 
 #define PEM_MAX    (64 * 1024)
@@ -1291,7 +1292,6 @@ int sb_jwt_token_hash(const char *token, size_t len, unsigned char out[32])
 {
     if ((!token && len) || !out)
         return SB_EINVAL;
-    if (EVP_Digest(token, len, out, NULL, EVP_sha256(), NULL) != 1)
-        return ossl_fail(SB_ETLS);
-    return 0;
+    int rc = sb_sha256(token, len, out);
+    return rc == SB_ETLS ? ossl_fail(SB_ETLS) : rc;
 }
