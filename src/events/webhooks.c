@@ -2179,123 +2179,106 @@ typedef struct retention_job {
     int64_t events_cutoff; /* events.retention */
 } retention_job;
 
-/* The delivered log's part of a retention pass: per endpoint, its oldest entries (in event
- * order, which is sending order) up to the first one not older than the cutoff, at most
- * RETENTION_BATCH each. Sets *more when an endpoint had a full batch of old ones. */
-static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
+/* One group's oldest rows: sel (?1 the group's key, ?2 a limit) lists (seq, time) in seq
+ * order; those before the first whose time is not before cutoff or whose seq is past bound
+ * are deleted by del (?1 the key, ?2 the last such seq). At most RETENTION_BATCH; a full batch
+ * sets *more. */
+static int prune_oldest(sqlite3 *db, const char *sel_sql, const char *del_sql, const char *key,
+                        int64_t cutoff, int64_t bound, bool *more)
 {
-    sqlite3_stmt *ids = sb_store_stmt(db, "SELECT id FROM webhooks");
-    if (!ids)
+    sqlite3_stmt *sel = sb_store_stmt(db, sel_sql);
+    if (!sel)
+        return SB_EIO;
+    sqlite3_bind_text(sel, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(sel, 2, RETENTION_BATCH);
+    int64_t last_old = -1;
+    int n = 0, t;
+    while ((t = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff &&
+           sqlite3_column_int64(sel, 0) <= bound) {
+        last_old = sqlite3_column_int64(sel, 0);
+        n++;
+    }
+    sqlite3_reset(sel);
+    if (t != SQLITE_ROW && t != SQLITE_DONE)
+        return sb_store_errno(t);
+    if (n == RETENTION_BATCH)
+        *more = true;
+    if (last_old < 0)
+        return 0;
+    sqlite3_stmt *del = sb_store_stmt(db, del_sql);
+    if (!del)
+        return SB_EIO;
+    sqlite3_bind_text(del, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(del, 2, last_old);
+    return step_done(del);
+}
+
+/* prune_oldest for every key that keys_sql lists; bound_sql (?1 the key; NULL: no bound) gives
+ * the highest seq each may delete (a NULL result: none). */
+static int prune_each(sqlite3 *db, const char *keys_sql, const char *bound_sql, const char *sel_sql,
+                      const char *del_sql, int64_t cutoff, bool *more)
+{
+    sqlite3_stmt *keys = sb_store_stmt(db, keys_sql);
+    if (!keys)
         return SB_EIO;
     int rc = 0, s = SQLITE_DONE;
-    while (!rc && (s = sqlite3_step(ids)) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(ids, 0);
-        sqlite3_stmt *sel =
-            sb_store_stmt(db, "SELECT event_seq, at FROM webhook_delivered WHERE webhook_id = ?1 "
-                              "ORDER BY event_seq LIMIT ?2");
-        if (!sel) {
-            rc = SB_EIO;
-            break;
+    while (!rc && (s = sqlite3_step(keys)) == SQLITE_ROW) {
+        const char *key = (const char *)sqlite3_column_text(keys, 0);
+        int64_t bound = INT64_MAX;
+        if (bound_sql) {
+            sqlite3_stmt *bq = sb_store_stmt(db, bound_sql);
+            if (!bq) {
+                rc = SB_EIO;
+                break;
+            }
+            sqlite3_bind_text(bq, 1, key, -1, SQLITE_TRANSIENT);
+            int t = sqlite3_step(bq);
+            if (t == SQLITE_ROW && sqlite3_column_type(bq, 0) != SQLITE_NULL)
+                bound = sqlite3_column_int64(bq, 0);
+            sqlite3_reset(bq);
+            if (t != SQLITE_ROW) {
+                rc = sb_store_errno(t);
+                break;
+            }
         }
-        sqlite3_bind_text(sel, 1, id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(sel, 2, RETENTION_BATCH);
-        int64_t last_old = -1;
-        int n = 0, t;
-        while ((t = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff) {
-            last_old = sqlite3_column_int64(sel, 0);
-            n++;
-        }
-        sqlite3_reset(sel);
-        if (t != SQLITE_ROW && t != SQLITE_DONE) {
-            rc = sb_store_errno(t);
-            break;
-        }
-        if (n == RETENTION_BATCH)
-            *more = true;
-        if (last_old < 0)
-            continue;
-        sqlite3_stmt *del = sb_store_stmt(
-            db, "DELETE FROM webhook_delivered WHERE webhook_id = ?1 AND event_seq <= ?2");
-        if (!del) {
-            rc = SB_EIO;
-            break;
-        }
-        sqlite3_bind_text(del, 1, id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(del, 2, last_old);
-        rc = step_done(del);
+        rc = prune_oldest(db, sel_sql, del_sql, key, cutoff, bound, more);
     }
-    sqlite3_reset(ids);
+    sqlite3_reset(keys);
     if (!rc && s != SQLITE_ROW && s != SQLITE_DONE)
         rc = sb_store_errno(s);
     return rc;
+}
+
+/* The delivered log's part of a retention pass: per endpoint, its oldest entries (in event
+ * order, which is sending order) up to the first one not older than the cutoff. */
+static int retention_log(sqlite3 *db, int64_t cutoff, bool *more)
+{
+    return prune_each(db, "SELECT id FROM webhooks", NULL,
+                      "SELECT event_seq, at FROM webhook_delivered WHERE webhook_id = ?1 ORDER BY "
+                      "event_seq LIMIT ?2",
+                      "DELETE FROM webhook_delivered WHERE webhook_id = ?1 AND event_seq <= ?2",
+                      cutoff, more);
 }
 
 /*
  * The outbox's part of a retention pass (events.retention): per project, the oldest events,
  * created before the cutoff, that no webhook still needs: at or below every enabled
  * endpoint's cursor (written: delivered, or recorded as a delivery row) and below every
- * pending delivery's event (a retry reads its event again). At most RETENTION_BATCH per
- * project per job, oldest first, stopping at the first young or needed one. A disabled
- * endpoint does not hold events: re-enabling it starts from the newest. Dead deliveries do
- * not either: replaying one whose event has gone marks it dead again, saying so.
+ * pending delivery's event (a retry reads its event again), stopping at the first young or
+ * needed one. A disabled endpoint does not hold events: re-enabling it starts from the
+ * newest. Dead deliveries do not either: replaying one whose event has gone marks it dead
+ * again, saying so.
  */
 static int retention_outbox(sqlite3 *db, int64_t cutoff, bool *more)
 {
-    sqlite3_stmt *prj = sb_store_stmt(db, "SELECT project_id FROM event_counters");
-    if (!prj)
-        return SB_EIO;
-    int rc = 0, s = SQLITE_DONE;
-    while (!rc && (s = sqlite3_step(prj)) == SQLITE_ROW) {
-        const char *p = (const char *)sqlite3_column_text(prj, 0);
-        sqlite3_stmt *bq = sb_store_stmt(
-            db, "SELECT MIN(b) FROM (SELECT CASE WHEN enabled = 1 THEN cursor_seq END AS b FROM "
-                "webhooks WHERE project_id = ?1 UNION ALL SELECT (SELECT MIN(d.event_seq) - 1 "
-                "FROM webhook_deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending') "
-                "FROM webhooks w WHERE w.project_id = ?1)");
-        sqlite3_stmt *sel = sb_store_stmt(
-            db, "SELECT seq, created_at FROM events WHERE project_id = ?1 ORDER BY seq LIMIT ?2");
-        sqlite3_stmt *del =
-            sb_store_stmt(db, "DELETE FROM events WHERE project_id = ?1 AND seq <= ?2");
-        if (!bq || !sel || !del) {
-            rc = SB_EIO;
-            break;
-        }
-        sqlite3_bind_text(bq, 1, p, -1, SQLITE_TRANSIENT);
-        int t = sqlite3_step(bq);
-        int64_t bound = t == SQLITE_ROW && sqlite3_column_type(bq, 0) != SQLITE_NULL
-                            ? sqlite3_column_int64(bq, 0)
-                            : INT64_MAX;
-        sqlite3_reset(bq);
-        if (t != SQLITE_ROW) {
-            rc = sb_store_errno(t);
-            break;
-        }
-        sqlite3_bind_text(sel, 1, p, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(sel, 2, RETENTION_BATCH);
-        int64_t last_old = -1;
-        int n = 0;
-        while ((t = sqlite3_step(sel)) == SQLITE_ROW && sqlite3_column_int64(sel, 1) < cutoff &&
-               sqlite3_column_int64(sel, 0) <= bound) {
-            last_old = sqlite3_column_int64(sel, 0);
-            n++;
-        }
-        sqlite3_reset(sel);
-        if (t != SQLITE_ROW && t != SQLITE_DONE) {
-            rc = sb_store_errno(t);
-            break;
-        }
-        if (n == RETENTION_BATCH)
-            *more = true;
-        if (last_old < 0)
-            continue;
-        sqlite3_bind_text(del, 1, p, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(del, 2, last_old);
-        rc = step_done(del);
-    }
-    sqlite3_reset(prj);
-    if (!rc && s != SQLITE_ROW && s != SQLITE_DONE)
-        rc = sb_store_errno(s);
-    return rc;
+    return prune_each(
+        db, "SELECT project_id FROM event_counters",
+        "SELECT MIN(b) FROM (SELECT CASE WHEN enabled = 1 THEN cursor_seq END AS b FROM webhooks "
+        "WHERE project_id = ?1 UNION ALL SELECT (SELECT MIN(d.event_seq) - 1 FROM "
+        "webhook_deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending') FROM webhooks w "
+        "WHERE w.project_id = ?1)",
+        "SELECT seq, created_at FROM events WHERE project_id = ?1 ORDER BY seq LIMIT ?2",
+        "DELETE FROM events WHERE project_id = ?1 AND seq <= ?2", cutoff, more);
 }
 
 /* Walks the deliveries in rowid (creation) order from the cursor, at most RETENTION_BATCH
