@@ -1372,6 +1372,8 @@ static CURL *easy_get(sb_webhooks *w)
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)w->cfg->webhooks_timeout_ms);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    /* TLS 1.2 or 1.3 only, whatever an OpenSSL configuration (SECLEVEL 0) would allow */
+    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (w->cfg->webhooks_ca_file && *w->cfg->webhooks_ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, w->cfg->webhooks_ca_file);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);

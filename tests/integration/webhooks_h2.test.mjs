@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http2 from 'node:http2';
+import https from 'node:https';
 import { after, before, describe, it } from 'node:test';
 import { Webhook } from 'standardwebhooks';
 
@@ -92,10 +93,11 @@ describe('webhooks over HTTPS and HTTP/2', () => {
   let good;
   let rogue;
   let dir;
+  let trusted;
 
   before(async () => {
     dir = await tempDir('itest-wh-h2-');
-    const trusted = await makeCaAndServerCert(dir, 'trusted');
+    trusted = await makeCaAndServerCert(dir, 'trusted');
     const other = await makeCaAndServerCert(dir, 'other');
     good = await h2Receiver(trusted.cert, trusted.key);
     rogue = await h2Receiver(other.cert, other.key);
@@ -171,6 +173,40 @@ describe('webhooks over HTTPS and HTTP/2', () => {
       await api('DELETE', `/v1/webhooks/${w.id}`);
     } finally {
       await r.close();
+    }
+  });
+
+  it('refuses a receiver that offers only TLS 1.1 or older (TLS 1.2 and 1.3 only)', async () => {
+    let reached = 0;
+    let handshakeErrors = 0;
+    const old = https.createServer({
+      cert: fs.readFileSync(trusted.cert),
+      key: fs.readFileSync(trusted.key),
+      minVersion: 'TLSv1',
+      maxVersion: 'TLSv1.1',
+      ciphers: 'DEFAULT@SECLEVEL=0',
+    }, (req, res) => {
+      reached++;
+      res.writeHead(204);
+      res.end();
+    });
+    old.on('tlsClientError', () => handshakeErrors++);
+    await new Promise((resolve) => old.listen(0, '127.0.0.1', resolve));
+    try {
+      const w = await createWebhook(api, { url: `https://127.0.0.1:${old.address().port}/hook`, events: ['room.created'] });
+      await makeRooms(api, `tls11-${process.pid}`, 1);
+      let log;
+      await waitFor(async () => {
+        log = await deliveries(api, w.id);
+        return log.length === 1 && log[0].status === 'dead';
+      }, { timeoutMs: 10000, what: 'a dead delivery' });
+      assert.equal(reached, 0, 'no request reached the TLS 1.1 receiver');
+      assert.ok(handshakeErrors >= 1, 'the handshakes failed');
+      assert.equal(log[0].attempt_log[0].status, null);
+      assert.match(log[0].attempt_log[0].error, /SSL|TLS|protocol|version/i);
+      await api('DELETE', `/v1/webhooks/${w.id}`);
+    } finally {
+      await new Promise((resolve) => old.close(resolve));
     }
   });
 
