@@ -95,10 +95,9 @@ void sb_webhook_signer_free(sb_webhook_signer *s); /* NULL: no-op */
 int sb_webhook_signer_sign(sb_webhook_signer *s, const char *id, int64_t timestamp,
                            const void *body, size_t len, char *out);
 
-/* A signer for a stored secret: "whsec_…" (the prefix optional) signs v1 (HMAC-SHA256),
- * "whsk_…" signs v1a ("v1a,"
- * + base64 of the Ed25519 signature of "id.timestamp.body", RFC 8032 pure Ed25519). 0,
- * SB_EINVAL (neither), SB_ENOMEM or SB_EIO. */
+/* A signer for a stored secret. "whsec_…" (the prefix optional) signs v1 (HMAC-SHA256);
+ * "whsk_…" signs v1a: "v1a," and the base64 of the Ed25519 signature (RFC 8032, pure) of
+ * "id.timestamp.body". 0, SB_EINVAL (neither), SB_ENOMEM or SB_EIO. */
 int sb_webhook_signer_from_secret(const char *secret, sb_webhook_signer **out);
 
 /*
