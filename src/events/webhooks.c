@@ -2215,8 +2215,8 @@ static int prune_oldest(sqlite3 *db, const char *sel_sql, const char *del_sql, c
     return step_done(del);
 }
 
-/* prune_oldest for every key that keys_sql lists; bound_sql (?1 the key; NULL: no bound) gives
- * the highest seq each may delete (a NULL result: none). */
+/* prune_oldest for every key that keys_sql lists; bound_sql (?1 the key) gives the highest seq
+ * each may delete; without bound_sql, or when it gives NULL, there is no such limit. */
 static int prune_each(sqlite3 *db, const char *keys_sql, const char *bound_sql, const char *sel_sql,
                       const char *del_sql, int64_t cutoff, bool *more)
 {
