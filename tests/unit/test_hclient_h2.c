@@ -506,6 +506,19 @@ static int post(const char *path, sb_hclient_req *r, outcome *o, uint64_t timeou
                               SB_HCLIENT_H2C, on_done, o);
 }
 
+/* Posts n requests to path (3 s timeout each), runs them all, and checks that each one
+ * succeeded with status want. */
+static void post_all(const char *path, sb_hclient_req *r, outcome *o, int n, int want)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(post(path, &r[i], &o[i], 3000), 0);
+    run_all(o, n);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(o[i].err, 0);
+        assert_int_equal(o[i].status, want);
+    }
+}
+
 /* ---- tests --------------------------------------------------------------------------------- */
 
 #define N_MANY 50
@@ -705,13 +718,7 @@ static void test_goaway_retries_later_streams(void **state)
     fx.srv.goaway_n = 3;
     sb_hclient_req r[6];
     outcome o[6];
-    for (int i = 0; i < 6; i++)
-        assert_int_equal(post("/status/204", &r[i], &o[i], 3000), 0);
-    run_all(o, 6);
-    for (int i = 0; i < 6; i++) {
-        assert_int_equal(o[i].err, 0);
-        assert_int_equal(o[i].status, 204);
-    }
+    post_all("/status/204", r, o, 6, 204);
     assert_int_equal(fx.srv.connections, 2);
     assert_int_equal(fx.srv.streams, 6 + 3); /* streams 7, 9, 11 again on the new connection */
     /* New requests go to the new connection. */
@@ -729,13 +736,7 @@ static void test_server_closes_connection(void **state)
     fx.srv.close_conns = 1;
     sb_hclient_req r[3];
     outcome o[3];
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(post("/close", &r[i], &o[i], 3000), 0);
-    run_all(o, 3);
-    for (int i = 0; i < 3; i++) {
-        assert_int_equal(o[i].err, 0);
-        assert_int_equal(o[i].status, 204);
-    }
+    post_all("/close", r, o, 3, 204);
     assert_int_equal(fx.srv.connections, 2);
 
     /* Closed again on the retry: reported. */
@@ -755,22 +756,12 @@ static void test_max_concurrent_streams(void **state)
     fx.srv.max_streams = 2;
     sb_hclient_req r[10];
     outcome o[10];
-    for (int i = 0; i < 10; i++)
-        assert_int_equal(post("/status/204", &r[i], &o[i], 3000), 0);
-    run_all(o, 10);
-    for (int i = 0; i < 10; i++) {
-        assert_int_equal(o[i].err, 0);
-        assert_int_equal(o[i].status, 204);
-    }
+    post_all("/status/204", r, o, 10, 204);
     assert_true(fx.srv.max_open <= 2);
     assert_int_equal(fx.srv.connections, 1);
     /* Once SETTINGS is known, no stream is refused: 10 more, at most 2 open at a time. */
     int before = fx.srv.streams;
-    for (int i = 0; i < 10; i++)
-        assert_int_equal(post("/status/204", &r[i], &o[i], 3000), 0);
-    run_all(o, 10);
-    for (int i = 0; i < 10; i++)
-        assert_int_equal(o[i].status, 204);
+    post_all("/status/204", r, o, 10, 204);
     assert_int_equal(fx.srv.streams - before, 10);
     assert_true(fx.srv.max_open <= 2);
     /* The first connection was full at the server's limit: the rest went to a second one. */
