@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "core/alloc.h"
+#include "hclient_harness.h"
 #include "net/hclient.h"
 #include "switchboard/error.h"
 
@@ -165,16 +166,8 @@ static void server_start(server *s, uv_loop_t *loop, int mode, const char *reply
     s->loop = loop;
     s->mode = mode;
     s->reply = reply;
-    uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", 0, &a);
-    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 16, on_sconnection), 0);
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    s->port = listen_loopback(loop, &s->listener, 16, on_sconnection);
 }
 
 static void server_stop(server *s)
@@ -186,19 +179,6 @@ static void server_stop(server *s)
 }
 
 /* ---- harness ------------------------------------------------------------------------------- */
-
-typedef struct outcome {
-    int calls;
-    int err;
-    int status;
-    uint64_t body_bytes;
-    bool has_retry_after;
-    char retry_after[64];
-    char refused_ip[46];
-    char refused_why[32];
-    char error[200];
-    uint64_t at; /* uv_now when done ran */
-} outcome;
 
 typedef struct fixture {
     uv_loop_t loop;
@@ -214,22 +194,7 @@ static fixture fx;
 
 static void on_done(sb_hclient_req *r, const sb_hclient_result *res)
 {
-    outcome *o = r->ud;
-    o->calls++;
-    o->err = res->err;
-    o->status = res->status;
-    o->body_bytes = res->body_bytes;
-    o->has_retry_after = res->retry_after != NULL;
-    if (res->retry_after) {
-        assert_true(res->retry_after_len < sizeof(o->retry_after));
-        memcpy(o->retry_after, res->retry_after, res->retry_after_len);
-        o->retry_after[res->retry_after_len] = '\0';
-    }
-    snprintf(o->refused_ip, sizeof(o->refused_ip), "%s", res->refused_ip);
-    snprintf(o->refused_why, sizeof(o->refused_why), "%s",
-             res->refused_why ? res->refused_why : "");
-    snprintf(o->error, sizeof(o->error), "%s", res->error);
-    o->at = uv_now(&fx.loop);
+    outcome_record(r->ud, res, uv_now(&fx.loop));
 }
 
 static void on_closed(void *ud)

@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "core/alloc.h"
+#include "hclient_harness.h"
 #include "net/hclient.h"
 #include "switchboard/error.h"
 
@@ -354,16 +355,8 @@ static void server_start(h2srv *s, uv_loop_t *loop)
 {
     memset(s, 0, sizeof(*s));
     s->loop = loop;
-    uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", 0, &a);
-    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 64, on_sconnection), 0);
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    s->port = listen_loopback(loop, &s->listener, 64, on_sconnection);
 }
 
 static void server_stop(h2srv *s)
@@ -375,17 +368,6 @@ static void server_stop(h2srv *s)
 }
 
 /* ---- harness ------------------------------------------------------------------------------- */
-
-typedef struct outcome {
-    int calls;
-    int err;
-    int status;
-    uint64_t body_bytes;
-    bool has_retry_after;
-    char retry_after[64];
-    char refused_why[32];
-    char error[200];
-} outcome;
 
 typedef struct fixture {
     uv_loop_t loop;
@@ -401,20 +383,7 @@ static fixture fx;
 
 static void on_done(sb_hclient_req *r, const sb_hclient_result *res)
 {
-    outcome *o = r->ud;
-    o->calls++;
-    o->err = res->err;
-    o->status = res->status;
-    o->body_bytes = res->body_bytes;
-    o->has_retry_after = res->retry_after != NULL;
-    if (res->retry_after) {
-        assert_true(res->retry_after_len < sizeof(o->retry_after));
-        memcpy(o->retry_after, res->retry_after, res->retry_after_len);
-        o->retry_after[res->retry_after_len] = '\0';
-    }
-    snprintf(o->refused_why, sizeof(o->refused_why), "%s",
-             res->refused_why ? res->refused_why : "");
-    snprintf(o->error, sizeof(o->error), "%s", res->error);
+    outcome_record(r->ud, res, uv_now(&fx.loop));
 }
 
 static void on_closed(void *ud)
