@@ -90,6 +90,10 @@ describe('webhooks', () => {
       [{ url: 'not a url' }, /url/],
       [{ url: 'https://example.com/', events: ['nope'] }, /events\[0\]/],
       [{ url: 'https://example.com/', extra: 1 }, /extra/],
+      [{ url: 'https://example.com/', h2c: 'yes' }, /h2c/],
+      [{ url: 'https://example.com/', signature_scheme: 1 }, /signature_scheme/],
+      [{ url: 'https://example.com/', signature_scheme: 'v1a'.repeat(10) }, /signature_scheme/],
+      [{ url: 'https://example.com/', signature_scheme: 'V1A' }, /signature_scheme/],
     ]) {
       const r = await api('POST', '/v1/webhooks', { json: body });
       assert.equal(r.status, 400, `${JSON.stringify(body)}: ${r.text}`);
